@@ -1,0 +1,203 @@
+"""The ``pytest-codegen`` command.
+
+Each subcommand is one function, registered with `@subcommand`, that takes the parsed
+arguments and returns the exit status::
+
+    @subcommand("report", help="...", arguments=[argument("run_dir", type=Path)])
+    def cmd_report(args: argparse.Namespace) -> int:
+        ...
+
+Every subcommand also gets ``--rootdir`` (the project whose pyproject.toml is read). Expected
+failures (unknown model, model not available, bad configuration) are raised as `CLIError`,
+`UnknownModel`, `ModelNotAvailable` or `ModelConfigError` and end with exit status 2 and the
+message on stderr, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pytest_codegen.models.registry import (
+    ModelConfigError,
+    ModelNotAvailable,
+    Registry,
+    UnknownModel,
+)
+
+PROG = "pytest-codegen"
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+class CLIError(Exception):
+    """An expected failure: its message is shown on stderr and the exit status is 2."""
+
+
+_EXPECTED_ERRORS = (CLIError, UnknownModel, ModelNotAvailable, ModelConfigError)
+
+
+@dataclass(frozen=True)
+class _Argument:
+    flags: tuple[str, ...]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def argument(*flags: str, **kwargs: Any) -> _Argument:
+    """An `add_argument` call, for `subcommand(arguments=[...])`."""
+    return _Argument(flags, kwargs)
+
+
+@dataclass(frozen=True)
+class _Subcommand:
+    name: str
+    help: str
+    description: str | None
+    arguments: tuple[_Argument, ...]
+    run: Callable[[argparse.Namespace], int]
+
+
+_SUBCOMMANDS: dict[str, _Subcommand] = {}
+
+
+def subcommand(
+    name: str, *, help: str, description: str | None = None, arguments: Sequence[_Argument] = ()
+) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[argparse.Namespace], int]]:
+    """Register `func(args) -> exit status` as ``pytest-codegen NAME``."""
+
+    def register(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        if name in _SUBCOMMANDS:
+            raise ValueError(f"subcommand {name!r} registered twice")
+        _SUBCOMMANDS[name] = _Subcommand(name, help, description or func.__doc__, tuple(arguments), func)
+        return func
+
+    return register
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Evaluate code-generation pipelines of small local GGUF models."
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--rootdir",
+        type=Path,
+        default=None,
+        help="project directory whose pyproject.toml defines model aliases (default: current directory)",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for command in _SUBCOMMANDS.values():
+        sub = commands.add_parser(
+            command.name,
+            parents=[common],
+            help=command.help,
+            description=command.description,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        for arg in command.arguments:
+            sub.add_argument(*arg.flags, **arg.kwargs)
+        sub.set_defaults(run=command.run)
+    return parser
+
+
+def load_registry(args: argparse.Namespace) -> Registry:
+    """The registry of the project at ``--rootdir`` (default: the current directory)."""
+    return Registry.from_pyproject(args.rootdir if args.rootdir is not None else Path.cwd())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error argparse already reported
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    run = getattr(args, "run", None)
+    if run is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return run(args)
+    except _EXPECTED_ERRORS as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return 130
+
+
+def _error(message: str) -> None:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------- models
+
+
+@subcommand(
+    "models",
+    help="list the known models, or download some",
+    description=(
+        "List model aliases with their mode, source, Ollama-style names and whether the file is\n"
+        "on this machine (checked without network), or fetch models with --download.\n"
+        "Project aliases come from [tool.pytest_codegen.models] in ROOTDIR/pyproject.toml."
+    ),
+    arguments=[
+        argument(
+            "--download",
+            nargs="+",
+            metavar="MODEL",
+            help="fetch these models (aliases, Ollama-style names) into the local cache",
+        ),
+    ],
+)
+def cmd_models(args: argparse.Namespace) -> int:
+    registry = load_registry(args)
+    if args.download:
+        return _download(registry, args.download)
+    _print_models(registry)
+    return EXIT_OK
+
+
+def _print_models(registry: Registry) -> None:
+    from tabulate import tabulate
+
+    rows = []
+    for spec in registry.specs():
+        alias = spec.alias + (" *" if registry.is_user_alias(spec.alias) else "")
+        rows.append(
+            [
+                alias,
+                spec.mode,
+                spec.source,
+                ", ".join(registry.ollama_names(spec.alias)),
+                "yes" if registry.is_present(spec) else "no",
+            ]
+        )
+    print(tabulate(rows, headers=["alias", "mode", "source", "ollama names", "present"]))
+    print()
+    if any(registry.is_user_alias(spec.alias) for spec in registry.specs()):
+        print(f"* defined in {registry.config_file}")
+    print(f"Hugging Face cache: {registry.hf_cache_dir}" + ("  (HF_HUB_OFFLINE is set)" if registry.offline() else ""))
+    print(f"Fetch a model with: {PROG} models --download ALIAS")
+
+
+def _download(registry: Registry, names: list[str]) -> int:
+    failed = 0
+    for name in names:
+        try:
+            spec = registry.resolve(name)
+            path = registry.locate(spec, download=True)
+        except _EXPECTED_ERRORS as exc:
+            _error(f"{name}: {exc}")
+            failed += 1
+            continue
+        print(f"{spec.alias}: {path}")
+    return EXIT_USAGE if failed else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

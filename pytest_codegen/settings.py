@@ -1,0 +1,34 @@
+"""Everything a run is configured with, independent of how it was given (pytest options, CLI)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    pipeline: str = "single"
+    replay: str | None = None
+    # Models: `model` serves every role that is not named on its own.
+    model: str = "gemma-270m"
+    generator: str | None = None
+    refiner: str | None = None
+    analyzer: str | None = None
+    critic: str | None = None
+    temperature: float | None = None  # None: each role's own default
+    max_tokens: int = 512
+    seed: int = 0
+    n_ctx: int = 4096
+    threads: int | None = None  # None: split the cores between xdist workers
+    verbose_llama: bool = False
+    cache_dir: str | None = None  # None: no generation cache
+    # Execution-feedback loops.
+    rounds: int = 3
+    early_stop: bool = True
+    feedback: str = "visible"  # "visible": only tests a model may see; "hidden": the scoring tests
+    # Execution limits of one sandboxed run.
+    exec_timeout: float = 10.0
+    exec_memory_mb: int = 1024
+
+    def role_model(self, role: str) -> str:
+        return getattr(self, role, None) or self.model

@@ -1,0 +1,89 @@
+"""The real llama-cpp-python path with the real Gemma 3 270M model (embedded via PyPI)."""
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from pytest_codegen.models import GenerationRequest, Message, ModelPool
+from pytest_codegen.models.llama import LlamaCppBackend, ModelLoadError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def gemma_path():
+    return ModelPool().locate("gemma-270m")
+
+
+@pytest.fixture(scope="module")
+def gemma(gemma_path):
+    backend = LlamaCppBackend(gemma_path, alias="gemma-270m", mode="completion", n_ctx=1024, threads=2)
+    yield backend
+    backend.close()
+
+
+PROMPT = 'def add(a, b):\n    """Return the sum of a and b."""\n'
+
+
+def test_greedy_generation_is_deterministic_and_counted(gemma):
+    request = GenerationRequest(prompt=PROMPT, temperature=0.0, max_tokens=24, seed=1)
+    first, second = gemma.generate(request), gemma.generate(request)
+    assert first.text == second.text and first.text.strip()
+    assert 0 < first.completion_tokens <= 24 and first.prompt_tokens > 5
+    assert first.seconds > 0
+
+
+def test_seed_is_honoured_when_sampling(gemma):
+    def sample(seed):
+        return gemma.generate(GenerationRequest(prompt=PROMPT, temperature=1.0, max_tokens=16, seed=seed)).text
+
+    assert sample(7) == sample(7)
+    assert len({sample(s) for s in range(4)}) > 1
+
+
+def test_stop_sequences_end_generation(gemma):
+    response = gemma.generate(GenerationRequest(prompt=PROMPT, temperature=0.0, max_tokens=64, stop=("\n",)))
+    assert "\n" not in response.text
+
+
+def test_chat_template_from_the_gguf(gemma):
+    request = GenerationRequest(messages=(Message("user", "Say hi."),), temperature=0.0, max_tokens=8)
+    assert gemma.generate(request).completion_tokens > 0
+
+
+def test_a_broken_model_file_is_a_clear_error(tmp_path):
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + b"\0" * 64)
+    with pytest.raises(ModelLoadError, match="could not load"):
+        LlamaCppBackend(bad, alias="broken", mode="completion")
+
+
+def test_single_pipeline_with_gemma_through_pytest_then_fully_cached(pytester):
+    """`pytest benchmarks/humaneval --pipeline=single --model=gemma-270m` on two problems, twice."""
+    args = [str(REPO / "benchmarks" / "humaneval"), "--pipeline=single", "--model=gemma-270m",
+            "--problems=HumanEval/0,HumanEval/2", "--max-tokens=96",
+            f"--codegen-cache={pytester.path / 'cache'}", "-p", "no:cacheprovider"]
+    start = time.perf_counter()
+    first = pytester.runpytest_subprocess(*args, "--codegen-results=first.jsonl")
+    first_seconds = time.perf_counter() - start
+    outcomes = first.parseoutcomes()
+    assert outcomes.get("passed", 0) + outcomes.get("failed", 0) == 2
+    first.stdout.fnmatch_lines(["*codegen outcomes*", "humaneval*2*"])
+    records = [json.loads(x) for x in (pytester.path / "first.jsonl").read_text().splitlines()]
+    assert {r["problem_id"] for r in records} == {"HumanEval/0", "HumanEval/2"}
+    for record in records:
+        (round_,) = record["rounds"]
+        assert round_["model"] == "gemma-270m" and not round_["cached"]
+        assert round_["completion_tokens"] > 0 and round_["request_hash"]
+
+    start = time.perf_counter()
+    second = pytester.runpytest_subprocess(*args, "--codegen-results=second.jsonl", "-n", "2")
+    second_seconds = time.perf_counter() - start
+    again = [json.loads(x) for x in (pytester.path / "second.jsonl").read_text().splitlines()]
+    assert all(r["rounds"][0]["cached"] for r in again)
+    assert sorted((r["problem_id"], r["program"]) for r in again) == sorted(
+        (r["problem_id"], r["program"]) for r in records)
+    assert second.parseoutcomes() == outcomes
+    print(f"first run {first_seconds:.1f}s, cached run with -n 2 {second_seconds:.1f}s")

@@ -1,0 +1,172 @@
+"""The pytest plugin end to end, in subprocesses as users run it (pytester), with and without xdist."""
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+# The README's example suite, verbatim in spirit: a benchmark is an ordinary test file.
+TOY_SUITE = '''
+import pytest
+from pytest_codegen import Problem, TestCase
+
+PROBLEMS = [
+    Problem(
+        id="toy/add", benchmark="toy", entry_point="add",
+        prompt='def add(a, b):\\n    """Return the sum of a and b."""\\n', prompt_is_code=True,
+        tests=(TestCase("t0", "assert candidate(1, 2) == 3", visible=True),
+               TestCase("t1", "assert candidate(-1, 1) == 0")),
+        canonical_solution='def add(a, b):\\n    return a + b\\n',
+    ),
+    Problem(
+        id="toy/rev", benchmark="toy", entry_point="rev",
+        prompt="Write a function rev(s) that reverses a string.",
+        tests=(TestCase("t0", "assert rev('ab') == 'ba'", visible=True),),
+        canonical_solution="def rev(s):\\n    return s[::-1]\\n",
+    ),
+    Problem(
+        id="toy/sq", benchmark="toy", entry_point="sq",
+        prompt="Write sq(x) returning x squared.",
+        tests=(TestCase("t0", "assert sq(3) == 9", visible=True),),
+        canonical_solution="def sq(x):\\n    return x * x\\n",
+    ),
+]
+
+
+@pytest.mark.parametrize("problem", PROBLEMS, ids=str)
+def test_toy(problem, solution):
+    solution.verify()
+'''
+
+XDIST_MODES = [pytest.param([], id="plain"), pytest.param(["-n", "2"], id="xdist"),
+               pytest.param(["-p", "no:xdist"], id="no-xdist")]
+
+
+@pytest.fixture
+def suite(pytester):
+    pytester.makepyfile(test_toy=TOY_SUITE)
+    return pytester
+
+
+def summary_table(output: str) -> str:
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if "codegen outcomes" in line)
+    return "\n".join(lines[start + 1 : start + 4])
+
+
+@pytest.mark.parametrize("mode", XDIST_MODES)
+def test_reference_passes_and_table_is_the_same_with_and_without_xdist(suite, mode):
+    result = suite.runpytest_subprocess("--pipeline=reference", *mode)
+    result.assert_outcomes(passed=3)
+    table = summary_table(result.stdout.str())
+    assert table.splitlines()[2].split() == ["toy", "3", "3", "1.000"]
+
+
+@pytest.mark.parametrize("mode", XDIST_MODES)
+def test_null_fails_every_item_as_no_code(suite, mode):
+    result = suite.runpytest_subprocess("--pipeline=null", "-rf", *mode)
+    result.assert_outcomes(failed=3)
+    assert summary_table(result.stdout.str()).splitlines()[2].split() == ["toy", "3", "0", "0.000", "3"]
+    result.stdout.fnmatch_lines(["*no code*"])
+
+
+def write_replay(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_replay_classifies_each_failure_and_writes_results_and_junit(suite):
+    replay = write_replay(suite.path / "samples.jsonl", [
+        {"task_id": "toy/add", "completion": "    return a + b\n"},
+        {"task_id": "toy/add", "completion": "    return a - b\n"},
+        {"task_id": "toy/rev", "solution": "def rev(s):\n    return s[::-1]\n"},
+        {"task_id": "toy/rev", "solution": "def rev(s):\n    return undefined\n"},
+        {"task_id": "toy/sq", "solution": "def sq(x)\n    return x * x\n"},
+    ])
+    result = suite.runpytest_subprocess(
+        "--pipeline=replay", f"--replay={replay}", "--codegen-results=out/results.jsonl",
+        "--junitxml=junit.xml", "-v",
+    )
+    # 3 problems x 2 samples; toy/sq has no second sample
+    result.assert_outcomes(passed=2, failed=3, skipped=1)
+    result.stdout.fnmatch_lines([
+        "*test_toy[[]toy/add-sample1[]] FAILED (AssertionError)*",
+        "*test_toy[[]toy/rev-sample1[]] FAILED (NameError)*",
+        "*test_toy[[]toy/sq-sample0[]] FAILED (SyntaxError)*",
+    ])
+    records = [json.loads(line) for line in (suite.path / "out/results.jsonl").read_text().splitlines()]
+    by_item = {(r["problem_id"], r["sample"]): r for r in records}
+    assert len(records) == 5
+    failed_add = by_item[("toy/add", 1)]
+    assert failed_add["error_type"] == "AssertionError" and failed_add["phase"] == "test"
+    assert [t["passed"] for t in failed_add["tests"]] == [False, False]
+    assert "assert -1 == 3" in failed_add["tests"][0]["line"]
+    assert by_item[("toy/sq", 0)]["phase"] == "define"
+
+    tree = ET.parse(suite.path / "junit.xml")
+    suite_props = {p.get("name"): p.get("value") for p in tree.getroot().iter("property")
+                   if p.get("name").startswith("pass@1")}
+    assert suite_props == {"pass@1[toy]": "0.4000"}
+    case = next(c for c in tree.getroot().iter("testcase") if "toy/rev-sample1" in c.get("name"))
+    props = {p.get("name"): p.get("value") for p in case.iter("property")}
+    assert props["outcome"] == "failed" and props["error_type"] == "NameError"
+    assert props["pipeline"] == "replay" and props["benchmark"] == "toy"
+
+
+def test_failure_shows_the_failing_test_and_values(suite):
+    replay = write_replay(suite.path / "s.jsonl", [{"task_id": "toy/add", "completion": "    return a * b\n"}])
+    result = suite.runpytest_subprocess("--pipeline=replay", f"--replay={replay}", "--problems=toy/add")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*AssertionError*", "*failing test t0*", "*assert 2 == 3*"])
+
+
+def test_status_letters_name_the_class(suite):
+    replay = write_replay(suite.path / "s.jsonl", [
+        {"task_id": "toy/add", "completion": "    return nope\n"},
+        {"task_id": "toy/rev", "solution": "def rev(s) return s\n"},
+        {"task_id": "toy/sq", "solution": "def sq(x):\n    while True: pass\n"},
+    ])
+    result = suite.runpytest_subprocess("--pipeline=replay", f"--replay={replay}", "--exec-timeout=1")
+    result.stdout.fnmatch_lines(["test_toy.py NST*"])
+
+
+def test_problems_option_selects_exact_ids(suite):
+    result = suite.runpytest_subprocess("--pipeline=reference", "--problems=toy/add,toy/sq")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*1 deselected*"])
+
+
+def test_unknown_pipeline_is_a_usage_error(suite):
+    result = suite.runpytest_subprocess("--pipeline=nonsense")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*unknown pipeline 'nonsense'*"])
+
+
+def test_replay_without_file_is_reported(suite):
+    result = suite.runpytest_subprocess("--pipeline=replay", "--replay=missing.jsonl")
+    assert result.ret != 0
+    assert "missing.jsonl does not exist" in result.stdout.str() + result.stderr.str()
+
+
+@pytest.mark.parametrize("mode", [pytest.param([], id="plain"), pytest.param(["-n", "2"], id="xdist")])
+def test_benchmarks_reference_all_pass(pytester, mode):
+    """The two real benchmarks with their canonical solutions: 164 + 427 items pass."""
+    result = pytester.runpytest_subprocess(str(REPO / "benchmarks"), "--pipeline=reference", "-q", *mode)
+    result.assert_outcomes(passed=591)
+    out = result.stdout.str()
+    rows = {line.split()[0]: line.split()[1:4] for line in out.splitlines()
+            if line.startswith(("humaneval ", "mbpp "))}
+    assert rows == {"humaneval": ["164", "164", "1.000"], "mbpp": ["427", "427", "1.000"]}
+
+
+def test_benchmarks_null_all_fail_classified(pytester):
+    result = pytester.runpytest_subprocess(str(REPO / "benchmarks"), "--pipeline=null", "-q", "-n", "2")
+    result.assert_outcomes(failed=591)
+    out = result.stdout.str()
+    assert "unknown" not in out.split("codegen outcomes")[1]
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()
+            if line.startswith(("humaneval ", "mbpp "))}
+    assert rows == {"humaneval": ["164", "0", "0.000", "164"], "mbpp": ["427", "0", "0.000", "427"]}
