@@ -199,5 +199,93 @@ def _download(registry: Registry, names: list[str]) -> int:
     return EXIT_USAGE if failed else EXIT_OK
 
 
+# ---------------------------------------------------------------------- report, compare
+
+
+def _load_run(path: Path) -> list[dict[str, Any]]:
+    """A results file's records, checked and with optional fields filled in (stats.normalize)."""
+    from pytest_codegen.results import read_records
+    from pytest_codegen.stats import StatsError, normalize
+
+    if not path.is_file():
+        raise CLIError(f"{path}: no such results file")
+    try:
+        records = [normalize(record) for record in read_records(path)]
+    except StatsError as exc:
+        raise CLIError(f"{path}: {exc}") from exc
+    if not records:
+        raise CLIError(f"{path}: no records")
+    return records
+
+
+@subcommand(
+    "report",
+    help="tables, pass@k and pass@1 statistics of a results file",
+    description=(
+        "Print the outcome tables of a results file (as the pytest run does), the pass@k table,\n"
+        "pass@1 mean ± SD over sample indices and its 95% bootstrap interval over problems.\n"
+        "--plot DIR also writes error_taxonomy.png, early_stopping.png and net_effect.png."
+    ),
+    arguments=[
+        # not "run": that is where build_parser keeps the subcommand function
+        argument("results", type=Path, metavar="RUN.jsonl", help="results file of a run"),
+        argument("--plot", type=Path, metavar="DIR", help="write the figures into DIR (needs matplotlib)"),
+    ],
+)
+def cmd_report(args: argparse.Namespace) -> int:
+    from pytest_codegen.report import render_tables
+    from pytest_codegen.stats import StatsError, render_pass_stats
+
+    records = _load_run(args.results)
+    try:
+        text = render_tables(records) + "\n\n" + render_pass_stats(records)
+    except StatsError as exc:
+        raise CLIError(f"{args.results}: {exc}") from exc
+    print(text)
+    if args.plot is not None:
+        from pytest_codegen.figures import PlotUnavailable, write_figures
+
+        try:
+            paths = write_figures(records, args.plot)
+        except PlotUnavailable as exc:
+            raise CLIError(str(exc)) from exc
+        print()
+        for path in paths:
+            print(f"wrote {path}")
+    return EXIT_OK
+
+
+@subcommand(
+    "compare",
+    help="compare two runs problem by problem (McNemar, paired bootstrap, σ effect)",
+    description=(
+        "Per benchmark: problems, problems solved by A and B (mean over samples), Δ = B − A,\n"
+        "exact McNemar test on discordant pairs, paired bootstrap 95% interval of Δ pass@1 and\n"
+        "the effect in σ = Δ / √(SD_A² + SD_B²), SDs over sample indices. Runs of different\n"
+        "benchmarks, feedback policies or problem sets are refused (exit status 2); --common\n"
+        "compares the problems both runs share instead."
+    ),
+    arguments=[
+        argument("run_a", type=Path, metavar="A.jsonl", help="results file of the baseline run"),
+        argument("run_b", type=Path, metavar="B.jsonl", help="results file of the run compared with it"),
+        argument("--common", action="store_true", help="restrict both runs to the problems they share"),
+    ],
+)
+def cmd_compare(args: argparse.Namespace) -> int:
+    from pytest_codegen.stats import ComparisonError, StatsError, compare, render_comparison
+
+    a_records, b_records = _load_run(args.run_a), _load_run(args.run_b)
+    try:
+        comparison = compare(a_records, b_records, restrict_to_common=args.common)
+    except ComparisonError as exc:
+        hint = "; --common compares the problems both share" if exc.restrictable else ""
+        raise CLIError(f"cannot compare {args.run_a} with {args.run_b}: {exc}{hint}") from exc
+    except StatsError as exc:
+        raise CLIError(str(exc)) from exc
+    print(f"A = {args.run_a}\nB = {args.run_b}\n")
+    print(render_comparison(comparison))
+    return EXIT_OK
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -78,6 +78,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add("--mbpp-data", metavar="PATH",
         help="sanitized-mbpp.json (default: $CODEGEN_MBPP_DATA, else the user cache, else "
              "downloaded and checksum-verified)")
+    add("--codegen-fresh", action="store_true",
+        help="overwrite --codegen-results instead of resuming the run it holds")
+    add("--codegen-min-pass", type=float, metavar="P",
+        help="fail the session when a benchmark's pass@1 is below P; single problem failures "
+             "then do not fail it (a CI gate)")
     add("--problems", metavar="ID[,ID...]",
         help="run only these problem ids, matched exactly (-k matches substrings)")
 
@@ -127,6 +132,8 @@ class CodegenState:
     models: Any = None
     pipeline: Any = None
     error: str | None = None  # a pipeline that could not be built: every item reports it
+    run_key: str = ""
+    done: set[str] = field(default_factory=set)  # nodeids a resumed results file already holds
 
     def get_sandbox(self):
         if self.sandbox is None:
@@ -192,8 +199,17 @@ def pytest_configure(config: pytest.Config) -> None:
         genome = pipeline_genome(settings)  # validates the pipeline name or genome file
     except ValueError as error:
         raise pytest.UsageError(f"pytest-codegen: {error}") from None
-    state = CodegenState(settings=settings, rootdir=config.rootpath)
+    from .settings import run_key
+
+    state = CodegenState(settings=settings, rootdir=config.rootpath, run_key=run_key(settings))
     config.stash[STATE_KEY] = state
+    results = config.getoption("codegen_results")
+    resume = bool(results) and not config.getoption("codegen_fresh") and os.path.exists(results)
+    if resume:
+        previous = _previous_records(results, state.run_key)
+        state.done = {r["nodeid"] for r in previous}
+        if not _is_xdist_worker(config):
+            state.records.extend(previous)
     if _is_xdist_worker(config):
         return
     if genome is not None and _named_models(config):
@@ -204,12 +220,25 @@ def pytest_configure(config: pytest.Config) -> None:
                 state.get_models().locate(name)
         except (ValueError, RuntimeError) as error:
             raise pytest.UsageError(f"pytest-codegen: {error}") from None
-    results = config.getoption("codegen_results")
     if results:
         from .results import ResultsWriter
 
-        state.writer = ResultsWriter(results)
+        state.writer = ResultsWriter(results, append=resume)
     config.pluginmanager.register(CodegenController(state), "codegen-controller")
+
+
+def _previous_records(path: str, key: str) -> list[dict]:
+    """Records of an interrupted run of the same work; another run's file is refused."""
+    from .results import read_records
+
+    records = list(read_records(path))
+    foreign = {r.get("run_key") for r in records} - {key}
+    if foreign:
+        raise pytest.UsageError(
+            f"pytest-codegen: {path} holds results of a run with other settings; resume it "
+            "with the same options, or pass --codegen-fresh to overwrite it"
+        )
+    return records
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -222,7 +251,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     s = _state(config).settings
     lines = [f"codegen: pipeline={s.pipeline}, feedback={s.feedback}"
              + (" (ORACLE: the model sees the scoring tests)" if s.feedback == "hidden" else "")
-             + f", exec limits {s.exec_timeout:g} s / {s.exec_memory_mb} MB"]
+             + f", exec limits {s.exec_timeout:g} s / {s.exec_memory_mb} MB",
+             f"codegen: sandbox isolation: {_state(config).get_sandbox().isolation}"]
     from .pipelines import pipeline_genome
 
     genome = pipeline_genome(s)
@@ -238,6 +268,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return lines
 
 
+@pytest.hookimpl(trylast=True)  # after the problem parameters: ids read "HumanEval/0-sample1"
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "codegen_sample" not in metafunc.fixturenames:
         return
@@ -261,7 +292,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if len(keep) < len(items):
             config.hook.pytest_deselected(items=[i for i in items if i not in keep])
             items[:] = keep
-    s = _state(config).settings
+    state = _state(config)
+    if state.done:
+        finished = [i for i in items if _is_codegen(i) and i.nodeid in state.done]
+        if finished:
+            config.hook.pytest_deselected(items=finished)
+            items[:] = [i for i in items if i.nodeid not in state.done]
+    s = state.settings
     for item in items:
         if not _is_codegen(item):
             continue
@@ -302,12 +339,13 @@ class Candidate:
         self.result = judge(self._sandbox, self.problem, self.program)
         verdicts = judge_rounds(self._sandbox, self.solution, self.result)
         record = build_record(
-            self.solution, self.result, nodeid=self._item.nodeid, round_verdicts=verdicts
+            self.solution, self.result, nodeid=self._item.nodeid, round_verdicts=verdicts,
+            run_key=_state(self._item.config).run_key,
         )
         self._item.stash[RECORD_KEY] = record
         for name in ("outcome", "error_type", "pipeline", "benchmark", "feedback", "rounds",
                      "models", "tokens", "gen_seconds"):
-            value = record.get(name)
+            value = record["timing"].get(name) if name == "gen_seconds" else record.get(name)
             if value is None:
                 continue
             if isinstance(value, list):
@@ -364,6 +402,7 @@ class CodegenController:
 
     def __init__(self, state: CodegenState) -> None:
         self.state = state
+        self.gate: dict[str, tuple[float, bool]] = {}
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         record = getattr(report, "codegen", None)
@@ -375,6 +414,21 @@ class CodegenController:
 
     @pytest.hookimpl(tryfirst=True)  # before junitxml writes its file
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        self._apply_gate(session)
+        self._junit_suite_properties(session)
+
+    def _apply_gate(self, session: pytest.Session) -> None:
+        bar = session.config.getoption("codegen_min_pass")
+        if bar is None or session.exitstatus not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
+            return
+        from .report import pass_at_1
+
+        scores = pass_at_1(self.state.records)
+        self.gate = {name: (value, value >= bar) for name, value in scores.items()}
+        held = bool(scores) and all(ok for _, ok in self.gate.values())
+        session.exitstatus = pytest.ExitCode.OK if held else pytest.ExitCode.TESTS_FAILED
+
+    def _junit_suite_properties(self, session: pytest.Session) -> None:
         from _pytest.junitxml import xml_key
 
         xml = session.config.stash.get(xml_key, None)
@@ -397,3 +451,10 @@ class CodegenController:
         terminalreporter.write_line(render_tables(self.state.records))
         if self.state.writer is not None:
             terminalreporter.write_line(f"results: {os.fspath(self.state.writer.path)}")
+        bar = terminalreporter.config.getoption("codegen_min_pass")
+        for name, (value, ok) in self.gate.items():
+            verdict = "holds" if ok else "FAILS"
+            terminalreporter.write_line(
+                f"gate: {name} pass@1 {value:.3f} {'>=' if ok else '<'} {bar:g}: {verdict}",
+                green=ok, red=not ok,
+            )

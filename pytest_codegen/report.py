@@ -35,7 +35,7 @@ def outcome_table(records: Iterable[Mapping[str, Any]]) -> str:
             [name, items, counter[PASSED], f"{counter[PASSED] / items:.3f}"]
             + [counter[c] for c in classes]
         )
-    return tabulate(rows, headers=["benchmark", "items", "passed", "pass@1", *classes])
+    return tabulate(rows, headers=["benchmark", "items", "passed", "pass@1", *classes], disable_numparse=True)
 
 
 def pass_at_1(records: Iterable[Mapping[str, Any]]) -> dict[str, float]:
@@ -66,7 +66,7 @@ def transition_table(records: Iterable[Mapping[str, Any]]) -> str:
         rate = f"{fixed / len(group):.2f}" if first != PASSED else "-"
         spread = ", ".join(f"{name}: {n}" for name, n in sorted(finals.items()))
         rows.append([first, len(group), fixed, rate, spread])
-    return tabulate(rows, headers=["first attempt", "items", "fixed", "fix rate", "final outcomes"])
+    return tabulate(rows, headers=["first attempt", "items", "fixed", "fix rate", "final outcomes"], disable_numparse=True)
 
 
 def _outcome_after(record: Mapping[str, Any], round_index: int) -> str:
@@ -82,7 +82,7 @@ def solved_after_round_table(records: list[Mapping[str, Any]]) -> str:
     for k in range(depth):
         solved = sum(_outcome_after(r, k) == PASSED for r in records)
         rows.append([k, solved, f"{solved / len(records):.3f}"])
-    return tabulate(rows, headers=["after round", "solved", "pass@1"])
+    return tabulate(rows, headers=["after round", "solved", "pass@1"], disable_numparse=True)
 
 
 def net_effect_table(records: list[Mapping[str, Any]]) -> str:
@@ -95,7 +95,7 @@ def net_effect_table(records: list[Mapping[str, Any]]) -> str:
         fixes = sum(a and not b for a, b in zip(after, before))
         regressions = sum(b and not a for a, b in zip(after, before))
         rows.append([k, fixes, regressions, fixes - regressions])
-    return tabulate(rows, headers=["round", "fixes", "regressions", "net"])
+    return tabulate(rows, headers=["round", "fixes", "regressions", "net"], disable_numparse=True)
 
 
 def render_tables(records: Iterable[Mapping[str, Any]]) -> str:

@@ -17,6 +17,7 @@ def build_record(
     *,
     nodeid: str = "",
     round_verdicts: list[str] | None = None,
+    run_key: str = "",
 ) -> dict[str, Any]:
     """One item's record: builtin types only, so it travels from xdist workers unchanged.
 
@@ -25,6 +26,7 @@ def build_record(
     problem = solution.problem
     return {
         "nodeid": nodeid,
+        "run_key": run_key,
         "benchmark": problem.benchmark,
         "problem_id": problem.id,
         "sample": solution.sample,
@@ -40,20 +42,42 @@ def build_record(
             for t in result.tests
         ],
         "message": result.message,
-        "exec_seconds": round(result.seconds, 4),
         "rounds": [r.to_dict() for r in solution.rounds],
         "round_outcomes": round_verdicts or [result.outcome_class],
-        **solution.properties,
+        **{k: v for k, v in solution.properties.items() if k not in TIMING_KEYS},
+        # Wall-clock facts vary between identical runs (rounds also carry their `seconds`).
+        "timing": {
+            "exec_seconds": round(result.seconds, 4),
+            **{k: v for k, v in solution.properties.items() if k in TIMING_KEYS},
+        },
     }
 
 
-class ResultsWriter:
-    """Appends records one line at a time and flushes, so an interrupted run keeps its items."""
+TIMING_KEYS = ("gen_seconds",)
 
-    def __init__(self, path: str | Path) -> None:
+
+def without_timing(record: dict[str, Any]) -> dict[str, Any]:
+    """A record without its wall-clock facts: what two runs of the same work agree on."""
+    rounds = [{k: v for k, v in r.items() if k != "seconds"} for r in record.get("rounds", ())]
+    return {**{k: v for k, v in record.items() if k != "timing"}, "rounds": rounds}
+
+
+class ResultsWriter:
+    """Appends records one line at a time and flushes, so an interrupted run keeps its items.
+
+    With `append`, a file whose last line a killed run cut short gets a newline first, so the
+    next record starts on a line of its own (readers skip the broken line).
+    """
+
+    def __init__(self, path: str | Path, *, append: bool = False) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: IO[str] = self.path.open("w", encoding="utf-8")
+        self._file: IO[str] = self.path.open("a" if append else "w", encoding="utf-8")
+        if append and self.path.stat().st_size:
+            with self.path.open("rb") as existing:
+                existing.seek(-1, 2)
+                if existing.read(1) != b"\n":
+                    self._file.write("\n")
 
     def write(self, record: dict[str, Any]) -> None:
         self._file.write(json.dumps(record, ensure_ascii=False) + "\n")

@@ -32,3 +32,17 @@ class RunSettings:
 
     def role_model(self, role: str) -> str:
         return getattr(self, role, None) or self.model
+
+
+# Settings that change what a run produces; the rest (threads, cache, logging) only how fast.
+_NOT_RESULT_SHAPING = ("threads", "verbose_llama", "cache_dir")
+
+
+def run_key(settings: RunSettings) -> str:
+    """Identifies the work a results file holds, so a resumed run never mixes in another's."""
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    shaping = {k: v for k, v in asdict(settings).items() if k not in _NOT_RESULT_SHAPING}
+    return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]

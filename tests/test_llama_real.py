@@ -48,9 +48,15 @@ def test_stop_sequences_end_generation(gemma):
     assert "\n" not in response.text
 
 
-def test_chat_template_from_the_gguf(gemma):
-    request = GenerationRequest(messages=(Message("user", "Say hi."),), temperature=0.0, max_tokens=8)
-    assert gemma.generate(request).completion_tokens > 0
+def test_chat_requests_are_wrapped_in_a_chat_format(gemma):
+    """The 270M base model has no template in its GGUF; llama-cpp-python then falls back to a
+    generic chat format, so the prompt is longer than the message alone."""
+    message = "Say hi."
+    request = GenerationRequest(messages=(Message("user", message),), temperature=0.0, max_tokens=8)
+    response = gemma.generate(request)
+    bare = gemma.generate(GenerationRequest(prompt=message, temperature=0.0, max_tokens=1))
+    assert response.prompt_tokens > bare.prompt_tokens
+    assert response.finish_reason in ("stop", "length")
 
 
 def test_a_broken_model_file_is_a_clear_error(tmp_path):
@@ -85,5 +91,8 @@ def test_single_pipeline_with_gemma_through_pytest_then_fully_cached(pytester):
     assert all(r["rounds"][0]["cached"] for r in again)
     assert sorted((r["problem_id"], r["program"]) for r in again) == sorted(
         (r["problem_id"], r["program"]) for r in records)
-    assert second.parseoutcomes() == outcomes
+    def verdicts(result):
+        return {k: v for k, v in result.parseoutcomes().items() if k in ("passed", "failed")}
+
+    assert verdicts(second) == verdicts(first)
     print(f"first run {first_seconds:.1f}s, cached run with -n 2 {second_seconds:.1f}s")

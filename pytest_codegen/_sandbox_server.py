@@ -1,0 +1,1544 @@
+"""The sandbox server: a long-lived process that runs candidate programs in forked children.
+
+`pytest_codegen.sandbox.Sandbox` starts this file as a fresh interpreter
+(`python -I .../_sandbox_server.py CONFIG`), before any model is loaded, and talks to it over
+its stdin/stdout with length-prefixed JSON. The file is run by path, not imported as part of the
+package, so the server never imports `pytest_codegen/__init__.py` or anything a model backend
+pulls in: forking after llama.cpp (or any threaded library) has run hangs, and this process
+forks for every execution.
+
+How one execution runs
+----------------------
+* At start the server isolates *itself*, so that every child inherits it:
+  - as root: `unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC)` (no network: only a downed
+    loopback; no shared SysV IPC or abstract unix sockets), all mounts made private, every real
+    file system re-mounted read-only, fresh tmpfs over /tmp, /var/tmp, /dev/shm and /run (which
+    also hides host unix sockets there), and a sandbox uid/gid of `200000 + server pid`, unique to
+    this server, so concurrent servers (xdist workers) never share one;
+  - not root: the same namespaces inside an unprivileged user namespace if the kernel allows it
+    (no uid change then), otherwise nothing but rlimits and process-group/descendant killing.
+  The server is a child subreaper (PR_SET_CHILD_SUBREAPER), so double-forked daemons come back
+  to it.
+* A *zygote* child is forked ahead of each request (so the fork overlaps the caller's work): it
+  starts its own session, gets a private mount namespace with fresh size-limited tmpfs mounts
+  over the writable directories and a work dir /tmp/work owned by the sandbox uid, puts stdout
+  and stderr on an output pipe, the result channel on fd 3 and /dev/null on stdin, closes every
+  other fd and resets signal handlers, then waits for a job. With the job it sets rlimits
+  (AS, CPU, FSIZE, NPROC, NOFILE, CORE=0), drops to the sandbox uid (setgroups/setresgid/
+  setresuid; or drops every capability in the user-namespace mode), sets NO_NEW_PRIVS and
+  runs the harness below.
+* Tests are compiled by the server, through pytest's assertion rewriting, before the job is
+  handed to the child; the candidate program itself is compiled in the child (under the
+  rlimits), so a hostile program cannot hurt the server's compiler.
+* The server enforces the wall clock (select over the result and output pipes with a
+  deadline; output past the cap is drained and counted, never stored) and, when the child is
+  done or out of time, kills every process of the sandbox uid: the harness itself ends with
+  `kill(-1, SIGKILL)` as the sandbox uid, and the server forks a short-lived killer that does
+  the same whenever any child process is still around (a double-forked daemon, a fork bomb);
+  then it reaps everything. Without a sandbox uid it kills the process group and every
+  descendant it finds in /proc.
+
+Verdicts
+--------
+The harness reports on a dedicated pipe (fd 3), one JSON line per event, each carrying a random
+per-run token, written with references (`os.write`, the fd, the JSON string encoder, the
+builtins it uses) captured before any candidate code runs. The server accepts only the exact
+sequence it expects (define result, then start/result for each test in order, then end) and
+passes a program only if it saw every test pass *and* the end message. Exiting early
+(`sys.exit`, `os._exit`, `exit()`), killing the parent, closing fds, replacing signal handlers,
+replacing entries of `builtins` (tests see a private, pristine copy of the builtins), shadowing
+builtins or the test helpers in the program's own namespace (tests run in their own namespace,
+seeded from the program's: `candidate`, the program's names and the setup's names), leaving
+threads or processes behind: none of those turns into a pass.
+
+Deviation from a flat `exec`: the tests run in a namespace of their own (a copy of the
+program's namespace taken after the program and the setup are defined, minus names that shadow
+builtins, plus a private copy of the builtins). A program therefore does not see names the tests
+define, and rebinding its globals while a test runs does not change what the test sees.
+
+Known limits
+------------
+* The candidate and the harness share one process and one interpreter. A candidate that
+  deliberately introspects the harness (walking frames with `sys._getframe`, `gc.get_objects()`
+  to find the token or the test namespace, setting `f_trace` on a test frame to jump over an
+  assert, patching shared modules such as `math` or `_pytest.assertion.rewrite` helpers) can
+  still forge or hide a failure. Closing that needs the checking out of the candidate's
+  process: run the candidate in one process that only answers calls (arguments in, pickled/JSON
+  return values out) and evaluate the test's assertions in a separate process it cannot reach,
+  or a seccomp filter plus a stripped interpreter.
+* Objects that lie about equality (a return value whose `__eq__` always says True) pass an
+  `assert candidate(x) == y`; that is Python semantics, not something the sandbox can see.
+* Without root there is no uid change: the candidate runs as the caller's uid and can signal
+  the server and the caller's other processes (`isolation` says so).
+"""
+
+from __future__ import annotations
+
+import ast
+import ctypes
+import ctypes.util
+import errno
+import gc
+import json
+import json.encoder
+import marshal
+import os
+import re
+import resource
+import secrets
+import select
+import signal
+import struct
+import sys
+import time
+
+# Pre-import what children commonly need so their imports are a dict lookup after the fork.
+import _pytest.assertion.rewrite as _rewrite  # noqa: E402
+import bisect  # noqa: F401,E402
+import collections  # noqa: F401,E402
+import copy  # noqa: F401,E402
+import dataclasses  # noqa: F401,E402
+import fractions  # noqa: F401,E402
+import functools  # noqa: F401,E402
+import hashlib  # noqa: F401,E402
+import heapq  # noqa: F401,E402
+import io  # noqa: E402
+import itertools  # noqa: F401,E402
+import math  # noqa: F401,E402
+import operator  # noqa: F401,E402
+import random  # noqa: E402
+import string  # noqa: F401,E402
+import typing  # noqa: F401,E402
+
+# --------------------------------------------------------------------------- constants
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWNET = 0x40000000
+
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_REMOUNT = 0x20
+MS_NOATIME = 0x400
+MS_NODIRATIME = 0x800
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 0x40000
+MS_RELATIME = 0x200000
+
+PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+RESULT_FD = 3
+TMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")  # fresh tmpfs for every execution (+ /run/lock)
+MAX_RESULT_BYTES = 8 << 20
+MAX_TEXT = 2000
+MAX_TB = 6000
+SANDBOX_UID_BASE = 200000
+NOBODY = 65534
+
+_HEADER = struct.Struct(">I")
+
+# ------------------------------------------------------------------ libc via ctypes
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+_libc.unshare.argtypes = [ctypes.c_int]
+_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+
+
+def _check(ret: int, what: str) -> None:
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _unshare(flags: int) -> None:
+    _check(_libc.unshare(flags), f"unshare({flags:#x})")
+
+
+def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    enc = lambda s: None if s is None else s.encode()  # noqa: E731
+    _check(_libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)), f"mount {target}")
+
+
+def _prctl(option: int, arg: int = 0) -> int:
+    return _libc.prctl(option, arg, 0, 0, 0)
+
+
+def _drop_capabilities() -> None:
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+    _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+    header = Header(LINUX_CAPABILITY_VERSION_3, 0)
+    data = (Data * 2)()
+    _check(_libc.capset(ctypes.byref(header), ctypes.byref(data)), "capset")
+
+
+def _mount_flags(path: str) -> int:
+    """The per-mount flags of `path`, to keep when re-mounting it (locked in a user namespace)."""
+    f = os.statvfs(path).f_flag
+    flags = f & (MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_NOATIME | MS_NODIRATIME)
+    if f & 4096:  # ST_RELATIME
+        flags |= MS_RELATIME
+    return flags
+
+
+def _mount_points() -> list[str]:
+    points = []
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) > 4:
+                    points.append(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), parts[4]))
+    except OSError:
+        pass
+    return points
+
+
+# ------------------------------------------------------------------------- framing
+
+
+def _read_exact(fd: int, n: int) -> bytes:
+    chunks = []
+    while n:
+        chunk = os.read(fd, min(n, 1 << 20))
+        if not chunk:
+            raise EOFError("the other end closed the pipe")
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def read_frame(fd: int) -> bytes:
+    (n,) = _HEADER.unpack(_read_exact(fd, _HEADER.size))
+    return _read_exact(fd, n)
+
+
+def write_frame(fd: int, payload: bytes) -> None:
+    _write_all(fd, _HEADER.pack(len(payload)) + payload)
+
+
+# ------------------------------------------------------------------------ helpers
+
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]{4,16}>")
+
+
+def _clean(s: object, limit: int = MAX_TEXT) -> str:
+    """A plain str of at most `limit` characters that encodes as UTF-8, without object addresses.
+
+    (`<function f at 0x7f..>` becomes `<function f>` so the same failure reads the same in
+    every run.)
+    """
+    if not isinstance(s, str):
+        s = "" if s is None else str(s)
+    s = _ADDRESS.sub(">", s)
+    if len(s) > limit:
+        s = s[:limit] + f"... [{len(s) - limit} more characters]"
+    return s.encode("utf-8", "replace").decode("utf-8")
+
+
+def _signal_name(signo: int) -> str:
+    try:
+        return signal.Signals(signo).name
+    except ValueError:
+        return f"signal {signo}"
+
+
+def _proc_children() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 1:
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    return children
+
+
+def _descendants(root: int) -> list[int]:
+    children = _proc_children()
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _uid_tasks(uid: int) -> int:
+    """How many tasks (threads count, as for RLIMIT_NPROC) run as `uid`."""
+    n = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status") as f:
+                status = f.read()
+        except OSError:
+            continue
+        uid_line = re.search(r"^Uid:\s+(\d+)", status, re.M)
+        threads = re.search(r"^Threads:\s+(\d+)", status, re.M)
+        if uid_line and int(uid_line.group(1)) == uid:
+            n += int(threads.group(1)) if threads else 1
+    return n
+
+
+# ----------------------------------------------------------------------- isolation
+
+
+class Isolation:
+    def __init__(self) -> None:
+        self.namespaces: list[str] = []
+        self.uid: int | None = None  # sandbox uid (root mode only)
+        self.gid: int | None = None
+        self.userns = False
+        self.read_only_root = False
+        self.child_mounts = False  # each execution gets fresh tmpfs mounts in its own mount ns
+        self.run_dir: str | None = None  # parent of per-run work dirs when there are no mounts
+        self.notes: list[str] = []
+
+    @property
+    def mode(self) -> str:
+        if self.uid is not None:
+            return "root"
+        return "userns" if self.userns else "none"
+
+    def describe(self) -> str:
+        parts = []
+        if self.namespaces:
+            kind = "user namespace" if self.userns else "namespaces"
+            parts.append(f"{kind}({','.join(self.namespaces)})")
+        if self.uid is not None:
+            parts.append(f"uid {self.uid}")
+        parts.append("rlimits")
+        if self.read_only_root:
+            parts.append("read-only root + private tmpfs")
+        if self.uid is None:
+            parts.append("process group")
+        line = " + ".join(parts)
+        if self.uid is None and not self.namespaces:
+            line = "rlimits + process group only (not root: no network/filesystem isolation)"
+        elif self.uid is None:
+            line += " (not root: runs as the caller's uid)"
+        elif not self.namespaces:
+            line += " (no namespaces: no network/filesystem isolation)"
+        return line
+
+
+def _setup_mounts(iso: Isolation, file_size_mb: int) -> None:
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)
+    # Every real file system read-only: the candidate can write only to the fresh tmpfs below.
+    for point in sorted(set(_mount_points()), key=len):
+        if point == "/proc" or point.startswith(("/proc/", "/sys", "/dev")):
+            continue
+        try:
+            _mount(None, point, None, MS_REMOUNT | MS_BIND | MS_RDONLY | _mount_flags(point))
+            if point == "/":
+                iso.read_only_root = True
+        except OSError as e:
+            if point == "/":
+                iso.notes.append(f"could not make / read-only: {e}")
+    size = f"size={max(file_size_mb, 1)}m"
+    for d in (*TMP_DIRS, "/run"):
+        if os.path.isdir(d) and not os.path.islink(d):
+            try:
+                _mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, f"{size},mode={'755' if d == '/run' else '1777'}")
+            except OSError as e:
+                iso.notes.append(f"no tmpfs on {d}: {e}")
+    try:
+        os.makedirs("/run/lock", exist_ok=True)
+        os.chmod("/run/lock", 0o1777)
+    except OSError:
+        pass
+    iso.child_mounts = True
+
+
+def setup_isolation(cfg: dict) -> Isolation:
+    iso = Isolation()
+    degrade = cfg.get("degrade")
+    file_size_mb = int(cfg.get("file_size_mb", 16))
+    if degrade and os.geteuid() == 0:
+        # Simulate an unprivileged caller (used by the tests): become nobody for good.
+        os.setgroups([])
+        os.setresgid(NOBODY, NOBODY, NOBODY)
+        os.setresuid(NOBODY, NOBODY, NOBODY)
+        _prctl(PR_SET_DUMPABLE, 1)  # like any process that never was root
+    if os.geteuid() == 0:
+        try:
+            _unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC)
+            iso.namespaces = ["net", "mount", "ipc"]
+        except OSError as e:
+            iso.notes.append(str(e))
+            for flag, name in ((CLONE_NEWNS, "mount"), (CLONE_NEWNET, "net"), (CLONE_NEWIPC, "ipc")):
+                try:
+                    _unshare(flag)
+                    iso.namespaces.append(name)
+                except OSError:
+                    pass
+        if "mount" in iso.namespaces:
+            try:
+                _setup_mounts(iso, file_size_mb)
+            except OSError as e:
+                iso.notes.append(str(e))
+        uid = SANDBOX_UID_BASE + os.getpid()
+        iso.uid = iso.gid = uid
+    elif degrade != "none":
+        uid, gid = os.getuid(), os.getgid()
+        try:
+            _unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC)
+            for path, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
+                with open(f"/proc/self/{path}", "w") as f:
+                    f.write(text)
+            iso.userns = True
+            iso.namespaces = ["net", "mount", "ipc"]
+            _setup_mounts(iso, file_size_mb)
+        except OSError as e:
+            iso.notes.append(f"no user namespace: {e}")
+    if not iso.child_mounts:
+        import tempfile
+
+        iso.run_dir = tempfile.mkdtemp(prefix="pytest-codegen-sandbox-")
+    return iso
+
+
+# ------------------------------------------------------------------ test compiling
+
+_compile_cache: dict[tuple[str, str], tuple[object, dict | None]] = {}
+
+
+def compile_trusted(filename: str, source: str) -> tuple[object, dict | None]:
+    """Compile a test (or setup) source through pytest's assertion rewriting; cached."""
+    key = (filename, source)
+    hit = _compile_cache.get(key)
+    if hit is not None:
+        return hit
+    try:
+        tree = ast.parse(source, filename=filename)
+        _rewrite.rewrite_asserts(tree, source.encode("utf-8", "surrogatepass"), None, None)
+        out: tuple[object, dict | None] = (compile(tree, filename, "exec", dont_inherit=True), None)
+    except Exception as e:  # SyntaxError, ValueError (null bytes), RecursionError...
+        line = ""
+        if isinstance(e, SyntaxError) and e.text:
+            line = e.text.strip()
+        out = (None, {"et": type(e).__name__, "msg": _clean(f"{type(e).__name__}: {e}"), "line": _clean(line)})
+    if len(_compile_cache) >= 2048:
+        _compile_cache.pop(next(iter(_compile_cache)))
+    _compile_cache[key] = out
+    return out
+
+
+# ------------------------------------------------------------------------- harness
+
+_FN_REPR = re.compile(r"<(?:function|built-in function|class) '?([\w.<>]+?)'? at 0x[0-9a-fA-F]+>|<class '([\w.<>]+)'>")
+_ESC = json.encoder.c_encode_basestring_ascii or json.encoder.py_encode_basestring_ascii
+
+
+PRISTINE_BUILTINS: dict = {}  # filled by main() before anything can change builtins
+
+
+def prepare_harness() -> tuple[dict, bytes]:
+    """Done in the zygote before the job arrives: the pristine builtins (a snapshot the
+    server took at start; this process's private copy), the memory ballast, and a fresh
+    random state (the server's is shared by every fork)."""
+    import builtins
+
+    random.seed()
+    return PRISTINE_BUILTINS or dict(builtins.__dict__), bytes(2 << 20)
+
+
+def run_harness(job: dict, mypid: int, kill_all: bool, prepared: tuple[dict, bytes]) -> None:
+    """Define the candidate and run the tests, reporting each on RESULT_FD. Never returns."""
+    # --- everything used below is bound here, before any candidate code runs ---
+    import builtins
+
+    _write, _exit, _getpid, _kill = os.write, os._exit, os.getpid, os.kill
+    _setrlimit_raw, _NPROC = resource.setrlimit, resource.RLIMIT_NPROC
+    _exc_info, _settrace, _setprofile = sys.exc_info, sys.settrace, sys.setprofile
+    _esc, _fn_sub = _ESC, _FN_REPR.sub
+    _str, _exact, _int = str, str.__str__, int
+    _len, _exec, _compile, _dict, _type = len, exec, compile, dict, type
+    _isinstance, _issubclass, _range, _reversed = isinstance, issubclass, range, reversed
+    max_text, max_tb = MAX_TEXT, MAX_TB
+    _tname = type.__dict__["__name__"].__get__
+    _BaseException, _MemoryError, _SyntaxError = BaseException, MemoryError, SyntaxError
+    _AssertionError, _OSError = AssertionError, OSError
+    _stdout, _stderr = sys.stdout, sys.stderr
+    _fd, _token = RESULT_FD, job["token"]
+    pristine, ballast = prepared  # ballast: freed on MemoryError so the report can be built
+    program, setup_code, entry = job["program"], job["setup"], job["entry_point"]
+    tests = job["tests"]  # [name, filename, source, code or None, compile error or None]
+    sources = {"<candidate>": program.splitlines(), "<setup>": job["setup_source"].splitlines()}
+    for t in tests:
+        sources[t[1]] = t[2].splitlines()
+
+    def send(body: str) -> None:
+        if _getpid() != mypid:  # a fork of the candidate wandered back into the harness
+            _exit(0)
+        data = ('{"t":"%s",%s}\n' % (_token, body)).encode()
+        while data:
+            try:
+                n = _write(_fd, data)
+            except _OSError:
+                _exit(0)  # the channel is gone: the server counts the missing reports
+            data = data[n:]
+
+    def cut(s: str, limit: int = max_text) -> str:
+        s = _exact(s)
+        return s if _len(s) <= limit else s[:limit] + "... [%d more characters]" % (_len(s) - limit)
+
+    def source_line(filename: str, lineno: object) -> str:
+        lines = sources.get(filename)
+        if lines is None or _type(lineno) is not _int or not 0 < lineno <= _len(lines):
+            return ""
+        return cut(lines[lineno - 1].strip(), 500)
+
+    def explain(text: str) -> str:
+        """pytest's multi-line assertion explanation on one line, without function addresses."""
+        parts = []
+        for raw in text.split("\n"):
+            raw = raw.strip()
+            if raw.startswith("+"):
+                raw = raw[1:].strip()
+            if raw:
+                parts.append(raw)
+        return _fn_sub(lambda m: m.group(1) or m.group(2), " ".join(parts))
+
+    def describe(where: str) -> tuple[str, str, str, str]:
+        """(error type, message, line, traceback) of the exception being handled."""
+        et, ev, tb = _exc_info()
+        try:
+            return describe_exc(where, et, ev, tb)
+        except _BaseException:
+            try:
+                name = cut(_tname(et), 200)
+            except _BaseException:
+                name = "BaseException"
+            return name, name, "", ""
+
+    def describe_exc(where: str, et: object, ev: object, tb: object) -> tuple[str, str, str, str]:
+        try:
+            name = cut(_tname(et), 200)
+        except _BaseException:
+            name = "BaseException"
+        try:
+            text = cut(_str(ev))
+        except _BaseException:
+            text = "<exception str() failed>"
+        message = cut("%s: %s" % (name, text)) if text else name
+        frames = []
+        while tb is not None:
+            co = tb.tb_frame.f_code
+            if co.co_filename in sources:
+                frames.append((co.co_filename, tb.tb_lineno, co.co_name))
+            tb = tb.tb_next
+        out = ["Traceback (most recent call last):\n"]
+        if _len(frames) > 40:
+            skipped = _len(frames) - 30
+            frames = frames[:10] + [("", skipped, "")] + frames[-20:]
+        last, repeats = None, 0
+        for f in frames:
+            if f[0] == "":
+                out.append("  ... %d frames omitted ...\n" % f[1])
+                last = None
+                continue
+            if f == last:
+                repeats += 1
+                if repeats >= 3:
+                    continue
+            else:
+                if repeats >= 3:
+                    out.append("  [Previous line repeated %d more times]\n" % (repeats - 2))
+                repeats = 0
+            last = f
+            out.append('  File "%s", line %s, in %s\n' % f)
+            src = source_line(f[0], f[1])
+            if src:
+                out.append("    %s\n" % src)
+        if repeats >= 3:
+            out.append("  [Previous line repeated %d more times]\n" % (repeats - 2))
+        is_syntax = et is not None and _issubclass(et, _SyntaxError)
+        if is_syntax and _type(ev.filename) is str:
+            out.append('  File "%s", line %s\n' % (ev.filename, ev.lineno))
+            if _type(ev.text) is str:
+                out.append("    %s\n" % cut(ev.text.strip(), 500))
+        out.append(message + "\n")
+        trace = "".join(out)
+        if _len(trace) > max_tb:
+            trace = trace[: max_tb // 3] + "\n  ...\n" + trace[-(2 * max_tb) // 3 :]
+        line = ""
+        for f in _reversed(frames):
+            if f[0] == where or (where == "<define>" and f[0] in ("<candidate>", "<setup>")):
+                line = source_line(f[0], f[1])
+                break
+        if not line and is_syntax and _type(ev.text) is str:
+            line = cut(ev.text.strip(), 500)
+        if name == "AssertionError" and text:
+            values = cut(explain(text), 1000)
+            line = "%s  # %s" % (line, values) if line else values
+        return name, message, line, trace
+
+    def failure(kind: str, extra: str, info: tuple[str, str, str, str]) -> str:
+        return '"k":"%s"%s,"ok":false,"et":%s,"msg":%s,"line":%s,"tb":%s' % (
+            kind,
+            extra,
+            _esc(info[0]),
+            _esc(info[1]),
+            _esc(info[2]),
+            _esc(info[3]),
+        )
+
+    def finish() -> None:
+        for stream in (_stdout, _stderr):
+            try:
+                stream.flush()
+            except _BaseException:
+                pass
+        if kill_all:
+            try:
+                # No process of the uid may fork any more (not even a thread of this one,
+                # and the hard limit cannot be raised again), then kill every other one.
+                _setrlimit_raw(_NPROC, (0, 0))
+                _kill(-1, 9)
+            except _BaseException:
+                _exit(0)  # no end message: the server kills what is left
+        send('"k":"end"')
+        _exit(0)
+
+    prepared = None
+    # --- define the candidate ---
+    ns = {"__name__": "__candidate__", "__builtins__": builtins}
+    try:
+        code = _compile(program, "<candidate>", "exec", dont_inherit=True)
+        _exec(code, ns)
+        before = _dict(ns)
+        if setup_code is not None:
+            _exec(setup_code, ns)
+        elif job["setup_error"] is not None:
+            raise _SyntaxError(job["setup_error"]["msg"])
+    except _BaseException as e:
+        if _isinstance(e, _MemoryError):
+            ballast = None  # noqa: F841
+        info = describe("<define>")
+        if _getpid() != mypid:
+            _exit(0)
+        send(failure("define", "", info))
+        finish()
+    if _getpid() != mypid:
+        _exit(0)
+    send('"k":"define","ok":true')
+
+    # --- the tests' namespace: the program's names (minus shadowed builtins), pristine builtins ---
+    setup_names = {k for k, v in ns.items() if k not in before or before[k] is not v}
+    tns = {}
+    for k, v in ns.items():
+        if k not in pristine or k == entry or k in setup_names:
+            tns[k] = v
+    tns["__builtins__"] = pristine  # this process's own copy: the program cannot reach it by name
+    tns["__name__"] = "__test__"
+    if entry:
+        if entry in ns:
+            tns["candidate"] = ns[entry]
+        else:
+            tns.pop("candidate", None)
+
+    for i in _range(_len(tests)):
+        _name, filename, _src, tcode, terr = tests[i]
+        send('"k":"start","i":%d' % i)
+        if tcode is None:
+            send(failure("result", ',"i":%d' % i, (terr["et"], terr["msg"], terr["line"], "")))
+            continue
+        _settrace(None)
+        _setprofile(None)
+        try:
+            _exec(tcode, tns)
+        except _BaseException as e:
+            fatal = _isinstance(e, _MemoryError)
+            if fatal:
+                ballast = None  # noqa: F841
+            info = describe(filename)
+            send(failure("result", ',"i":%d' % i, info))
+            if fatal:
+                finish()
+        else:
+            send('"k":"result","i":%d,"ok":true' % i)
+    finish()
+
+
+# -------------------------------------------------------------------------- server
+
+class Zygote:
+    """A child forked ahead of a job, confined as far as possible without knowing the job."""
+
+    def __init__(self, pid: int, req_w: int, res_r: int, out_r: int, pidfd: int | None, work: str | None, size_mb: int):
+        self.pid, self.req_w, self.res_r, self.out_r, self.pidfd = pid, req_w, res_r, out_r, pidfd
+        self.work, self.size_mb = work, size_mb
+        self.reaped = False
+
+    def close_fds(self) -> None:
+        for name in ("req_w", "res_r", "out_r", "pidfd"):
+            fd = getattr(self, name)
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+                setattr(self, name, None)
+
+
+class Server:
+    def __init__(self, cfg: dict, proto_in: int, proto_out: int) -> None:
+        self.cfg = cfg
+        self.proto_in, self.proto_out = proto_in, proto_out
+        self.iso = setup_isolation(cfg)
+        self.pid = os.getpid()
+        self.subreaper = _prctl(PR_SET_CHILD_SUBREAPER, 1) == 0
+        self.zygote: Zygote | None = None
+        self.pending: list[_RunState] = []  # runs that ended cleanly, child still exiting
+        self.default_size_mb = int(cfg.get("file_size_mb", 16))
+        self.runs = 0
+        self.devnull = os.open("/dev/null", os.O_RDWR)
+        # SIGCHLD wakes the idle loop, so orphans killed after a run are reaped at once.
+        self.sigchld_r, sigchld_w = os.pipe()
+        os.set_blocking(self.sigchld_r, False)
+        os.set_blocking(sigchld_w, False)
+        signal.set_wakeup_fd(sigchld_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGCHLD, lambda signo, frame: None)
+        # What every child gets, set once here rather than in each child.
+        os.environ.clear()
+        os.environ.update(
+            {
+                "PATH": "/usr/local/bin:/usr/bin:/bin",
+                "HOME": "/tmp/work" if self.iso.child_mounts else "/tmp",
+                "TMPDIR": "/tmp",
+                "LANG": "C.UTF-8",
+                "PYTHONIOENCODING": "utf-8",
+                "OMP_NUM_THREADS": "1",
+                "OPENBLAS_NUM_THREADS": "1",
+                "MKL_NUM_THREADS": "1",
+            }
+        )
+        if self.iso.uid is not None and not self._kill_uid():  # also clears a dead namesake's leftovers
+            self.iso.notes.append("could not switch to the sandbox uid")
+            self.iso.uid = self.iso.gid = None
+
+    # --- killing and reaping ------------------------------------------------------------
+
+    def _kill_uid(self) -> bool:
+        """Fork a killer that becomes the sandbox uid and SIGKILLs every process of that uid.
+
+        kill(-1) runs under the kernel's task-list lock, which fork also needs, so one call
+        gets every process of the uid, including one being forked at that moment.
+        """
+        uid, gid = self.iso.uid, self.iso.gid
+        assert uid is not None and gid is not None and uid != 0
+        pid = os.fork()
+        if pid == 0:
+            try:
+                signal.set_wakeup_fd(-1)
+                os.setgroups([])
+                os.setresgid(gid, gid, gid)
+                os.setresuid(uid, uid, uid)
+                if os.getresuid() == (uid, uid, uid) and uid != 0:  # never kill(-1) as root
+                    try:
+                        os.kill(-1, signal.SIGKILL)
+                    except OSError:
+                        pass
+                    os._exit(0)
+            except BaseException:
+                pass
+            os._exit(1)
+        while True:
+            try:
+                _, status = os.waitpid(pid, 0)
+                break
+            except InterruptedError:
+                continue
+        return os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+    def _reap(self) -> bool:
+        """Reap finished children; True when the server has no child left at all."""
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return True
+            if pid == 0:
+                return False
+            if self.zygote is not None and pid == self.zygote.pid:
+                self.zygote.reaped = True
+
+    def _cleanup_by_tree(self, pgid: int | None) -> bool:
+        """Without a sandbox uid: kill the process group and every descendant until none is left."""
+        deadline = time.monotonic() + 5.0
+        delay = 0.0005
+        while not self._reap():
+            if time.monotonic() > deadline:
+                return False
+            if pgid is not None:
+                try:
+                    os.killpg(pgid, signal.SIGKILL)
+                except OSError:
+                    pass
+            for pid in _descendants(self.pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            time.sleep(delay)
+            delay = min(delay * 2, 0.02)
+        return True
+
+    # --- the zygote ----------------------------------------------------------------
+
+    def spawn_zygote(self, size_mb: int | None = None) -> None:
+        size_mb = self.default_size_mb if size_mb is None else size_mb
+        req_r, req_w = os.pipe()
+        res_r, res_w = os.pipe()
+        out_r, out_w = os.pipe()
+        work = None
+        if self.iso.run_dir is not None:
+            self.runs += 1
+            work = os.path.join(self.iso.run_dir, f"run-{self.runs}")
+            os.mkdir(work, 0o700)
+        gc.freeze()  # the child's collections then never walk (and copy) the server's objects
+        pid = os.fork()
+        if pid == 0:
+            try:
+                self._zygote_main(req_r, res_w, out_w, work, size_mb)
+            except BaseException:
+                try:
+                    import traceback
+
+                    traceback.print_exc()
+                except BaseException:
+                    pass
+            finally:
+                os._exit(70)
+        for fd in (req_r, res_w, out_w):
+            os.close(fd)
+        pidfd = None
+        if hasattr(os, "pidfd_open"):
+            try:
+                pidfd = os.pidfd_open(pid)
+            except OSError:
+                pidfd = None
+        import fcntl
+
+        for fd in (res_r, out_r):
+            try:
+                fcntl.fcntl(fd, 1031, 1 << 20)  # F_SETPIPE_SZ: fewer wake-ups for chatty programs
+            except OSError:
+                pass
+        self.zygote = Zygote(pid, req_w, res_r, out_r, pidfd, work, size_mb)
+
+    def _zygote_main(self, req_r: int, res_w: int, out_w: int, work: str | None, size_mb: int) -> None:
+        """The forked child, still privileged: everything that does not depend on the job."""
+        os.setsid()
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != self.pid:
+            os._exit(0)
+        iso = self.iso
+        setup_error = None
+        # fds: results on 3, output on 1 and 2, /dev/null on 0, the job pipe on 4 until read
+        # (the server's own 0-4 are /dev/null, /dev/null, stderr and the protocol pipes, so
+        # the pipes are above 4 and can be moved down directly)
+        if min(req_r, res_w, out_w) < 5:
+            req_r, res_w, out_w = (_dup_high(fd) for fd in (req_r, res_w, out_w))
+        os.dup2(self.devnull, 0)
+        os.dup2(out_w, 1)
+        os.dup2(out_w, 2)
+        os.dup2(res_w, RESULT_FD)
+        os.dup2(req_r, 4)
+        os.closerange(5, max(os.sysconf("SC_OPEN_MAX"), 1 << 16))
+        req_fd = 4
+        sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")
+        sys.stdout = io.TextIOWrapper(
+            io.FileIO(1, "w", closefd=False), encoding="utf-8", errors="backslashreplace", line_buffering=True
+        )
+        sys.stderr = io.TextIOWrapper(
+            io.FileIO(2, "w", closefd=False), encoding="utf-8", errors="backslashreplace", write_through=True
+        )
+        sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr
+        sys.argv = [""]
+        sys.dont_write_bytecode = True
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        if iso.child_mounts:
+            try:
+                _unshare(CLONE_NEWNS)
+                for d in (*TMP_DIRS, "/run/lock"):
+                    if os.path.isdir(d):
+                        _mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, f"size={max(size_mb, 1)}m,nr_inodes=8192,mode=1777")
+                work = "/tmp/work"
+                os.mkdir(work, 0o700)
+            except OSError as e:
+                setup_error = f"private mounts failed: {e}"
+        if work is not None:
+            if iso.uid is not None:
+                os.chown(work, iso.uid, iso.gid)
+            os.chdir(work)
+        if not iso.child_mounts:  # the server's environment already is the children's
+            os.environ["HOME"] = os.environ["TMPDIR"] = work or "/tmp"
+        prepared = prepare_harness()
+        for which, value in ((resource.RLIMIT_CORE, 0), (resource.RLIMIT_NOFILE, 256)):
+            _setrlimit(which, value)
+
+        # --- wait for the job ---
+        try:
+            job = marshal.loads(read_frame(req_fd))
+        except (EOFError, OSError, ValueError):
+            os._exit(0)
+        os.close(req_fd)
+        if job is None:
+            os._exit(0)
+        if setup_error is not None:
+            self._child_report(job["token"], setup_error)
+        try:
+            self._confine(job)
+        except OSError as e:
+            self._child_report(job["token"], f"could not confine the child: {e}")
+        run_harness(job, os.getpid(), kill_all=iso.uid is not None, prepared=prepared)
+
+    @staticmethod
+    def _child_report(token: str, text: str) -> None:
+        data = '{"t":"%s","k":"sandbox_error","msg":%s}\n' % (token, _ESC(text))
+        try:
+            _write_all(RESULT_FD, data.encode())
+        finally:
+            os._exit(71)
+
+    def _confine(self, job: dict) -> None:
+        """Job-dependent limits, then drop privileges for good."""
+        iso = self.iso
+        lim = job["limits"]
+        mb = 1 << 20
+        cpu = max(1, int(-(-float(lim["cpu_seconds"]) // 1)))
+        _soft, cpu_hard = resource.getrlimit(resource.RLIMIT_CPU)
+        if cpu_hard == resource.RLIM_INFINITY or cpu_hard > cpu + 1:
+            cpu_hard = cpu + 1  # SIGXCPU at the soft limit, SIGKILL a second later
+        resource.setrlimit(resource.RLIMIT_CPU, (min(cpu, cpu_hard), cpu_hard))
+        if int(lim["memory_mb"]) > 0:
+            _setrlimit(resource.RLIMIT_AS, int(lim["memory_mb"]) * mb)
+        _setrlimit(resource.RLIMIT_FSIZE, max(int(lim["file_size_mb"]), 0) * mb)
+        nproc = max(int(lim["max_processes"]), 1)
+        if iso.uid is None:  # a shared uid: leave room for the processes it already runs
+            nproc += int(job.get("uid_tasks", 0))
+        _setrlimit(resource.RLIMIT_NPROC, nproc)
+        if iso.uid is not None:
+            os.setgroups([])
+            os.setresgid(iso.gid, iso.gid, iso.gid)
+            os.setresuid(iso.uid, iso.uid, iso.uid)
+            if os.getresuid() != (iso.uid,) * 3:
+                raise OSError(errno.EPERM, "setresuid did not take")
+        elif iso.userns or os.geteuid() == 0:
+            _drop_capabilities()
+        _prctl(PR_SET_NO_NEW_PRIVS, 1)
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # a uid change clears it
+        if os.getppid() != self.pid:
+            os._exit(0)
+
+    def _zygote_ready(self, size_mb: int) -> Zygote:
+        z = self.zygote
+        if z is not None and (z.size_mb != size_mb or not self._alive(z)):
+            self._discard_zygote()
+            z = None
+        if z is None:
+            self.spawn_zygote(size_mb)
+            z = self.zygote
+        assert z is not None
+        self.zygote = None
+        return z
+
+    @staticmethod
+    def _alive(z: Zygote) -> bool:
+        if z.reaped:
+            return False
+        try:
+            pid, _ = os.waitpid(z.pid, os.WNOHANG)
+        except ChildProcessError:
+            z.reaped = True
+            return False
+        if pid:
+            z.reaped = True
+        return pid == 0
+
+    def _discard_zygote(self) -> None:
+        z, self.zygote = self.zygote, None
+        if z is None:
+            return
+        self._kill_child(z)
+        if not z.reaped:
+            try:
+                os.waitpid(z.pid, 0)
+            except ChildProcessError:
+                pass
+            z.reaped = True
+        z.close_fds()
+        if z.work and self.iso.run_dir:
+            import shutil
+
+            shutil.rmtree(z.work, ignore_errors=True)
+
+    @staticmethod
+    def _kill_child(z: Zygote) -> None:
+        if z.reaped:
+            return
+        try:
+            if z.pidfd is not None:
+                signal.pidfd_send_signal(z.pidfd, signal.SIGKILL)
+            else:
+                os.kill(z.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        try:
+            os.killpg(z.pid, signal.SIGKILL)  # its session/process group, while it still exists
+        except OSError:
+            pass
+
+    # --- one run --------------------------------------------------------------------
+
+    def run(self, req: dict) -> tuple[dict, "_RunState | None", bool]:
+        lim = req["limits"]
+        tests = []
+        for name, source in req["tests"]:
+            filename = "<test %s>" % str(name).replace("\n", " ")[:200]
+            code, err = compile_trusted(filename, source)
+            tests.append([str(name), filename, source, code, err])
+        setup_src = req.get("setup") or ""
+        setup_code, setup_err = (None, None)
+        if setup_src.strip():
+            setup_code, setup_err = compile_trusted("<setup>", setup_src)
+        token = secrets.token_hex(16)
+        job = {
+            "token": token,
+            "program": req["program"],
+            "setup": setup_code,
+            "setup_error": setup_err,
+            "setup_source": setup_src,
+            "entry_point": req.get("entry_point") or None,
+            "tests": tests,
+            "limits": lim,
+            "uid_tasks": _uid_tasks(os.getuid()) if self.iso.uid is None else 0,
+        }
+        payload = marshal.dumps(job)
+        self._reap_pending()
+        z = self._zygote_ready(int(lim["file_size_mb"]))
+        st = _RunState(req, tests, token, z, time.monotonic())
+        try:
+            write_frame(z.req_w, payload)
+        except OSError:
+            pass  # it died; the monitor sees that
+        os.close(z.req_w)
+        z.req_w = None  # type: ignore[assignment]
+        if self.iso.uid is not None:
+            # Fork the next zygote while this job runs: it stays root until its own job
+            # arrives, so nothing this run's clean-up does as the sandbox uid can touch it.
+            self.spawn_zygote(z.size_mb)
+        self._monitor(st, float(lim["wall_seconds"]))
+        clean = st.end and not st.corrupt and not st.timed_out
+        if not clean:
+            self._stop(st, clean=False)
+        return {"ok": True, "result": st.result(self.iso)}, st, clean
+
+    def _monitor(self, st: "_RunState", wall: float) -> None:
+        z = st.z
+        deadline = st.t0 + wall
+        cap = int(st.req["limits"]["output_bytes"])
+        open_fds = [z.res_r, z.out_r]
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                st.timed_out = True
+                break
+            watch = list(open_fds)
+            if z.pidfd is not None:
+                watch.append(z.pidfd)
+            timeout = deadline - now if z.pidfd is not None else min(deadline - now, 0.01)
+            try:
+                ready, _, _ = select.select(watch, [], [], timeout)
+            except InterruptedError:
+                continue
+            if z.out_r in ready and not self._read_output(st, cap):
+                open_fds.remove(z.out_r)
+            if z.res_r in ready:
+                try:
+                    data = os.read(z.res_r, 1 << 20)
+                except OSError:
+                    data = b""
+                if not data:
+                    open_fds.remove(z.res_r)
+                else:
+                    st.feed(data)
+                    if st.end or st.corrupt:
+                        break
+            if z.pidfd is not None:
+                if z.pidfd in ready:
+                    self._wait_child(st, block=True)
+                    break
+            elif self._wait_child(st, block=False):
+                break
+        st.seconds = time.monotonic() - st.t0
+        self._drain(st, cap, budget=0.0)  # what is already in the pipes belongs to this run
+
+    def _wait_child(self, st: "_RunState", block: bool) -> bool:
+        """Reap the run's child if it has exited (or wait for it); True once reaped."""
+        z = st.z
+        if z.reaped:
+            return True
+        while True:
+            try:
+                pid, status, ru = os.wait4(z.pid, 0 if block else os.WNOHANG)
+            except InterruptedError:
+                continue
+            except ChildProcessError:
+                z.reaped = True
+                return True
+            break
+        if pid == 0:
+            return False
+        z.reaped = True
+        st.set_exit(status, ru)
+        return True
+
+    def _read_output(self, st: "_RunState", cap: int) -> bool:
+        try:
+            data = os.read(st.z.out_r, 1 << 20)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        if not data:
+            return False
+        st.add_output(data, cap)
+        return True
+
+    def _drain(self, st: "_RunState", cap: int, budget: float) -> None:
+        z = st.z
+        for fd in (z.out_r, z.res_r):
+            if fd is None:
+                continue
+            os.set_blocking(fd, False)
+            until = time.monotonic() + budget
+            while True:
+                try:
+                    data = os.read(fd, 1 << 20)
+                except BlockingIOError:
+                    if time.monotonic() >= until:
+                        break
+                    select.select([fd], [], [], max(0.0, until - time.monotonic()))
+                    continue
+                except OSError:
+                    break
+                if not data:
+                    break
+                if fd == z.out_r:
+                    st.add_output(data, cap)
+                elif not st.end and not st.corrupt:
+                    st.feed(data)
+
+    def _stop(self, st: "_RunState", clean: bool) -> None:
+        """Make sure the run's child and everything it started are gone; reap; tidy up."""
+        z = st.z
+        forced = not clean
+        if not z.reaped and clean:
+            # it reported everything and is on its way out
+            if z.pidfd is not None:
+                select.select([z.pidfd], [], [], 1.0)
+                self._wait_child(st, block=False)
+            else:
+                t_end = time.monotonic() + 1.0
+                while time.monotonic() < t_end and not self._wait_child(st, block=False):
+                    time.sleep(0.0005)
+        if not z.reaped:
+            forced = True
+            self._kill_child(z)
+            self._wait_child(st, block=True)
+        if self.iso.uid is not None:
+            # On a clean end the harness has already SIGKILLed every other process of the uid,
+            # after making forks impossible (RLIMIT_NPROC 0); otherwise do it now.
+            if forced:
+                self._kill_uid()
+            self._reap()
+        else:
+            st.leftovers = not self._cleanup_by_tree(z.pid)
+        if forced:
+            self._drain(st, int(st.req["limits"]["output_bytes"]), budget=1.0)
+        z.close_fds()
+        if z.work and self.iso.run_dir:
+            import shutil
+
+            shutil.rmtree(z.work, ignore_errors=True)
+
+    # --- main loop -------------------------------------------------------------------
+
+    def hello(self) -> dict:
+        return {
+            "ok": True,
+            "pid": self.pid,
+            "isolation": self.iso.describe(),
+            "mode": self.iso.mode,
+            "uid": self.iso.uid,
+            "notes": self.iso.notes,
+            "subreaper": self.subreaper,
+        }
+
+    def send(self, obj: dict) -> None:
+        write_frame(self.proto_out, json.dumps(obj, ensure_ascii=True).encode())
+
+    def _reap_pending(self, force: bool = False) -> None:
+        """Finish the clean-up of runs whose child reported everything and is exiting."""
+        still = []
+        for st in self.pending:
+            if self._wait_child(st, block=False):
+                self._stop(st, clean=True)
+            elif force or time.monotonic() - st.t0 - st.seconds > 1.0:
+                self._stop(st, clean=False)  # it should have exited long ago: kill everything
+            else:
+                still.append(st)
+        self.pending = still
+
+    def serve(self) -> None:
+        self.send(self.hello())
+        self.spawn_zygote()
+        while True:
+            watch = [self.proto_in, self.sigchld_r]
+            watch += [st.z.pidfd for st in self.pending if st.z.pidfd is not None]
+            timeout = 0.01 if any(st.z.pidfd is None for st in self.pending) else (1.0 if self.pending else None)
+            try:
+                ready, _, _ = select.select(watch, [], [], timeout)
+            except InterruptedError:
+                continue
+            if self.sigchld_r in ready:
+                try:
+                    while os.read(self.sigchld_r, 4096):
+                        pass
+                except OSError:
+                    pass
+            if self.pending:
+                self._reap_pending()
+            if self.sigchld_r in ready:
+                self._reap()
+            if self.proto_in not in ready:
+                continue
+            try:
+                req = json.loads(read_frame(self.proto_in))
+            except EOFError:
+                break
+            op = req.get("op")
+            if op == "quit":
+                break
+            if op == "ping":
+                self.send({"ok": True})
+                continue
+            if op != "run":
+                self.send({"ok": False, "error": f"unknown op {op!r}"})
+                continue
+            st, clean = None, False
+            try:
+                resp, st, clean = self.run(req)
+            except Exception:
+                import traceback
+
+                resp = {"ok": False, "error": traceback.format_exc()}
+                self._discard_zygote()
+                if self.iso.uid is not None:
+                    self._kill_uid()
+                self._reap()
+            self.send(resp)
+            if st is not None and clean:
+                if self.iso.uid is not None:
+                    # On a clean end the harness already killed every other process of the
+                    # uid; its own exit is reaped when it comes (or forced within a second).
+                    self.pending.append(st)
+                else:
+                    self._stop(st, clean=True)
+            if self.zygote is None:
+                self.spawn_zygote(st.z.size_mb if st is not None else None)
+        self._reap_pending(force=True)
+        self._discard_zygote()
+        if self.iso.uid is not None:
+            self._kill_uid()
+            self._reap()
+        else:
+            self._cleanup_by_tree(None)
+        if self.iso.run_dir:
+            import shutil
+
+            shutil.rmtree(self.iso.run_dir, ignore_errors=True)
+
+
+def _setrlimit(which: int, value: int) -> None:
+    """Set soft and hard limit to `value` (or to the current hard limit if that is lower)."""
+    _soft, hard = resource.getrlimit(which)
+    if hard != resource.RLIM_INFINITY and value > hard:
+        value = hard
+    resource.setrlimit(which, (value, value))
+
+
+def _dup_high(fd: int) -> int:
+    import fcntl
+
+    return fcntl.fcntl(fd, fcntl.F_DUPFD, 100)
+
+
+# ------------------------------------------------------------------------ run state
+
+
+class _RunState:
+    def __init__(self, req: dict, tests: list, token: str, z: Zygote, t0: float) -> None:
+        self.req, self.tests, self.token, self.z, self.t0 = req, tests, token, z, t0
+        self.buf = b""
+        self.received = 0
+        self.define: dict | None = None
+        self.results: list[dict] = []
+        self.started: int | None = None
+        self.end = False
+        self.corrupt: str | None = None
+        self.sandbox_error: str | None = None
+        self.timed_out = False
+        self.channel_closed = False
+        self.exit_status: int | None = None
+        self.rusage = None
+        self.output = b""
+        self.output_total = 0
+        self.seconds = 0.0
+        self.leftovers = False
+
+    def set_exit(self, status: int, ru) -> None:
+        self.exit_status, self.rusage = status, ru
+
+    def add_output(self, data: bytes, cap: int) -> None:
+        self.output_total += len(data)
+        room = cap - len(self.output)
+        if room > 0:
+            self.output += data[:room]
+
+    def feed(self, data: bytes) -> None:
+        self.received += len(data)
+        if self.received > MAX_RESULT_BYTES:
+            self.corrupt = "the result channel carried more data than the harness ever writes"
+            return
+        self.buf += data
+        while not self.end and not self.corrupt:
+            nl = self.buf.find(b"\n")
+            if nl < 0:
+                break
+            line, self.buf = self.buf[:nl], self.buf[nl + 1 :]
+            self._message(line)
+
+    def _message(self, line: bytes) -> None:
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            self.corrupt = "unparsable message on the result channel"
+            return
+        if not isinstance(msg, dict) or msg.get("t") != self.token:
+            self.corrupt = "a message without the run's token on the result channel"
+            return
+        kind = msg.get("k")
+        n = len(self.tests)
+        if kind == "sandbox_error" and self.define is None:
+            self.sandbox_error = _clean(msg.get("msg"))
+            self.corrupt = "sandbox error"
+        elif kind == "define" and self.define is None:
+            self.define = msg
+        elif kind == "start" and self.define is not None and self.define.get("ok") and self.started is None:
+            if msg.get("i") != len(self.results) or len(self.results) >= n:
+                self.corrupt = "test reports out of order"
+            else:
+                self.started = msg["i"]
+        elif kind == "result" and self.started is not None and msg.get("i") == self.started:
+            self.results.append(msg)
+            self.started = None
+        elif kind == "end" and self.define is not None and self.started is None:
+            if self.define.get("ok") and len(self.results) != n and not any(
+                r.get("et") == "MemoryError" for r in self.results
+            ):
+                self.corrupt = "the run ended without reporting every test"
+            else:
+                self.end = True
+        else:
+            self.corrupt = f"unexpected {str(kind)[:40]!r} message on the result channel"
+
+    # --- the verdict ---
+
+    def result(self, iso: Isolation) -> dict:
+        lim = self.req["limits"]
+        names = [t[0] for t in self.tests]
+        tests: list[dict] = []
+        status = error_type = phase = None
+        message = traceback = ""
+
+        def test(i: int, passed: bool, et=None, msg="", line="") -> dict:
+            return {"name": names[i], "passed": passed, "error_type": et, "message": _clean(msg), "line": _clean(line, 1500)}
+
+        for i, r in enumerate(self.results):
+            if r.get("ok") is True:
+                tests.append(test(i, True))
+            else:
+                tests.append(test(i, False, _clean(r.get("et"), 200), r.get("msg"), r.get("line")))
+        reported_failure = next((r for r in self.results if r.get("ok") is not True), None)
+        define_failed = self.define is not None and self.define.get("ok") is not True
+        memory_report = (self.define if define_failed and self.define.get("et") == "MemoryError" else None) or next(
+            (r for r in self.results if r.get("et") == "MemoryError"), None
+        )
+        in_define = self.define is None
+        current = self.started if self.started is not None else (len(self.results) if not in_define else None)
+        exit_desc, cpu, maxrss_mb = self._exit_info()
+        signo = os.WTERMSIG(self.exit_status) if self.exit_status is not None and os.WIFSIGNALED(self.exit_status) else None
+        mem_limit = float(lim["memory_mb"])
+        near_memory = mem_limit > 0 and maxrss_mb >= 0.9 * mem_limit
+
+        if self.sandbox_error:
+            status, error_type, message = "crashed", "sandbox error", self.sandbox_error
+        elif self.corrupt:
+            status, error_type, message = "crashed", "corrupt result", self.corrupt
+        elif memory_report is not None:
+            status, error_type = "memory", "MemoryError"
+            message = _clean(memory_report.get("msg"))
+            traceback = _clean(memory_report.get("tb"), MAX_TB + 100)
+            phase = "define" if define_failed else "test"
+        elif self.timed_out:
+            status, error_type = "timeout", "timeout"
+            message = f"wall-clock limit of {lim['wall_seconds']}s exceeded"
+        elif self.end:
+            if define_failed:
+                d = self.define or {}
+                status, error_type, phase = "failed", _clean(d.get("et"), 200), "define"
+                message, traceback = _clean(d.get("msg")), _clean(d.get("tb"), MAX_TB + 100)
+            elif reported_failure is not None:
+                status, error_type, phase = "failed", _clean(reported_failure.get("et"), 200), "test"
+                message, traceback = _clean(reported_failure.get("msg")), _clean(reported_failure.get("tb"), MAX_TB + 100)
+            else:
+                status = "passed"
+        elif signo is not None:
+            cpu_limit = float(lim["cpu_seconds"])
+            if signo == signal.SIGXCPU or (signo == signal.SIGKILL and cpu >= cpu_limit - 0.05):
+                status, error_type = "timeout", "timeout"
+                message = f"CPU limit of {lim['cpu_seconds']}s exceeded ({_signal_name(signo)})"
+            elif near_memory:
+                status, error_type = "memory", "MemoryError"
+                message = f"killed by {_signal_name(signo)} at {maxrss_mb:.0f} MB (limit {lim['memory_mb']} MB)"
+            else:
+                status, error_type = "crashed", _signal_name(signo)
+                message = f"killed by {_signal_name(signo)}"
+        else:
+            status, error_type = "crashed", "exit without result"
+            where = "while defining the program" if in_define else f"before reporting test {names[current]!r}" if current is not None and current < len(names) else "before finishing"
+            if self.exit_status is not None and os.WIFEXITED(self.exit_status):
+                message = f"the program exited with code {os.WEXITSTATUS(self.exit_status)} {where}"
+            else:
+                message = f"the program closed its result channel {where}"
+
+        if phase is None and status != "passed":
+            phase = "define" if in_define or define_failed else "test"
+        if status == "failed" and define_failed:
+            d = self.define or {}
+            tests = [test(i, False, error_type, "not run: the program failed to define (%s)" % _clean(d.get("msg"), 300)) for i in range(len(names))]
+        elif status != "passed":
+            for i in range(len(tests), len(names)):
+                if i == current and status != "failed":
+                    tests.append(test(i, False, error_type, message))
+                else:
+                    tests.append(test(i, False, None, f"not run ({status})"))
+        output = self.output.decode("utf-8", "replace")
+        detail = {
+            "exit": exit_desc,
+            "cpu_seconds": round(cpu, 4),
+            "max_rss_mb": round(maxrss_mb, 1),
+            "output_bytes": self.output_total,
+            "output_truncated": self.output_total > len(self.output),
+            "isolation": iso.mode,
+        }
+        if self.leftovers:
+            detail["leftover_processes"] = True
+        return {
+            "status": status,
+            "error_type": error_type,
+            "phase": phase,
+            "tests": tests,
+            "message": _clean(message),
+            "traceback": traceback,
+            "output": output,
+            "seconds": round(self.seconds, 6),
+            "detail": detail,
+        }
+
+    def _exit_info(self) -> tuple[str | None, float, float]:
+        if self.exit_status is None:
+            return None, 0.0, 0.0
+        ru = self.rusage
+        cpu = (ru.ru_utime + ru.ru_stime) if ru else 0.0
+        rss = (ru.ru_maxrss / 1024.0) if ru else 0.0
+        if os.WIFSIGNALED(self.exit_status):
+            return _signal_name(os.WTERMSIG(self.exit_status)), cpu, rss
+        return f"code {os.WEXITSTATUS(self.exit_status)}", cpu, rss
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    cfg = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
+    # The protocol gets private fds; 0 and 1 become /dev/null so nothing stray corrupts it.
+    proto_in, proto_out = os.dup(0), os.dup(1)
+    null = os.open("/dev/null", os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    os.close(null)
+    sys.stdout = sys.stderr
+    # Dispositions and mask as in a fresh interpreter (nothing inherited as ignored or
+    # blocked), once here for every child. The server runs in a session of its own, so a
+    # terminal's Ctrl-C never reaches it.
+    for sig in signal.valid_signals():
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        if sig == signal.SIGINT:
+            handler = signal.default_int_handler
+        elif sig in (signal.SIGPIPE, signal.SIGXFSZ):
+            handler = signal.SIG_IGN
+        else:
+            handler = signal.SIG_DFL
+        try:
+            signal.signal(sig, handler)
+        except (OSError, ValueError, RuntimeError):
+            pass
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    import builtins
+
+    PRISTINE_BUILTINS.update(vars(builtins))
+    server = Server(cfg, proto_in, proto_out)
+    gc.collect()
+    gc.freeze()  # keep the collector off the shared pages in every fork
+    server.serve()
+
+
+if __name__ == "__main__":
+    main()

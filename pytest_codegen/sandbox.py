@@ -1,0 +1,263 @@
+"""Run candidate programs against their tests, away from the caller's process.
+
+`Sandbox()` starts one long-lived server process (`_sandbox_server.py`, a fresh interpreter
+started before any model is loaded) and `Sandbox.run` sends it one program and its tests at a
+time; the server forks a confined child per execution and answers with an `ExecutionResult`.
+The candidate never runs in the caller's process. See `_sandbox_server` for how the child is
+confined, how the verdict is protected and the known limits.
+
+    with Sandbox(Limits(wall_seconds=5)) as box:
+        result = box.run(program, problem.tests, setup=problem.test_setup,
+                         entry_point=problem.entry_point)
+        print(box.isolation, result.status, result.first_failure)
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import json
+import os
+import select
+import struct
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+from pytest_codegen.outcome import ExecutionResult
+from pytest_codegen.problems import TestCase
+
+__all__ = ["Limits", "Sandbox", "SandboxError"]
+
+_SERVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_sandbox_server.py")
+_HEADER = struct.Struct(">I")
+_START_TIMEOUT = 60.0
+_REPLY_MARGIN = 30.0  # on top of the wall limit: compile, kill, reap
+
+
+@dataclass(frozen=True)
+class Limits:
+    wall_seconds: float = 10.0
+    cpu_seconds: float = 10.0
+    memory_mb: int = 1024  # RLIMIT_AS
+    output_bytes: int = 64 * 1024  # stdout+stderr kept; the rest is drained and counted, not stored
+    file_size_mb: int = 16  # RLIMIT_FSIZE and the size of the work dir
+    max_processes: int = 64
+
+
+class SandboxError(RuntimeError):
+    """The sandbox itself broke (the server died, the protocol failed), not the candidate."""
+
+
+class _Broken(Exception):
+    """The server is unusable; restart it."""
+
+
+class Sandbox:
+    """A server process that runs candidate programs in confined, forked children.
+
+    `isolation` is a one-line description of the confinement in force (for the pytest run
+    header). `degrade` is for tests only: "userns" makes a root server act as an unprivileged
+    one (it becomes nobody and uses a user namespace if the kernel allows), "none" also skips
+    the user namespace.
+    """
+
+    def __init__(self, limits: Limits = Limits(), *, degrade: str | None = None) -> None:
+        if degrade not in (None, "userns", "none"):
+            raise ValueError(f"degrade must be None, 'userns' or 'none', not {degrade!r}")
+        self.limits = limits
+        self._degrade = degrade
+        self._lock = threading.RLock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._owner_pid = os.getpid()
+        self._closed = False
+        self.isolation = ""
+        self.mode = ""
+        self.sandbox_uid: int | None = None
+        self.server_pid: int | None = None
+        self.notes: list[str] = []
+        atexit.register(self.close)
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def _start(self) -> None:
+        cfg = {"degrade": self._degrade, "file_size_mb": self.limits.file_size_mb}
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "LANG": os.environ.get("LANG", "C.UTF-8"),
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-I", _SERVER, json.dumps(cfg)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                close_fds=True,
+                start_new_session=True,  # a terminal's Ctrl-C goes to the caller, who closes us
+                env=env,
+                cwd="/",
+            )
+        except OSError as e:
+            raise SandboxError(f"cannot start the sandbox server: {e}") from e
+        self._proc = proc
+        try:
+            hello = self._read(time.monotonic() + _START_TIMEOUT)
+        except _Broken as e:
+            self._kill_server()
+            raise SandboxError(f"the sandbox server did not start: {e}") from e
+        if not hello.get("ok"):
+            self._kill_server()
+            raise SandboxError(f"the sandbox server failed to start: {hello.get('error')}")
+        self.isolation = hello["isolation"]
+        self.mode = hello["mode"]
+        self.sandbox_uid = hello.get("uid")
+        self.server_pid = hello["pid"]
+        self.notes = list(hello.get("notes") or ())
+        self._owner_pid = os.getpid()
+
+    def _kill_server(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        for stream in (proc.stdin, proc.stdout):
+            try:
+                if stream is not None:
+                    stream.close()
+            except OSError:
+                pass
+        try:
+            proc.kill()
+        except OSError:
+            pass
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def close(self) -> None:
+        """Stop the server (idempotent; also runs at interpreter exit)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                atexit.unregister(self.close)
+            except Exception:
+                pass
+            proc = self._proc
+            if proc is None or os.getpid() != self._owner_pid:
+                self._proc = None
+                return
+            try:
+                self._write({"op": "quit"})
+                proc.stdin.close()  # type: ignore[union-attr]
+                proc.wait(timeout=5)
+            except (OSError, ValueError, subprocess.TimeoutExpired, _Broken):
+                pass
+            self._kill_server()
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- protocol ------------------------------------------------------------------------
+
+    def _write(self, obj: dict) -> None:
+        proc = self._proc
+        if proc is None or proc.stdin is None:
+            raise _Broken("no server")
+        data = json.dumps(obj).encode("utf-8", "surrogatepass")
+        try:
+            fd = proc.stdin.fileno()
+            view = memoryview(_HEADER.pack(len(data)) + data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+        except (OSError, ValueError) as e:
+            raise _Broken(f"cannot write to the server: {e}") from e
+
+    def _read_exact(self, fd: int, n: int, deadline: float) -> bytes:
+        chunks = []
+        while n:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise _Broken("the server did not answer in time")
+            ready, _, _ = select.select([fd], [], [], left)
+            if not ready:
+                continue
+            chunk = os.read(fd, min(n, 1 << 20))
+            if not chunk:
+                code = self._proc.poll() if self._proc is not None else None
+                raise _Broken(f"the server closed its pipe (exit status {code})")
+            chunks.append(chunk)
+            n -= len(chunk)
+        return b"".join(chunks)
+
+    def _read(self, deadline: float) -> dict:
+        proc = self._proc
+        if proc is None or proc.stdout is None:
+            raise _Broken("no server")
+        fd = proc.stdout.fileno()
+        try:
+            (n,) = _HEADER.unpack(self._read_exact(fd, _HEADER.size, deadline))
+            reply = json.loads(self._read_exact(fd, n, deadline))
+        except (OSError, ValueError) as e:
+            raise _Broken(f"bad reply from the server: {e}") from e
+        if not isinstance(reply, dict):
+            raise _Broken("bad reply from the server")
+        return reply
+
+    # --- running -------------------------------------------------------------------------
+
+    def run(
+        self,
+        program: str,
+        tests: Sequence[TestCase],
+        *,
+        setup: str = "",
+        entry_point: str | None = None,
+        limits: Limits | None = None,
+    ) -> ExecutionResult:
+        """Define `program`, run `setup`, then each test with `candidate` bound to the entry point."""
+        lim = limits or self.limits
+        request = {
+            "op": "run",
+            "program": program,
+            "setup": setup or "",
+            "entry_point": entry_point,
+            "tests": [[t.name, t.source] for t in tests],
+            "limits": dataclasses.asdict(lim),
+        }
+        with self._lock:
+            if self._closed:
+                raise SandboxError("the sandbox is closed")
+            if os.getpid() != self._owner_pid:  # forked caller: the pipes belong to the parent
+                self._proc = None
+            problems = []
+            for _attempt in range(2):
+                try:
+                    if self._proc is None:
+                        self._start()
+                    self._write(request)
+                    reply = self._read(time.monotonic() + float(lim.wall_seconds) + _REPLY_MARGIN)
+                    if not reply.get("ok"):
+                        raise _Broken(f"the server failed: {reply.get('error')}")
+                    return ExecutionResult.from_dict(reply["result"])
+                except (_Broken, SandboxError, KeyError, TypeError) as e:
+                    problems.append(str(e))
+                    self._kill_server()
+                except BaseException:
+                    # e.g. KeyboardInterrupt mid-exchange: the protocol state is unknown
+                    self._kill_server()
+                    raise
+            raise SandboxError("the sandbox server failed twice: " + " / ".join(problems))

@@ -1,0 +1,95 @@
+"""Repeated samples, resuming a killed run, and the CI gate, through pytest as users run it."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pytest_codegen.results import read_records, without_timing
+
+REPO = Path(__file__).resolve().parent.parent
+HUMANEVAL = str(REPO / "benchmarks" / "humaneval")
+
+
+def comparable(path: Path) -> list[str]:
+    """A results file as a sorted list of records, wall-clock facts left out."""
+    return sorted(json.dumps(without_timing(r), sort_keys=True) for r in read_records(path))
+
+
+def test_samples_make_items_with_sample_ids(pytester):
+    result = pytester.runpytest_subprocess(
+        HUMANEVAL, "--pipeline=reference", "--samples=3", "--problems=HumanEval/0,HumanEval/1",
+        "--collect-only", "-q")
+    result.stdout.fnmatch_lines([
+        "*test_humaneval[[]HumanEval/0-sample0[]]", "*test_humaneval[[]HumanEval/0-sample1[]]",
+        "*test_humaneval[[]HumanEval/0-sample2[]]", "*test_humaneval[[]HumanEval/1-sample0[]]",
+    ])
+
+
+def test_killed_run_resumes_to_the_same_results(tmp_path):
+    """SIGKILL halfway through 164 x 3 items, run the same command again: same records."""
+    command = [sys.executable, "-m", "pytest", HUMANEVAL, "--pipeline=reference", "--samples=3",
+               "-q", "-p", "no:cacheprovider"]
+    uninterrupted = tmp_path / "full.jsonl"
+    subprocess.run(command + [f"--codegen-results={uninterrupted}"], cwd=tmp_path, check=True,
+                   capture_output=True)
+    assert len(comparable(uninterrupted)) == 492
+
+    resumed = tmp_path / "resumed.jsonl"
+    process = subprocess.Popen(command + [f"--codegen-results={resumed}"], cwd=tmp_path,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if resumed.exists() and resumed.read_bytes().count(b"\n") >= 200:
+            break
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    written = resumed.read_bytes().count(b"\n")
+    assert 200 <= written < 492, "the kill must land halfway"
+
+    again = subprocess.run(command + [f"--codegen-results={resumed}"], cwd=tmp_path,
+                           capture_output=True, text=True)
+    assert again.returncode == 0, again.stdout[-2000:]
+    assert "deselected" in again.stdout
+    assert comparable(resumed) == comparable(uninterrupted)
+
+
+def test_results_file_of_other_settings_is_not_resumed(pytester):
+    args = [HUMANEVAL, "--problems=HumanEval/0", "--codegen-results=r.jsonl"]
+    pytester.runpytest_subprocess(*args, "--pipeline=reference").assert_outcomes(passed=1)
+    refused = pytester.runpytest_subprocess(*args, "--pipeline=null")
+    assert refused.ret == pytest.ExitCode.USAGE_ERROR
+    refused.stderr.fnmatch_lines(["*holds results of a run with other settings*--codegen-fresh*"])
+    fresh = pytester.runpytest_subprocess(*args, "--pipeline=null", "--codegen-fresh")
+    fresh.assert_outcomes(failed=1)
+
+
+def write_replay(path: Path, passing: int, failing: int) -> Path:
+    ids = [f"HumanEval/{i}" for i in range(passing + failing)]
+    from pytest_codegen.datasets import humaneval
+
+    canonical = {p.id: p.canonical_solution for p in humaneval.load_problems()}
+    rows = [{"task_id": i, "solution": canonical[i] if n < passing else ""} for n, i in enumerate(ids)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path, ids
+
+
+@pytest.mark.parametrize("bar, exit_code, verdict", [
+    ("0.6", pytest.ExitCode.OK, "holds"),
+    ("0.8", pytest.ExitCode.TESTS_FAILED, "FAILS"),
+])
+def test_min_pass_gate(pytester, bar, exit_code, verdict):
+    replay, ids = write_replay(pytester.path / "s.jsonl", passing=7, failing=3)
+    result = pytester.runpytest_subprocess(
+        HUMANEVAL, "--pipeline=replay", f"--replay={replay}", f"--problems={','.join(ids)}",
+        f"--codegen-min-pass={bar}")
+    result.assert_outcomes(passed=7, failed=3)
+    assert result.ret == exit_code
+    result.stdout.fnmatch_lines([f"gate: humaneval pass@1 0.700 * {bar}: {verdict}"])
