@@ -13,30 +13,36 @@ How one execution runs
   - as root: `unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC)` (no network: only a downed
     loopback; no shared SysV IPC or abstract unix sockets), all mounts made private, every real
     file system re-mounted read-only, fresh tmpfs over /tmp, /var/tmp, /dev/shm and /run (which
-    also hides host unix sockets there), and a sandbox uid/gid of `200000 + server pid`, unique to
+    also hides host unix sockets there), directories others cannot enter (/root when the
+    interpreter is a pyenv under it) covered by an empty tmpfs with only the interpreter's
+    directories bound back read-only, and a sandbox uid/gid of `200000 + server pid`, unique to
     this server, so concurrent servers (xdist workers) never share one;
   - not root: the same namespaces inside an unprivileged user namespace if the kernel allows it
     (no uid change then), otherwise nothing but rlimits and process-group/descendant killing.
   The server is a child subreaper (PR_SET_CHILD_SUBREAPER), so double-forked daemons come back
-  to it.
-* A *zygote* child is forked ahead of each request (so the fork overlaps the caller's work): it
-  starts its own session, gets a private mount namespace with fresh size-limited tmpfs mounts
-  over the writable directories and a work dir /tmp/work owned by the sandbox uid, puts stdout
+  to it, and a SIGCHLD wake-up reaps them while it is idle.
+* A *zygote* child is forked ahead of each job (as root: while the previous job runs; it stays
+  root until its own job arrives, so nothing done as the sandbox uid can touch it). It starts
+  its own session, gets a private mount namespace with fresh size-limited tmpfs mounts over
+  the writable directories and a work dir (/tmp/work) owned by the sandbox uid, puts stdout
   and stderr on an output pipe, the result channel on fd 3 and /dev/null on stdin, closes every
-  other fd and resets signal handlers, then waits for a job. With the job it sets rlimits
-  (AS, CPU, FSIZE, NPROC, NOFILE, CORE=0), drops to the sandbox uid (setgroups/setresgid/
-  setresuid; or drops every capability in the user-namespace mode), sets NO_NEW_PRIVS and
-  runs the harness below.
-* Tests are compiled by the server, through pytest's assertion rewriting, before the job is
-  handed to the child; the candidate program itself is compiled in the child (under the
-  rlimits), so a hostile program cannot hurt the server's compiler.
-* The server enforces the wall clock (select over the result and output pipes with a
-  deadline; output past the cap is drained and counted, never stored) and, when the child is
-  done or out of time, kills every process of the sandbox uid: the harness itself ends with
-  `kill(-1, SIGKILL)` as the sandbox uid, and the server forks a short-lived killer that does
-  the same whenever any child process is still around (a double-forked daemon, a fork bomb);
-  then it reaps everything. Without a sandbox uid it kills the process group and every
-  descendant it finds in /proc.
+  other fd, then waits for a job. (Signal dispositions and mask are reset once, in the server,
+  to those of a fresh interpreter.) With the job it sets rlimits (AS, CPU, FSIZE, NPROC,
+  NOFILE, CORE=0), drops to the sandbox uid (setgroups/setresgid/setresuid; or drops every
+  capability in the user-namespace mode), sets NO_NEW_PRIVS and PDEATHSIG and runs the harness.
+* Tests (and the setup) are compiled by the server, through pytest's assertion rewriting,
+  before the job is handed to the child (cached by source: every further sample of a problem
+  reuses them); the candidate program itself is compiled in the child, under the rlimits, so a
+  hostile program cannot hurt the server's compiler.
+* The server enforces the wall clock (select over the result and output pipes and a pidfd,
+  with a deadline; output past the cap is drained and counted, never stored). When the harness
+  reported everything it has already, as the sandbox uid, set RLIMIT_NPROC to 0 (no process
+  of the uid can fork any more) and sent SIGKILL to every other process of the uid with
+  `kill(-1)`; otherwise (timeout, crash, early exit, garbage on the channel) the server kills
+  the child's process group and forks a short-lived killer that becomes the sandbox uid and
+  does `kill(-1, SIGKILL)` (one call reaches every process of the uid, even one being forked:
+  the kernel serialises the two). Then it reaps everything. Without a sandbox uid it kills the
+  process group and every descendant it finds in /proc until none is left.
 
 Verdicts
 --------
@@ -125,6 +131,7 @@ MS_REMOUNT = 0x20
 MS_NOATIME = 0x400
 MS_NODIRATIME = 0x800
 MS_BIND = 0x1000
+MS_MOVE = 0x2000
 MS_REC = 0x4000
 MS_PRIVATE = 0x40000
 MS_RELATIME = 0x200000
@@ -322,6 +329,8 @@ class Isolation:
         self.read_only_root = False
         self.child_mounts = False  # each execution gets fresh tmpfs mounts in its own mount ns
         self.run_dir: str | None = None  # parent of per-run work dirs when there are no mounts
+        self.child_dirs: list[str] = []  # where each child mounts its own fresh tmpfs
+        self.work = "/tmp/work"  # the child's work dir when it has its own mounts
         self.notes: list[str] = []
 
     @property
@@ -352,7 +361,71 @@ class Isolation:
         return line
 
 
-def _setup_mounts(iso: Isolation, file_size_mb: int) -> None:
+def _under(path: str, parent: str) -> bool:
+    return path == parent or path.startswith(parent.rstrip("/") + "/")
+
+
+def _interpreter_paths() -> list[str]:
+    """Directories the children must be able to read: the interpreter and its import path."""
+    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+    paths.add(os.path.dirname(os.path.realpath(sys.executable)))
+    paths.update(p for p in sys.path if p and os.path.isabs(p))
+    real = sorted({os.path.realpath(p) for p in paths if os.path.isdir(p)}, key=len)
+    out: list[str] = []
+    for p in real:
+        if not any(_under(p, q) for q in out):
+            out.append(p)
+    return out
+
+
+def _closed_ancestor(path: str) -> str | None:
+    """The highest directory above `path` that others cannot traverse (like /root), if any."""
+    current = ""
+    for part in path.strip("/").split("/")[:-1]:
+        current += "/" + part
+        try:
+            if not os.stat(current).st_mode & 0o001:
+                return current
+        except OSError:
+            return None
+    return None
+
+
+def _expose(iso: Isolation, needed: list[str]) -> None:
+    """Make the interpreter readable for the sandbox uid without opening its surroundings.
+
+    For each closed directory above a needed path (a pyenv under /root, say): bind the needed
+    trees aside, cover the closed directory with an empty read-only tmpfs, and move the binds
+    back to their places, read-only. Everything else in that directory stays hidden.
+    """
+    closed: dict[str, list[str]] = {}
+    for p in needed:
+        a = _closed_ancestor(p)
+        if a is not None:
+            closed.setdefault(a, []).append(p)
+    if not closed:
+        return
+    stage = "/run/.sandbox-stage"
+    os.makedirs(stage, exist_ok=True)
+    for n, (ancestor, paths) in enumerate(closed.items()):
+        staged = []
+        for i, p in enumerate(paths):
+            spot = f"{stage}/{n}-{i}"
+            os.mkdir(spot)
+            _mount(p, spot, None, MS_BIND | MS_REC)
+            staged.append((spot, p))
+        _mount("tmpfs", ancestor, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
+        for spot, p in staged:
+            os.makedirs(p, mode=0o755, exist_ok=True)
+            _mount(spot, p, None, MS_MOVE)
+            os.rmdir(spot)
+            _mount(None, p, None, MS_REMOUNT | MS_BIND | MS_RDONLY | _mount_flags(p))
+        _mount(None, ancestor, None, MS_REMOUNT | MS_NOSUID | MS_NODEV | MS_RDONLY, "size=1m,mode=755")
+        iso.notes.append(f"{ancestor} hidden; exposed read-only: {', '.join(paths)}")
+    os.rmdir(stage)
+
+
+def _setup_mounts(iso: Isolation, file_size_mb: int, root: bool) -> None:
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     # Every real file system read-only: the candidate can write only to the fresh tmpfs below.
     for point in sorted(set(_mount_points()), key=len):
@@ -365,18 +438,35 @@ def _setup_mounts(iso: Isolation, file_size_mb: int) -> None:
         except OSError as e:
             if point == "/":
                 iso.notes.append(f"could not make / read-only: {e}")
+    needed = _interpreter_paths()
     size = f"size={max(file_size_mb, 1)}m"
-    for d in (*TMP_DIRS, "/run"):
-        if os.path.isdir(d) and not os.path.islink(d):
-            try:
-                _mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, f"{size},mode={'755' if d == '/run' else '1777'}")
-            except OSError as e:
-                iso.notes.append(f"no tmpfs on {d}: {e}")
-    try:
-        os.makedirs("/run/lock", exist_ok=True)
-        os.chmod("/run/lock", 0o1777)
-    except OSError:
-        pass
+    # Fresh tmpfs over the writable places (and /run, which also hides host sockets), except
+    # where the interpreter itself lives (a venv under /tmp stays visible, read-only).
+    overlay = [d for d in ("/run", *TMP_DIRS) if os.path.isdir(d) and not os.path.islink(d)]
+    overlay = [d for d in overlay if not any(_under(p, d) for p in needed)]
+    for d in overlay:
+        try:
+            _mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, f"{size},mode={'755' if d == '/run' else '1777'}")
+        except OSError as e:
+            overlay.remove(d)
+            iso.notes.append(f"no tmpfs on {d}: {e}")
+        if d == "/run":
+            for sub, mode in (("lock", 0o1777), ("sandbox", 0o755)):
+                os.makedirs(f"/run/{sub}", exist_ok=True)
+                os.chmod(f"/run/{sub}", mode)
+            if root:
+                try:
+                    _expose(iso, needed)
+                except OSError as e:
+                    iso.notes.append(f"could not expose the interpreter: {e}")
+    iso.child_dirs = [d for d in (*TMP_DIRS, "/run/lock") if d in overlay or (d == "/run/lock" and "/run" in overlay)]
+    if "/tmp" in overlay:
+        iso.work = "/tmp/work"
+    elif "/run" in overlay:
+        iso.child_dirs.append("/run/sandbox")
+        iso.work = "/run/sandbox/work"
+    else:
+        return
     iso.child_mounts = True
 
 
@@ -385,7 +475,13 @@ def setup_isolation(cfg: dict) -> Isolation:
     degrade = cfg.get("degrade")
     file_size_mb = int(cfg.get("file_size_mb", 16))
     if degrade and os.geteuid() == 0:
-        # Simulate an unprivileged caller (used by the tests): become nobody for good.
+        # Simulate an unprivileged caller (used by the tests): become nobody for good, in a
+        # private mount namespace where the interpreter is readable to it (as a real user's
+        # own interpreter would be; here it may live under /root).
+        _unshare(CLONE_NEWNS)
+        _mount(None, "/", None, MS_REC | MS_PRIVATE)
+        _mount("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
+        _expose(Isolation(), _interpreter_paths())
         os.setgroups([])
         os.setresgid(NOBODY, NOBODY, NOBODY)
         os.setresuid(NOBODY, NOBODY, NOBODY)
@@ -404,7 +500,7 @@ def setup_isolation(cfg: dict) -> Isolation:
                     pass
         if "mount" in iso.namespaces:
             try:
-                _setup_mounts(iso, file_size_mb)
+                _setup_mounts(iso, file_size_mb, root=True)
             except OSError as e:
                 iso.notes.append(str(e))
         uid = SANDBOX_UID_BASE + os.getpid()
@@ -418,7 +514,7 @@ def setup_isolation(cfg: dict) -> Isolation:
                     f.write(text)
             iso.userns = True
             iso.namespaces = ["net", "mount", "ipc"]
-            _setup_mounts(iso, file_size_mb)
+            _setup_mounts(iso, file_size_mb, root=False)
         except OSError as e:
             iso.notes.append(f"no user namespace: {e}")
     if not iso.child_mounts:
@@ -463,17 +559,21 @@ _ESC = json.encoder.c_encode_basestring_ascii or json.encoder.py_encode_basestri
 PRISTINE_BUILTINS: dict = {}  # filled by main() before anything can change builtins
 
 
-def prepare_harness() -> tuple[dict, bytes]:
-    """Done in the zygote before the job arrives: the pristine builtins (a snapshot the
-    server took at start; this process's private copy), the memory ballast, and a fresh
-    random state (the server's is shared by every fork)."""
+def prepare_harness() -> list[tuple[dict, bytes]]:
+    """Done in the zygote before the job arrives: a private copy of the pristine builtins
+    (from the snapshot the server took at start, which is then emptied so that no module
+    attribute leads to the copy), the memory ballast, and a fresh random state (the server's
+    is shared by every fork). Returned in a list the harness empties, so that nothing else
+    keeps the ballast alive."""
     import builtins
 
     random.seed()
-    return PRISTINE_BUILTINS or dict(builtins.__dict__), bytes(2 << 20)
+    pristine = dict(PRISTINE_BUILTINS or builtins.__dict__)
+    PRISTINE_BUILTINS.clear()
+    return [(pristine, bytes(2 << 20))]
 
 
-def run_harness(job: dict, mypid: int, kill_all: bool, prepared: tuple[dict, bytes]) -> None:
+def run_harness(job: dict, mypid: int, kill_all: bool, prepared: list[tuple[dict, bytes]]) -> None:
     """Define the candidate and run the tests, reporting each on RESULT_FD. Never returns."""
     # --- everything used below is bound here, before any candidate code runs ---
     import builtins
@@ -491,7 +591,7 @@ def run_harness(job: dict, mypid: int, kill_all: bool, prepared: tuple[dict, byt
     _AssertionError, _OSError = AssertionError, OSError
     _stdout, _stderr = sys.stdout, sys.stderr
     _fd, _token = RESULT_FD, job["token"]
-    pristine, ballast = prepared  # ballast: freed on MemoryError so the report can be built
+    pristine, ballast = prepared.pop()  # ballast: freed on MemoryError so the report can be built
     program, setup_code, entry = job["program"], job["setup"], job["entry_point"]
     tests = job["tests"]  # [name, filename, source, code or None, compile error or None]
     sources = {"<candidate>": program.splitlines(), "<setup>": job["setup_source"].splitlines()}
@@ -631,7 +731,6 @@ def run_harness(job: dict, mypid: int, kill_all: bool, prepared: tuple[dict, byt
         send('"k":"end"')
         _exit(0)
 
-    prepared = None
     # --- define the candidate ---
     ns = {"__name__": "__candidate__", "__builtins__": builtins}
     try:
@@ -735,8 +834,8 @@ class Server:
         os.environ.update(
             {
                 "PATH": "/usr/local/bin:/usr/bin:/bin",
-                "HOME": "/tmp/work" if self.iso.child_mounts else "/tmp",
-                "TMPDIR": "/tmp",
+                "HOME": self.iso.work if self.iso.child_mounts else "/tmp",
+                "TMPDIR": "/tmp" if "/tmp" in self.iso.child_dirs else self.iso.work,
                 "LANG": "C.UTF-8",
                 "PYTHONIOENCODING": "utf-8",
                 "OMP_NUM_THREADS": "1",
@@ -886,29 +985,29 @@ class Server:
             io.FileIO(2, "w", closefd=False), encoding="utf-8", errors="backslashreplace", write_through=True
         )
         sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr
-        sys.argv = [""]
-        sys.dont_write_bytecode = True
-        signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        if iso.child_mounts:
-            try:
+        prepared: list = []
+        try:
+            sys.argv = [""]
+            sys.dont_write_bytecode = True
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            if iso.child_mounts:
                 _unshare(CLONE_NEWNS)
-                for d in (*TMP_DIRS, "/run/lock"):
-                    if os.path.isdir(d):
-                        _mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, f"size={max(size_mb, 1)}m,nr_inodes=8192,mode=1777")
-                work = "/tmp/work"
+                for d in iso.child_dirs:
+                    _mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, f"size={max(size_mb, 1)}m,nr_inodes=8192,mode=1777")
+                work = iso.work
                 os.mkdir(work, 0o700)
-            except OSError as e:
-                setup_error = f"private mounts failed: {e}"
-        if work is not None:
-            if iso.uid is not None:
-                os.chown(work, iso.uid, iso.gid)
-            os.chdir(work)
-        if not iso.child_mounts:  # the server's environment already is the children's
-            os.environ["HOME"] = os.environ["TMPDIR"] = work or "/tmp"
-        prepared = prepare_harness()
-        for which, value in ((resource.RLIMIT_CORE, 0), (resource.RLIMIT_NOFILE, 256)):
-            _setrlimit(which, value)
+            if work is not None:
+                if iso.uid is not None:
+                    os.chown(work, iso.uid, iso.gid)
+                os.chdir(work)
+            if not iso.child_mounts:  # the server's environment already is the children's
+                os.environ["HOME"] = os.environ["TMPDIR"] = work or "/tmp"
+            prepared = prepare_harness()
+            for which, value in ((resource.RLIMIT_CORE, 0), (resource.RLIMIT_NOFILE, 256)):
+                _setrlimit(which, value)
+        except Exception as e:  # reported with the job: a sandbox failure, not the candidate's
+            setup_error = f"preparing the child failed: {type(e).__name__}: {e}"
 
         # --- wait for the job ---
         try:
@@ -922,8 +1021,8 @@ class Server:
             self._child_report(job["token"], setup_error)
         try:
             self._confine(job)
-        except OSError as e:
-            self._child_report(job["token"], f"could not confine the child: {e}")
+        except Exception as e:
+            self._child_report(job["token"], f"could not confine the child: {type(e).__name__}: {e}")
         run_harness(job, os.getpid(), kill_all=iso.uid is not None, prepared=prepared)
 
     @staticmethod
@@ -1065,6 +1164,8 @@ class Server:
         clean = st.end and not st.corrupt and not st.timed_out
         if not clean:
             self._stop(st, clean=False)
+        if st.sandbox_error:  # the child could not be confined: the sandbox broke, not the program
+            return {"ok": False, "error": st.sandbox_error}, st, False
         return {"ok": True, "result": st.result(self.iso)}, st, clean
 
     def _monitor(self, st: "_RunState", wall: float) -> None:
@@ -1323,7 +1424,6 @@ class _RunState:
         self.corrupt: str | None = None
         self.sandbox_error: str | None = None
         self.timed_out = False
-        self.channel_closed = False
         self.exit_status: int | None = None
         self.rusage = None
         self.output = b""
@@ -1410,15 +1510,13 @@ class _RunState:
             (r for r in self.results if r.get("et") == "MemoryError"), None
         )
         in_define = self.define is None
-        current = self.started if self.started is not None else (len(self.results) if not in_define else None)
+        current = self.started  # the test in progress when it stopped, if any
         exit_desc, cpu, maxrss_mb = self._exit_info()
         signo = os.WTERMSIG(self.exit_status) if self.exit_status is not None and os.WIFSIGNALED(self.exit_status) else None
         mem_limit = float(lim["memory_mb"])
         near_memory = mem_limit > 0 and maxrss_mb >= 0.9 * mem_limit
 
-        if self.sandbox_error:
-            status, error_type, message = "crashed", "sandbox error", self.sandbox_error
-        elif self.corrupt:
+        if self.corrupt:
             status, error_type, message = "crashed", "corrupt result", self.corrupt
         elif memory_report is not None:
             status, error_type = "memory", "MemoryError"
@@ -1508,6 +1606,10 @@ class _RunState:
 def main() -> None:
     cfg = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
     # The protocol gets private fds; 0 and 1 become /dev/null so nothing stray corrupts it.
+    try:
+        os.fstat(2)
+    except OSError:  # started with stderr closed: keep fds 0-4 as the zygote expects them
+        os.dup2(os.open("/dev/null", os.O_RDWR), 2)
     proto_in, proto_out = os.dup(0), os.dup(1)
     null = os.open("/dev/null", os.O_RDWR)
     os.dup2(null, 0)
@@ -1534,7 +1636,13 @@ def main() -> None:
     import builtins
 
     PRISTINE_BUILTINS.update(vars(builtins))
-    server = Server(cfg, proto_in, proto_out)
+    try:
+        server = Server(cfg, proto_in, proto_out)
+    except Exception:  # a bug, not a missing capability (those are handled): say what broke
+        import traceback
+
+        write_frame(proto_out, json.dumps({"ok": False, "error": traceback.format_exc()}).encode())
+        raise SystemExit(1)
     gc.collect()
     gc.freeze()  # keep the collector off the shared pages in every fork
     server.serve()

@@ -287,5 +287,76 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ---------------------------------------------------------------------- evolve
+
+
+def _model_list(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("name at least one model")
+    return names
+
+
+@subcommand(
+    "evolve",
+    help="search pipeline genomes (NEAT-style), then check the champion on held-out problems",
+    description=(
+        "Evolve pipeline genomes (generator + 1-3 refinement stages) on a search subset of a\n"
+        "benchmark: fitness = mean pass rate over K evaluations − 0.02 × nodes. Then re-run the\n"
+        "champion and the baseline (first model of --models, plain refine loop of 3 rounds) on\n"
+        "held-out problems with K' fresh seeds: selection inflation and a paired McNemar test.\n"
+        "Writes OUT/champion.json (runs with pytest --pipeline=OUT/champion.json), genomes.jsonl,\n"
+        "report.txt and checkpoint.json; an existing OUT resumes with the same command."
+    ),
+    arguments=[
+        argument("--benchmark", choices=("humaneval", "mbpp"), default="humaneval"),
+        argument("--mbpp-data", metavar="PATH", help="sanitized MBPP file (see the README)"),
+        argument("--problems", type=int, default=25, metavar="N", help="search problems (25)"),
+        argument("--holdout", type=int, default=25, metavar="N", help="held-out problems, disjoint (25)"),
+        argument("--population", type=int, default=20, metavar="N", help="genomes per generation (20)"),
+        argument("--generations", type=int, default=10, metavar="N", help="generations (10)"),
+        argument("--evaluations", type=int, default=3, metavar="K", help="evaluations (seeds) per genome (3)"),
+        argument("--holdout-evaluations", type=int, default=3, metavar="K",
+                 help="fresh evaluations of champion and baseline on the held-out problems (3)"),
+        argument("--models", type=_model_list, default=("gemma-270m",), metavar="A,B,...",
+                 help="the model pool; the first is the baseline's (default gemma-270m)"),
+        argument("--seed", type=int, default=0),
+        argument("--out", type=Path, required=True, metavar="DIR",
+                 help="output directory; an existing one with a checkpoint resumes"),
+        argument("--workers", type=int, default=1, metavar="N",
+                 help="evaluation processes (spawned; llama.cpp threads = cores // N)"),
+        argument("--codegen-cache", metavar="DIR", default=".codegen-cache",
+                 help="SQLite generation cache shared by the workers (default .codegen-cache)"),
+        argument("--no-codegen-cache", action="store_true", help="no generation cache"),
+        argument("--max-tokens", type=int, default=512, metavar="N"),
+        argument("--difficulty-from", metavar="RUN.jsonl",
+                 help="results file: stratify both subsets by its per-problem pass rate"),
+        argument("--feedback", choices=("visible", "hidden"), default="visible"),
+        argument("--species", type=int, default=4, metavar="N", help="target number of species (4)"),
+        argument("--no-progress", action="store_true", help="no progress bar"),
+    ],
+)
+def cmd_evolve(args: argparse.Namespace) -> int:
+    from pytest_codegen.evolve import EvolveError, SearchConfig, search
+
+    config = SearchConfig(
+        out=str(args.out), benchmark=args.benchmark, mbpp_data=args.mbpp_data,
+        problems=args.problems, holdout=args.holdout, population=args.population,
+        generations=args.generations, evaluations=args.evaluations,
+        holdout_evaluations=args.holdout_evaluations, models=args.models, seed=args.seed,
+        workers=args.workers, codegen_cache=None if args.no_codegen_cache else args.codegen_cache,
+        max_tokens=args.max_tokens, difficulty_from=args.difficulty_from, feedback=args.feedback,
+        target_species=args.species,
+        rootdir=str(args.rootdir if args.rootdir is not None else Path.cwd()),
+        progress=not args.no_progress,
+    )
+    try:
+        result = search(config)
+    except EvolveError as exc:
+        raise CLIError(str(exc)) from exc
+    print(result.report)
+    return EXIT_OK
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from .models.backend import GenerationRequest, Message, Mode
 from .outcome import ExecutionResult
@@ -61,6 +62,15 @@ COMPLETION_REFINE = (
 )
 
 
+class Prompt(NamedTuple):
+    """A request, the hash of the templates it came from, and the text its output continues
+    (prepended to the output before code extraction)."""
+
+    request: GenerationRequest
+    template_hash: str
+    continues: str = ""
+
+
 def template_hash(*templates: str) -> str:
     return hashlib.sha256("\x00".join(templates).encode()).hexdigest()[:12]
 
@@ -99,7 +109,7 @@ def generation_request(
     max_tokens: int,
     seed: int,
     system_prompt: str | None = None,
-) -> tuple[GenerationRequest, str]:
+) -> Prompt:
     if mode == "completion":
         if problem.prompt_is_code:
             prompt, used = problem.prompt, "raw-stub"
@@ -110,7 +120,7 @@ def generation_request(
             prompt=prompt, temperature=temperature, max_tokens=max_tokens,
             stop=COMPLETION_STOPS, seed=seed,
         )
-        return request, template_hash(used, *COMPLETION_STOPS)
+        return Prompt(request, template_hash(used, *COMPLETION_STOPS))
     system = system_prompt or SYSTEM_CODER
     if problem.prompt_is_code:
         user, used = GENERATE_FROM_STUB.format(prompt=problem.prompt), GENERATE_FROM_STUB
@@ -120,7 +130,7 @@ def generation_request(
         messages=(Message("system", system), Message("user", user)),
         temperature=temperature, max_tokens=max_tokens, seed=seed,
     )
-    return request, template_hash(system, used)
+    return Prompt(request, template_hash(system, used))
 
 
 def refine_request(
@@ -136,7 +146,7 @@ def refine_request(
     max_tokens: int,
     seed: int,
     system_prompt: str | None = None,
-) -> tuple[GenerationRequest, str]:
+) -> Prompt:
     """Ask for a fixed program, given execution feedback (and a diagnosis) or a review."""
     tests = _tests_phrase(shown_tests(problem, policy)) if shown_tests(problem, policy) else "the program alone"
     if review is not None:
@@ -148,24 +158,28 @@ def refine_request(
             evidence += DIAGNOSIS_EVIDENCE.format(diagnosis=diagnosis)
             used += DIAGNOSIS_EVIDENCE
     if mode == "completion":
+        # A base model continues text: start the corrected function for it, or it tends to
+        # go on writing comments.
+        start = problem.prompt if problem.prompt_is_code else f"def {problem.entry_point}("
         prompt = COMPLETION_REFINE.format(
             task_comment=_comment(problem.prompt if not problem.prompt_is_code else task_text(problem, policy)),
             program_comment=_comment(program),
             feedback_comment=_comment(evidence),
-            start=problem.prompt if problem.prompt_is_code else "",
+            start=start,
         )
         request = GenerationRequest(
             prompt=prompt, temperature=temperature, max_tokens=max_tokens,
             stop=COMPLETION_STOPS, seed=seed,
         )
-        return request, template_hash(COMPLETION_REFINE, used, *COMPLETION_STOPS)
+        continues = "" if problem.prompt_is_code else start  # a stub is extract_code's job
+        return Prompt(request, template_hash(COMPLETION_REFINE, used, *COMPLETION_STOPS), continues)
     system = system_prompt or SYSTEM_CODER
     user = REFINE.format(task=task_text(problem, policy), program=program, evidence=evidence)
     request = GenerationRequest(
         messages=(Message("system", system), Message("user", user)),
         temperature=temperature, max_tokens=max_tokens, seed=seed,
     )
-    return request, template_hash(system, REFINE, used)
+    return Prompt(request, template_hash(system, REFINE, used))
 
 
 def review_request(
@@ -179,7 +193,7 @@ def review_request(
     max_tokens: int,
     seed: int,
     system_prompt: str | None = None,
-) -> tuple[GenerationRequest, str]:
+) -> Prompt:
     """An analyzer's diagnosis of an execution failure, or (feedback None) a critic's review."""
     task = task_text(problem, policy)
     if feedback is None:
@@ -193,13 +207,13 @@ def review_request(
             prompt=prompt, temperature=temperature, max_tokens=min(max_tokens, 200),
             stop=("\n\n\n", "```"), seed=seed,
         )
-        return request, template_hash(used, "completion-answer")
+        return Prompt(request, template_hash(used, "completion-answer"))
     system = system_prompt or SYSTEM_REVIEWER
     request = GenerationRequest(
         messages=(Message("system", system), Message("user", body)),
         temperature=temperature, max_tokens=min(max_tokens, 300), seed=seed,
     )
-    return request, template_hash(system, used)
+    return Prompt(request, template_hash(system, used))
 
 
 def _comment(text: str) -> str:

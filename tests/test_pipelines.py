@@ -216,3 +216,17 @@ def test_study_genome_runs_unchanged(tmp_path, sandbox):
 def test_bad_genomes_are_refused(bad, message):
     with pytest.raises(GenomeError, match=message):
         genome_from_dict(bad)
+
+
+def test_base_model_refinement_continues_a_started_function(sandbox):
+    """Completion-mode refiners get `def entry(` to continue; their output joins it."""
+    task = Problem("toy/neg", "toy", "Write neg(x) returning -x.", "neg",
+                   (TestCase("t0", "assert neg(2) == -2", visible=True),), "def neg(x):\n    return -x\n")
+    models = FakeModels(
+        base=ScriptedBackend("base", lambda text: "x):\n    return -x\n" if text.endswith("def neg(")
+                             else "def neg(x):\n    return x\n", mode="completion"))
+    records = run(RunSettings(pipeline="refine", model="base"), models, sandbox, problems=(task,))
+    prompt = models.get("base").requests[1].prompt
+    assert prompt.startswith("# Task:") and "# It failed:" in prompt
+    assert records[0]["round_outcomes"] == ["AssertionError", "passed"]
+    assert records[0]["program"] == "def neg(x):\n    return -x\n"

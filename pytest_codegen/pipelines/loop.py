@@ -9,6 +9,7 @@ review stages (the text-only control) never see execution results, so they do no
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from typing import Protocol
 
 from .. import prompts
@@ -65,8 +66,10 @@ class GenomePipeline:
         def call(node: Node, role: str, build) -> tuple[GenerationResponse, Round]:
             backend = self.models.get(node.model)
             seed = derive_seed(s.seed, problem.id, sample, len(rounds), role)
-            request, template = build(backend.mode, seed)
+            request, template, continues = build(backend.mode, seed)
             response = backend.generate(request)
+            if continues:
+                response = replace(response, text=continues + response.text)
             step = Round(
                 index=len(rounds), role=role, model=node.model,
                 request_hash=request.digest()[:16], template_hash=template,

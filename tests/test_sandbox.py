@@ -1,0 +1,647 @@
+"""The execution sandbox, for real: a server process, forked children, hostile programs.
+
+No mocks: every test runs programs through `Sandbox`. Limits are small (wall 2 s, memory
+256 MB) so the hostile corpus finishes quickly. Tests that need root (namespaces, a sandbox
+uid) are skipped without it; the degraded (unprivileged) paths are exercised by making a root
+server act as nobody (`Sandbox(degrade=...)`).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from pytest_codegen import outcome
+from pytest_codegen.problems import TestCase
+from pytest_codegen.sandbox import Limits, Sandbox, SandboxError
+
+LIMITS = Limits(wall_seconds=2.0, cpu_seconds=2.0, memory_mb=256)
+IS_ROOT = os.geteuid() == 0
+REPO = Path(__file__).resolve().parents[1]
+needs_root = pytest.mark.skipif(not IS_ROOT, reason="namespaces and a sandbox uid need root")
+
+# --------------------------------------------------------------------------- helpers
+
+
+@pytest.fixture(scope="module")
+def box():
+    with Sandbox(LIMITS) as b:
+        yield b
+
+
+def tc(source: str, name: str | None = None) -> TestCase:
+    return TestCase(name or f"t{abs(hash(source)) % 10000}", source)
+
+
+CHECK_F = [tc("assert candidate(1) == 2", "one"), tc("assert candidate(5) == 6", "five")]
+
+
+def run(box: Sandbox, program: str, tests=CHECK_F, entry: str | None = "f", **kw) -> outcome.ExecutionResult:
+    return box.run(program, tests, entry_point=entry, **kw)
+
+
+def _proc_uid_states(uid: int) -> list[tuple[int, str]]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            status = Path(f"/proc/{entry}/status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        if int(fields.get("Uid", "-1").split()[0]) == uid:
+            found.append((int(entry), fields.get("State", "?").strip()))
+    return found
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_bytes()
+            except OSError:
+                continue
+            ppid = int(stat[stat.rfind(b")") + 2 :].split()[1])
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [root]
+    while todo:
+        for c in children.get(todo.pop(), ()):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return False
+    return state[state.rfind(b")") + 2 : state.rfind(b")") + 3] != b"Z"
+
+
+def assert_nothing_left(box: Sandbox, pids: tuple[int, ...] = (), timeout: float = 5.0) -> None:
+    """No process of the sandbox uid (zombies included), and none of `pids`, survives."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = [p for p in pids if _alive(p)]
+        if box.sandbox_uid is not None:
+            left += [p for p, _state in _proc_uid_states(box.sandbox_uid)]
+        if not left:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"processes left behind: {left}")
+        time.sleep(0.02)
+
+
+def assert_still_healthy(box: Sandbox) -> None:
+    r = run(box, "def f(x):\n    return x + 1\n")
+    assert r.passed, r
+
+
+# ------------------------------------------------------------------ plain outcomes
+
+
+def test_isolation_line(box):
+    assert box.isolation
+    if IS_ROOT:
+        assert box.mode == "root"
+        assert f"uid {box.sandbox_uid}" in box.isolation
+        assert "namespaces(net,mount,ipc)" in box.isolation
+        assert box.sandbox_uid == 200000 + box.server_pid
+
+
+def test_passing_program(box):
+    r = run(box, "def f(x):\n    return x + 1\n")
+    assert r.status == outcome.PASSED and r.passed
+    assert [t.passed for t in r.tests] == [True, True]
+    assert [t.name for t in r.tests] == ["one", "five"]
+    assert r.error_type is None and r.phase is None
+    assert 0 < r.seconds < 2
+
+
+def test_assertion_failure_shows_values_in_line(box):
+    r = run(box, "def f(x):\n    return x * 2\n", [tc("assert candidate(2) == 5", "two")])
+    assert r.status == outcome.FAILED
+    assert (r.error_type, r.phase) == ("AssertionError", outcome.TEST)
+    t = r.tests[0]
+    assert not t.passed and t.error_type == "AssertionError"
+    assert "assert candidate(2) == 5" in t.line
+    assert "assert 4 == 5 where 4 = f(2)" in t.line
+    assert t.message.startswith("AssertionError: assert 4 == 5")
+    assert r.outcome_class == "AssertionError"
+    assert '<test two>", line 1' in r.traceback
+
+
+def test_assertion_inside_helper_function(box):
+    test = tc("def check(candidate):\n    assert candidate(1) == 2\n    assert candidate(3) == 7\n\ncheck(f)\n", "check")
+    r = run(box, "def f(x):\n    return x + 1\n", [test])
+    assert r.error_type == "AssertionError"
+    assert "assert candidate(3) == 7" in r.tests[0].line
+    assert "assert 4 == 7" in r.tests[0].line
+
+
+def test_bare_assert_false_is_assertion_error(box):
+    r = run(box, "def f(x):\n    return x\n", [tc("assert False", "bare"), tc("x = candidate(0)\nassert x", "falsy")])
+    assert r.status == outcome.FAILED and r.error_type == "AssertionError"
+    assert [t.error_type for t in r.tests] == ["AssertionError", "AssertionError"]
+    assert "assert False" in r.tests[0].line
+
+
+def test_assert_in_candidate_code(box):
+    r = run(box, "def f(x):\n    assert x > 3\n    return x + 1\n")
+    assert r.error_type == "AssertionError" and r.phase == outcome.TEST
+    assert '"<candidate>", line 2' in r.traceback
+
+
+def test_name_error_at_definition(box):
+    r = run(box, "x = undefined_thing\ndef f(x):\n    return x + 1\n")
+    assert (r.status, r.error_type, r.phase) == (outcome.FAILED, "NameError", outcome.DEFINE)
+    assert "undefined_thing" in r.message
+    assert all(not t.passed for t in r.tests) and len(r.tests) == 2
+    assert '"<candidate>", line 1' in r.traceback
+
+
+def test_name_error_in_test(box):
+    r = run(box, "def f(x):\n    return x + missing\n")
+    assert (r.status, r.error_type, r.phase) == (outcome.FAILED, "NameError", outcome.TEST)
+
+
+def test_syntax_error(box):
+    r = run(box, "def f(x)\n    return x\n")
+    assert (r.status, r.error_type, r.phase) == (outcome.FAILED, "SyntaxError", outcome.DEFINE)
+    assert "def f(x)" in r.traceback
+
+
+def test_type_error(box):
+    r = run(box, "def f(x):\n    return x + 'a'\n")
+    assert (r.error_type, r.phase) == ("TypeError", outcome.TEST)
+    assert r.tests[0].line == "assert candidate(1) == 2"
+
+
+def test_index_error(box):
+    r = run(box, "def f(x):\n    return [][x]\n")
+    assert r.error_type == "IndexError" and r.message.startswith("IndexError: list index out of range")
+
+
+def test_recursion_error(box):
+    r = run(box, "def f(x):\n    return f(x + 1)\n")
+    assert (r.status, r.error_type) == (outcome.FAILED, "RecursionError")
+    assert "Previous line repeated" in r.traceback or "frames omitted" in r.traceback
+    assert len(r.traceback) < 8000
+
+
+def test_per_test_results(box):
+    tests = [tc("assert candidate(1) == 2", "a"), tc("assert candidate(2) == 99", "b"), tc("assert candidate(3) == 4", "c")]
+    r = run(box, "def f(x):\n    return x + 1\n", tests)
+    assert r.status == outcome.FAILED
+    assert [t.passed for t in r.tests] == [True, False, True]
+    assert r.first_failure is not None and r.first_failure.name == "b"
+
+
+def test_main_block_does_not_run_and_setup_and_output(box):
+    program = "print('defined')\ndef f(x):\n    return helper(x)\nif __name__ == '__main__':\n    raise SystemExit(3)\n"
+    setup = "def helper(x):\n    return x + 1\nEXPECTED = {1: 2, 5: 6}\n"
+    tests = [tc("assert candidate(1) == EXPECTED[1]"), tc("assert helper(5) == EXPECTED[5]")]
+    r = run(box, program, tests, setup=setup)
+    assert r.passed, r
+    assert "defined" in r.output
+
+
+def test_entry_point_missing(box):
+    r = run(box, "def g(x):\n    return x + 1\n")
+    assert (r.error_type, r.phase) == ("NameError", outcome.TEST)
+
+
+def test_without_entry_point_tests_use_names(box):
+    r = box.run("def g(x):\n    return x + 1\n", [tc("assert g(1) == 2")])
+    assert r.passed
+
+
+def test_system_exit_in_a_test_fails_only_that_test(box):
+    program = "import sys\ndef f(x):\n    if x == 1:\n        sys.exit(0)\n    return x + 1\n"
+    r = run(box, program)
+    assert (r.status, r.error_type, r.phase) == (outcome.FAILED, "SystemExit", outcome.TEST)
+    assert [t.passed for t in r.tests] == [False, True]
+
+
+def test_broken_test_source_is_reported_and_others_run(box):
+    r = run(box, "def f(x):\n    return x + 1\n", [tc("assert candidate(1) ==", "broken"), tc("assert candidate(1) == 2", "ok")])
+    assert r.tests[0].error_type == "SyntaxError" and r.tests[1].passed
+
+
+def test_hostile_exception_str_and_huge_values(box):
+    program = (
+        "class E(Exception):\n    def __str__(self):\n        raise RuntimeError('no')\n"
+        "def f(x):\n    if x == 1:\n        raise E()\n    return 'a' * 10**6\n"
+    )
+    r = run(box, program)
+    assert r.tests[0].error_type == "E"
+    assert r.tests[1].error_type == "AssertionError"
+    assert len(r.tests[1].message) < 3000 and len(r.tests[1].line) < 3000
+
+
+def test_keyboard_interrupt_in_test(box):
+    r = run(box, "def f(x):\n    raise KeyboardInterrupt\n")
+    assert (r.status, r.error_type) == (outcome.FAILED, "KeyboardInterrupt")
+
+
+def test_memory_error_stops_the_tests(box):
+    r = run(box, "def f(x):\n    return bytearray(10**10)\n")
+    assert (r.status, r.error_type, r.phase) == (outcome.MEMORY, "MemoryError", outcome.TEST)
+    assert [t.error_type for t in r.tests] == ["MemoryError", None]
+
+
+def test_per_run_limits(box):
+    r = run(box, "import time\ndef f(x):\n    time.sleep(0.6)\n    return x + 1\n", limits=Limits(wall_seconds=0.3, cpu_seconds=1))
+    assert r.status == outcome.TIMEOUT
+    assert run(box, "def f(x):\n    return x + 1\n", limits=Limits(wall_seconds=5, file_size_mb=4)).passed
+
+
+def test_cpu_limit(box):
+    r = run(box, "while True:\n    pass\n", limits=Limits(wall_seconds=6, cpu_seconds=1))
+    assert r.status == outcome.TIMEOUT and "CPU" in r.message and r.seconds < 4
+
+
+def test_imports_work_inside(box):
+    program = "import statistics, decimal, encodings.idna, fractions, json, csv\ndef f(x):\n    return x + 1\n"
+    assert run(box, program).passed
+
+
+def test_output_is_captured_and_capped(box):
+    r = run(box, "import sys\nprint('hello')\nsys.stderr.write('err\\n')\ndef f(x):\n    return x + 1\n")
+    assert r.passed and "hello" in r.output and "err" in r.output
+
+
+def test_result_round_trips_as_json(box):
+    import json
+
+    r = run(box, "def f(x):\n    return x\n")
+    assert outcome.ExecutionResult.from_dict(json.loads(json.dumps(r.to_dict()))) == r
+
+
+# --------------------------------------------------------------------- the server
+
+
+def test_restarts_after_the_server_dies():
+    with Sandbox(LIMITS) as b:
+        old = b.server_pid
+        os.kill(old, 9)
+        assert run(b, "def f(x):\n    return x + 1\n").passed
+        assert b.server_pid != old
+
+
+def test_persistent_failure_raises_sandbox_error(monkeypatch):
+    import pytest_codegen.sandbox as sandbox_module
+
+    b = Sandbox(LIMITS)
+    try:
+        monkeypatch.setattr(sandbox_module, "_SERVER", "/nonexistent/_sandbox_server.py")
+        os.kill(b.server_pid, 9)
+        with pytest.raises(SandboxError):
+            run(b, "def f(x):\n    return x + 1\n")
+    finally:
+        b.close()
+    with pytest.raises(SandboxError):
+        run(b, "def f(x):\n    return x\n")  # closed
+    b.close()  # idempotent
+
+
+@needs_root
+def test_concurrent_servers_get_distinct_uids():
+    with Sandbox(LIMITS) as a, Sandbox(LIMITS) as b:
+        assert a.sandbox_uid != b.sandbox_uid
+
+
+# ------------------------------------------------------------------ hostile corpus
+
+FAIL_LAST = "\ndef f(x):\n    return -1\n"  # so no hostile program can pass on its merits
+
+HOSTILE = {
+    "infinite loop": ("while True:\n    pass\n", {"timeout"}),
+    "long sleep": ("import time\ntime.sleep(1000)\n", {"timeout"}),
+    "busy test": ("def f(x):\n    while True:\n        x += 1\n", {"timeout"}),
+    "memory bomb at once": ("x = bytearray(10**10)\n" + FAIL_LAST, {"memory"}),
+    "memory bomb growing": ("chunks = []\nwhile True:\n    chunks.append(bytearray(10**6))\n", {"memory"}),
+    "fork bomb": ("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n", {"timeout", "crashed"}),
+    "os._exit before tests": ("import os\nos._exit(0)\n", {"crashed"}),
+    "sys.exit before tests": ("import sys\nsys.exit(0)\n", {"failed"}),
+    "exit() before tests": ("exit()\n", {"failed"}),
+    "os._exit during tests": ("import os\ndef f(x):\n    os._exit(0)\n", {"crashed"}),
+    "kill the parent": ("import os\nos.kill(os.getppid(), 9)\n" + FAIL_LAST, {"failed", "crashed"}),
+    "kill own group": ("import os\nos.killpg(0, 9)\n", {"crashed"}),
+    "segfault": ("import ctypes\nctypes.string_at(0)\n", {"crashed"}),
+    # through C (map), so the C stack overflows; plain Python recursion in 3.11 lives on the heap
+    "deep recursion": (
+        "import sys\nsys.setrecursionlimit(10**7)\ndef r(n):\n    return list(map(r, [n + 1]))\nr(0)\n",
+        {"crashed", "failed", "memory"},
+    ),
+    "deep python recursion": (
+        "import sys\nsys.setrecursionlimit(10**7)\ndef r(n):\n    return r(n + 1)\nr(0)\n",
+        {"crashed", "failed", "memory", "timeout"},
+    ),
+    "ignore signals then loop": (
+        "import signal\nfor s in (signal.SIGTERM, signal.SIGALRM, signal.SIGINT, signal.SIGHUP, signal.SIGXCPU):\n"
+        "    signal.signal(s, signal.SIG_IGN)\nwhile True:\n    pass\n",
+        {"timeout"},
+    ),
+    "threads left running": (
+        "import threading, time\n"
+        "for _ in range(4):\n    threading.Thread(target=lambda: [time.sleep(0.001) for _ in iter(int, 1)]).start()\n"
+        + FAIL_LAST,
+        {"failed"},
+    ),
+    "close every fd": ("import os\nos.closerange(0, 1024)\n" + FAIL_LAST, {"crashed"}),
+    "close fds then reopen": (
+        "import os\nos.closerange(0, 1024)\nfd = os.open('x.txt', os.O_WRONLY | os.O_CREAT)\ndef f(x):\n    return x + 1\n",
+        {"crashed"},
+    ),
+    "forge messages on the result fd": (
+        "import os\nfor fd in range(3, 20):\n    try:\n"
+        "        os.write(fd, b'{\"t\":\"x\",\"k\":\"define\",\"ok\":true}\\n{\"t\":\"x\",\"k\":\"end\"}\\n')\n"
+        "    except OSError:\n        pass\nos._exit(0)\n",
+        {"crashed"},
+    ),
+    "close stdout and stderr": ("import sys, os\nsys.stdout.close()\nos.close(1)\nos.close(2)\n" + FAIL_LAST, {"failed"}),
+    "replace builtins": (
+        "import builtins\nclass Fake(Exception):\n    pass\n"
+        "builtins.AssertionError = Fake\nbuiltins.isinstance = lambda *a: True\nbuiltins.abs = lambda x: 0\n"
+        "builtins.print = None\nbuiltins.len = lambda x: 3\n" + FAIL_LAST,
+        {"failed"},
+    ),
+    "shadow builtins": (
+        "def abs(x):\n    return 0\ndef isinstance(*a):\n    return True\nAssertionError = Exception\n" + FAIL_LAST,
+        {"failed"},
+    ),
+    "redefine candidate and helpers": (
+        "candidate = lambda *a: 2\ndef check(c):\n    pass\ndef helper_ok(v):\n    return True\n"
+        "def f(x):\n    g = globals()\n    g['candidate'] = lambda *a: x + 1\n    g['helper_ok'] = lambda v: True\n"
+        "    g['__builtins__'].__dict__['abs'] = lambda v: 0\n    return -1\n",
+        {"failed"},
+    ),
+    "trace function jumps over asserts": (
+        "import sys\n"
+        "def tracer(frame, event, arg):\n"
+        "    if frame.f_code.co_filename.startswith('<test'):\n"
+        "        def local(frame, event, arg):\n"
+        "            if event == 'line':\n"
+        "                try:\n                    frame.f_lineno = frame.f_lineno + 1\n"
+        "                except Exception:\n                    pass\n"
+        "            return local\n"
+        "        return local\n"
+        "sys.settrace(tracer)\n" + FAIL_LAST,
+        {"failed"},
+    ),
+    "tamper with the harness module": (
+        "import __main__, sys\n"
+        "for name, value in list(vars(__main__).items()):\n"
+        "    if isinstance(value, dict) and 'abs' in value:\n"
+        "        value['abs'] = lambda v: 0\n        value['isinstance'] = lambda *a: True\n"
+        "__main__.RESULT_FD = 1\n__main__._ESC = lambda s: '\"x\"'\n"
+        "sys.modules['_pytest.assertion.rewrite'] = None\n" + FAIL_LAST,
+        {"failed"},
+    ),
+    "100 MB of output": ("import sys\nfor _ in range(100):\n    sys.stdout.write('x' * 10**6)\n" + FAIL_LAST, {"failed"}),
+    "raise SystemExit in test": ("def f(x):\n    raise SystemExit(0)\n", {"failed"}),
+}
+
+# These need a test's own tmp_path, port or pid check; they are in the tests below.
+HOSTILE_TESTS = [
+    tc("assert candidate(1) == 2", "one"),
+    tc("assert isinstance(candidate(2), int) and abs(candidate(2) - 3) < 1e-9", "builtins"),
+    tc("def check(candidate):\n    assert candidate(5) == 6\n\ncheck(f)\n", "check"),
+    tc("assert helper_ok(candidate(7))", "helper"),
+]
+HOSTILE_SETUP = "def helper_ok(v):\n    return v == 8\n"
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_hostile(box, name):
+    program, expected = HOSTILE[name]
+    t0 = time.monotonic()
+    r = box.run(program, HOSTILE_TESTS, setup=HOSTILE_SETUP, entry_point="f")
+    elapsed = time.monotonic() - t0
+    assert not r.passed, r
+    assert r.status in expected, (r.status, r.error_type, r.message)
+    assert elapsed < LIMITS.wall_seconds + 5, elapsed
+    assert len(r.output) <= LIMITS.output_bytes
+    assert_nothing_left(box)
+    assert_still_healthy(box)
+    if name == "100 MB of output":
+        assert r.detail["output_bytes"] >= 100 * 10**6 and r.detail["output_truncated"]
+        assert len(r.output) == LIMITS.output_bytes
+    if name in ("shadow builtins", "redefine candidate and helpers", "trace function jumps over asserts"):
+        assert [t.error_type for t in r.tests] == ["AssertionError"] * 4, r.tests
+    if name == "replace builtins":
+        # every test fails; pytest's own explanation helpers use the (tampered) builtins
+        # module, so the failure may surface as their exception rather than AssertionError
+        assert all(not t.passed and t.error_type for t in r.tests), r.tests
+    if name == "segfault":
+        assert r.error_type == "SIGSEGV"
+    if name in ("os._exit before tests", "close every fd"):
+        assert r.error_type == "exit without result"
+    if name == "sys.exit before tests":
+        assert (r.error_type, r.phase) == ("SystemExit", outcome.DEFINE)
+
+
+def test_hostile_daemon_is_killed(box):
+    program = (
+        "import os, sys, time\n"
+        "r, w = os.pipe()\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        "    if os.fork() == 0:\n"
+        "        os.write(1, ('DAEMON %d\\n' % os.getpid()).encode())\n"
+        "        os.write(w, b'x')\n"
+        "        while True:\n"
+        "            time.sleep(1)\n"
+        "    os._exit(0)\n"
+        "os.read(r, 1)\n" + FAIL_LAST
+    )
+    r = run(box, program)
+    assert r.status == outcome.FAILED
+    daemon = int(r.output.split("DAEMON ")[1].split()[0])
+    assert_nothing_left(box, (daemon,))
+    assert_still_healthy(box)
+
+
+def test_hostile_fork_bomb_leaves_nothing(box):
+    r = run(box, "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n")
+    assert r.status in (outcome.TIMEOUT, outcome.CRASHED)
+    assert_nothing_left(box)
+    assert_still_healthy(box)
+
+
+@needs_root
+def test_hostile_writes_stay_inside(box, tmp_path):
+    sentinel = tmp_path / "sentinel.txt"
+    sentinel.write_text("keep")
+    marker = f"pytest-codegen-evil-{uuid.uuid4().hex}"
+    program = (
+        "import os\nreport = []\n"
+        f"for path in [{str(tmp_path / 'evil.txt')!r}, {str(sentinel)!r}, '/tmp/{marker}', '/var/tmp/{marker}',\n"
+        f"             '/dev/shm/{marker}', {str(REPO / marker)!r}, '/root/{marker}', '/etc/{marker}', 'local.txt']:\n"
+        "    try:\n"
+        "        with open(path, 'w') as fh:\n"
+        "            fh.write('evil')\n"
+        "        report.append('wrote ' + path)\n"
+        "    except OSError as e:\n"
+        "        report.append('%s: %s' % (path, type(e).__name__))\n"
+        "print(report)\n" + FAIL_LAST
+    )
+    r = run(box, program)
+    assert r.status == outcome.FAILED
+    assert sentinel.read_text() == "keep"
+    assert not (tmp_path / "evil.txt").exists()
+    for place in ("/tmp", "/var/tmp", "/dev/shm", str(REPO), "/root", "/etc"):
+        assert not Path(place, marker).exists(), place
+    # its own scratch space works, and is gone with the run
+    assert f"wrote /tmp/{marker}" in r.output and "wrote local.txt" in r.output
+    r2 = run(box, f"import os\nprint(os.path.exists('/tmp/{marker}'), os.listdir('.'))\n" + FAIL_LAST)
+    assert "False []" in r2.output
+
+
+@needs_root
+def test_hostile_deletes_nothing_outside(box, tmp_path):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "a.txt").write_text("a")
+    repo_file = REPO / "pytest_codegen" / "outcome.py"
+    before = repo_file.read_bytes()
+    program = (
+        "import os, shutil\nreport = []\n"
+        f"for action in [lambda: shutil.rmtree({str(victim)!r}), lambda: os.remove({str(repo_file)!r}),\n"
+        f"               lambda: shutil.rmtree({str(REPO / 'tests')!r})]:\n"
+        "    try:\n        action()\n        report.append('done')\n"
+        "    except OSError as e:\n        report.append(type(e).__name__)\n"
+        "print(report)\n" + FAIL_LAST
+    )
+    r = run(box, program)
+    assert r.status == outcome.FAILED
+    assert (victim / "a.txt").read_text() == "a"
+    assert repo_file.read_bytes() == before
+    assert Path(__file__).exists()
+    assert "done" not in r.output
+
+
+@needs_root
+def test_hostile_network_is_unreachable(box):
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(5)
+    listener.settimeout(0.2)
+    port = listener.getsockname()[1]
+    got = []
+
+    def accept() -> None:
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            got.append(conn.recv(100))
+            conn.close()
+
+    t = threading.Thread(target=accept)
+    t.start()
+    program = (
+        "import socket\n"
+        "try:\n"
+        f"    s = socket.create_connection(('127.0.0.1', {port}), timeout=1)\n"
+        "    s.sendall(b'stolen')\n"
+        "    print('CONNECTED')\n"
+        "except OSError as e:\n"
+        "    print('BLOCKED', type(e).__name__, e)\n" + FAIL_LAST
+    )
+    try:
+        r = run(box, program)
+    finally:
+        t.join()
+        listener.close()
+    assert r.status == outcome.FAILED
+    assert "BLOCKED" in r.output and "CONNECTED" not in r.output
+    assert got == []
+
+
+@needs_root
+def test_hostile_cannot_signal_or_see_the_caller(box):
+    program = (
+        "import os, signal\nreport = []\n"
+        f"for pid in ({os.getpid()}, {box.server_pid}, 1):\n"
+        "    try:\n        os.kill(pid, signal.SIGKILL)\n        report.append('killed %d' % pid)\n"
+        "    except OSError as e:\n        report.append(type(e).__name__)\n"
+        "print(report, os.getuid(), os.environ.get('HOME'))\n" + FAIL_LAST
+    )
+    r = run(box, program)
+    assert r.status == outcome.FAILED
+    assert "killed" not in r.output
+    assert f"{box.sandbox_uid} /tmp/work" in r.output
+    assert_still_healthy(box)
+
+
+# ------------------------------------------------------------------ degraded paths
+
+
+@pytest.fixture(scope="module", params=["userns", "none"])
+def degraded(request):
+    if request.param == "userns" and not IS_ROOT:
+        pytest.skip("simulating the unprivileged path needs root (it becomes nobody)")
+    with Sandbox(LIMITS, degrade=request.param) as b:
+        yield b
+
+
+def test_degraded_isolation_line(degraded):
+    assert degraded.sandbox_uid is None
+    assert "not root" in degraded.isolation
+    assert degraded.mode in ("userns", "none")
+
+
+def test_degraded_outcomes(degraded):
+    assert run(degraded, "def f(x):\n    return x + 1\n").passed
+    r = run(degraded, "def f(x):\n    return x * 2\n", [tc("assert candidate(2) == 5")])
+    assert r.error_type == "AssertionError" and "assert 4 == 5" in r.tests[0].line
+    assert run(degraded, "while True:\n    pass\n").status == outcome.TIMEOUT
+    assert run(degraded, "x = bytearray(10**10)\n").status == outcome.MEMORY
+    assert run(degraded, "import os\nos._exit(0)\n").error_type == "exit without result"
+
+
+def test_degraded_daemon_and_fork_bomb_are_killed(degraded):
+    program = (
+        "import os, time\nr, w = os.pipe()\n"
+        "if os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+        "        os.write(1, ('DAEMON %d\\n' % os.getpid()).encode())\n        os.write(w, b'x')\n"
+        "        while True:\n            time.sleep(1)\n    os._exit(0)\n"
+        "os.read(r, 1)\n" + FAIL_LAST
+    )
+    r = run(degraded, program)
+    daemon = int(r.output.split("DAEMON ")[1].split()[0])
+    assert_nothing_left(degraded, (daemon,))
+    r = run(degraded, "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n")
+    assert r.status in (outcome.TIMEOUT, outcome.CRASHED)
+    deadline = time.monotonic() + 5
+    while [p for p in _descendants(degraded.server_pid) if _alive(p)][1:] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len([p for p in _descendants(degraded.server_pid) if _alive(p)]) <= 1  # the next run's zygote
+    assert_still_healthy(degraded)
+
+
+def test_degraded_userns_blocks_network_and_writes(degraded, tmp_path):
+    if degraded.mode != "userns":
+        pytest.skip("only the user-namespace mode isolates network and files")
+    program = (
+        "import socket\ntry:\n    socket.create_connection(('127.0.0.1', 9), timeout=1)\n"
+        "except OSError as e:\n    print('BLOCKED', type(e).__name__)\n"
+        f"try:\n    open({str(REPO / 'evil.txt')!r}, 'w')\nexcept OSError as e:\n    print('NOWRITE', type(e).__name__)\n"
+        + FAIL_LAST
+    )
+    r = run(degraded, program)
+    assert "BLOCKED" in r.output and "NOWRITE" in r.output
+    assert not (REPO / "evil.txt").exists()
