@@ -342,6 +342,8 @@ class Candidate:
             self.solution, self.result, nodeid=self._item.nodeid, round_verdicts=verdicts,
             run_key=_state(self._item.config).run_key,
         )
+        record["sandbox"] = {"isolation": self._sandbox.isolation,
+                             "uid": getattr(self._sandbox, "sandbox_uid", None)}
         self._item.stash[RECORD_KEY] = record
         for name in ("outcome", "error_type", "pipeline", "benchmark", "feedback", "rounds",
                      "models", "tokens", "gen_seconds"):

@@ -56,10 +56,14 @@ def build_record(
 TIMING_KEYS = ("gen_seconds",)
 
 
-def without_timing(record: dict[str, Any]) -> dict[str, Any]:
-    """A record without its wall-clock facts: what two runs of the same work agree on."""
+# Facts of the particular run (wall clock, the sandbox's uid) rather than of the work done.
+RUN_FACT_KEYS = ("timing", "sandbox")
+
+
+def without_run_facts(record: dict[str, Any]) -> dict[str, Any]:
+    """A record without wall-clock and sandbox facts: what two runs of the same work agree on."""
     rounds = [{k: v for k, v in r.items() if k != "seconds"} for r in record.get("rounds", ())]
-    return {**{k: v for k, v in record.items() if k != "timing"}, "rounds": rounds}
+    return {**{k: v for k, v in record.items() if k not in RUN_FACT_KEYS}, "rounds": rounds}
 
 
 class ResultsWriter:

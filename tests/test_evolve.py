@@ -453,10 +453,10 @@ class MarkerSandbox:
 
 
 def test_more_evaluations_reduce_selection_inflation(tmp_path):
-    """Every genome has about the same true pass rate (one noisy model), so the search selects
-    luck: with K=1 the champion's search score overstates its held-out score by about a
-    quarter; averaging K=3 seeds per genome shrinks that. The baseline is not selected and
-    shows no inflation beyond noise. Six seeded searches per K (numbers exact, seeds fixed)."""
+    """Genomes differ little in true pass rate (one noisy model; only iterations matter), so
+    the search mostly selects luck: with K=1 the champion's search pass rate overstates its
+    held-out one by 0.31 on average over six seeded searches, with K=3 by 0.17. The baseline
+    is not selected and shows no inflation beyond noise (numbers exact, seeds fixed)."""
     problems = [toy(i) for i in range(50)]
     found, base = {}, {}
     for k in (1, 3):

@@ -96,3 +96,20 @@ def test_single_pipeline_with_gemma_through_pytest_then_fully_cached(pytester):
 
     assert verdicts(second) == verdicts(first)
     print(f"first run {first_seconds:.1f}s, cached run with -n 2 {second_seconds:.1f}s")
+
+
+def test_llama_log_is_silent_by_default(gemma_path, capfd):
+    backend = LlamaCppBackend(gemma_path, alias="gemma-270m", mode="completion", n_ctx=512, threads=1)
+    backend.generate(GenerationRequest(prompt=PROMPT, max_tokens=2))
+    backend.close()
+    out, err = capfd.readouterr()
+    assert "llama" not in out + err and "ggml" not in out + err
+
+
+@pytest.mark.parametrize("workers, expected", [("1", 2), ("2", 1), ("8", 1)])
+def test_threads_are_split_between_xdist_workers(monkeypatch, workers, expected):
+    from pytest_codegen.models import llama
+
+    monkeypatch.setattr(llama, "available_cores", lambda: 2)
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", workers)
+    assert llama.default_threads() == expected

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_codegen.results import read_records, without_timing
+from pytest_codegen.results import read_records, without_run_facts
 
 REPO = Path(__file__).resolve().parent.parent
 HUMANEVAL = str(REPO / "benchmarks" / "humaneval")
@@ -18,7 +18,7 @@ HUMANEVAL = str(REPO / "benchmarks" / "humaneval")
 
 def comparable(path: Path) -> list[str]:
     """A results file as a sorted list of records, wall-clock facts left out."""
-    return sorted(json.dumps(without_timing(r), sort_keys=True) for r in read_records(path))
+    return sorted(json.dumps(without_run_facts(r), sort_keys=True) for r in read_records(path))
 
 
 def test_samples_make_items_with_sample_ids(pytester):
