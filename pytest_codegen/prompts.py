@@ -53,6 +53,40 @@ CRITIC = (
     "you see that would make it fail the task, in a few sentences. If it is correct, say so."
 )
 
+# System prompts the evolutionary search draws from, per role; None is the role's default.
+# Completion-mode (base) models have no system prompt, so for them this gene is neutral.
+GENERATOR_PROMPTS: tuple[str | None, ...] = (
+    None,
+    "Output ONLY the function code.",
+    "You are an expert Python programmer. Think about edge cases, then reply with the complete "
+    "function in one ```python code block.",
+    "Write simple, correct Python. Reply with the whole function, including its imports, in one "
+    "```python code block and nothing else.",
+    "You write Python that passes every test on the first try. Reply with code only.",
+)
+
+REFINER_PROMPTS: tuple[str | None, ...] = (
+    None,
+    "Output ONLY the corrected function code.",
+    "You fix bugs in Python code. Read the error carefully, change only what is wrong, and reply "
+    "with the whole corrected program in one ```python code block.",
+    "You are a debugging expert. Make the failing test pass without breaking the others. Reply "
+    "with code only.",
+)
+
+ANALYZER_PROMPTS: tuple[str | None, ...] = (
+    None,
+    "Explain the root cause of the failure in one or two sentences. Do not write code.",
+    "You are a senior engineer reviewing a failing test. Name the faulty line and the fix in "
+    "plain prose.",
+)
+
+POOLS: dict[str, tuple[str | None, ...]] = {
+    "generator": GENERATOR_PROMPTS,
+    "refiner": REFINER_PROMPTS,
+    "analyzer": ANALYZER_PROMPTS,
+}
+
 # Base models continue a Python file; these stop them at the end of the solution.
 COMPLETION_STOPS = ("\ndef test", "\nif __name__", "\nprint(", "\nassert ", "\n```", "\n# Test")
 COMPLETION_TASK = '"""\n{prompt}\n{tests}\n"""\n'

@@ -22,7 +22,7 @@ from pytest_codegen.evolve import (
 )
 from pytest_codegen.evolve.evaluate import canonical, evaluation_seed
 from pytest_codegen.evolve.operators import initial_population
-from pytest_codegen.evolve.prompts_pool import POOLS
+from pytest_codegen.prompts import POOLS
 from pytest_codegen.evolve.reproduce import ReproductionRules, reproduce
 from pytest_codegen.evolve.species import adjusted_fitness, allocate_offspring
 from pytest_codegen.evolve.subsets import difficulty_rates, select_subsets

@@ -11,7 +11,6 @@ Modules, one concept each:
 - `evaluate`: running a genome K times (in-process or in spawned worker processes), cached;
 - `search`: the loop, its checkpoint/resume, the genome log and the progress bar;
 - `selection`: the champion and the baseline re-evaluated on held-out problems, the report;
-- `prompts_pool`: the system prompts the search draws from (they belong in `prompts.py`).
 """
 
 from .evaluate import EvalJob, EvalResult, Evaluator, evaluation_seed

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from ..pipelines.genome import GENERATOR_TEMPERATURE, REFINER_TEMPERATURE, Genome, Node, Stage
-from .prompts_pool import POOLS
+from ..prompts import POOLS
 
 MAX_STAGES = 3
 MIN_ITERATIONS, MAX_ITERATIONS = 1, 3
