@@ -588,7 +588,7 @@ def run_harness(job: dict, mypid: int, kill_all: bool, prepared: list[tuple[dict
     max_text, max_tb = MAX_TEXT, MAX_TB
     _tname = type.__dict__["__name__"].__get__
     _BaseException, _MemoryError, _SyntaxError = BaseException, MemoryError, SyntaxError
-    _AssertionError, _OSError = AssertionError, OSError
+    _OSError = OSError
     _stdout, _stderr = sys.stdout, sys.stderr
     _fd, _token = RESULT_FD, job["token"]
     pristine, ballast = prepared.pop()  # ballast: freed on MemoryError so the report can be built

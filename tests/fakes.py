@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from pytest_codegen.problems import Problem, TestCase
+
 from pytest_codegen.models.backend import GenerationRequest, GenerationResponse
 
 
@@ -44,3 +46,18 @@ class FakeModels:
 
 def fenced(code: str) -> str:
     return f"Here is the code:\n```python\n{code}```\n"
+
+
+def arithmetic_problem(name: str, op: str) -> Problem:
+    """`def NAME(a, b)` returning `a OP b`: one visible, unscored example and two scoring asserts."""
+    def value(expression: str) -> int:
+        return eval(expression)  # the operator is one of + - * from the test itself
+
+    stub = f'def {name}(a, b):\n    """Return a {op} b.\n    >>> {name}(3, 2)\n    {value(f"3 {op} 2")}\n    """\n'
+    tests = (
+        TestCase("example[0]", f"assert {name}(3, 2) == {value(f'3 {op} 2')}", visible=True, scoring=False),
+        TestCase("check[0]", f"assert candidate(5, 1) == {value(f'5 {op} 1')}"),
+        TestCase("check[1]", f"assert candidate(-1, 4) == {value(f'-1 {op} 4')}"),
+    )
+    return Problem(f"toy/{name}", "toy", stub, name, tests, stub + f"    return a {op} b\n",
+                   prompt_is_code=True)

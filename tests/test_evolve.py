@@ -15,7 +15,7 @@ from dataclasses import replace
 
 import pytest
 
-from fakes import FakeModels, ScriptedBackend, fenced
+from fakes import FakeModels, ScriptedBackend, arithmetic_problem, fenced
 from pytest_codegen.evolve import (
     EvalJob, Evaluator, EvolveError, InnovationCounter, MutationRates, SearchConfig, ThresholdRule,
     baseline_genome, complexity_penalty, crossover, distance, mutate, node_count, search, speciate,
@@ -30,7 +30,7 @@ from pytest_codegen.models.backend import GenerationResponse
 from pytest_codegen.outcome import ExecutionResult, TestResult
 from pytest_codegen.pipelines.genome import Genome, Node, Stage, load_genome
 from pytest_codegen.pipelines.loop import GenomePipeline
-from pytest_codegen.problems import Problem, TestCase
+from pytest_codegen.problems import Problem
 from pytest_codegen.settings import RunSettings
 from pytest_codegen.verdict import judge
 
@@ -253,15 +253,7 @@ def test_reproduce_keeps_two_elites_and_the_population_size():
 
 
 def toy(index: int, op: str = "+") -> Problem:
-    name = f"f{index}"
-    stub = f'def {name}(a, b):\n    """Return a {op} b.\n    >>> {name}(3, 2)\n    {eval(f"3 {op} 2")}\n    """\n'
-    tests = (
-        TestCase("example[0]", f"assert {name}(3, 2) == {eval(f'3 {op} 2')}", visible=True, scoring=False),
-        TestCase("check[0]", f"assert candidate(5, 1) == {eval(f'5 {op} 1')}"),
-        TestCase("check[1]", f"assert candidate(6, 4) == {eval(f'6 {op} 4')}"),
-    )
-    return Problem(f"toy/{name}", "toy", stub, name, tests, stub + f"    return a {op} b\n",
-                   prompt_is_code=True)
+    return arithmetic_problem(f"f{index}", op)
 
 
 def test_subsets_are_disjoint_and_stratified_by_difficulty(tmp_path):

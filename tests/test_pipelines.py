@@ -2,7 +2,7 @@
 
 import pytest
 
-from fakes import FakeModels, ScriptedBackend, fenced
+from fakes import FakeModels, ScriptedBackend, arithmetic_problem, fenced
 from pytest_codegen.pipelines import build_pipeline
 from pytest_codegen.pipelines.genome import GenomeError, genome_from_dict, load_genome
 from pytest_codegen.pipelines.loop import derive_seed
@@ -15,19 +15,7 @@ from pytest_codegen.settings import RunSettings
 from pytest_codegen.verdict import judge, judge_rounds
 
 
-def toy(name: str, op: str) -> Problem:
-    """`def NAME(a, b)`: one visible, unscored example and two scoring asserts."""
-    stub = f'def {name}(a, b):\n    """Return a {op} b.\n    >>> {name}(3, 2)\n    {eval(f"3 {op} 2")}\n    """\n'
-    tests = (
-        TestCase("example[0]", f"assert {name}(3, 2) == {eval(f'3 {op} 2')}", visible=True, scoring=False),
-        TestCase("check[0]", f"assert candidate(5, 1) == {eval(f'5 {op} 1')}"),
-        TestCase("check[1]", f"assert candidate(-1, 4) == {eval(f'-1 {op} 4')}"),
-    )
-    return Problem(f"toy/{name}", "toy", stub, name, tests, stub + f"    return a {op} b\n",
-                   prompt_is_code=True)
-
-
-ADD, SUB, MUL = toy("add", "+"), toy("sub", "-"), toy("mul", "*")
+ADD, SUB, MUL = (arithmetic_problem(n, op) for n, op in (("add", "+"), ("sub", "-"), ("mul", "*")))
 CORRECT = {"add": "a + b", "sub": "a - b", "mul": "a * b"}
 # The generator's first attempts: a NameError, a wrong answer, a correct program.
 FIRST = {"add": "a + bb", "sub": "a + b", "mul": "a * b"}
