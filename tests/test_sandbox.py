@@ -502,8 +502,10 @@ def test_hostile_writes_stay_inside(box, tmp_path):
     assert not (tmp_path / "evil.txt").exists()
     for place in ("/tmp", "/var/tmp", "/dev/shm", str(REPO), "/root", "/etc"):
         assert not Path(place, marker).exists(), place
-    # its own scratch space works, and is gone with the run
-    assert f"wrote /tmp/{marker}" in r.output and "wrote local.txt" in r.output
+    # its own scratch space works, and is gone with the run; /tmp is a private tmpfs, or
+    # read-only where the interpreter itself lives under /tmp (a checkout in /tmp, say)
+    assert "wrote local.txt" in r.output
+    assert f"wrote /tmp/{marker}" in r.output or f"/tmp/{marker}: OSError" in r.output
     r2 = run(box, f"import os\nprint(os.path.exists('/tmp/{marker}'), os.listdir('.'))\n" + FAIL_LAST)
     assert "False []" in r2.output
 
@@ -583,7 +585,7 @@ def test_hostile_cannot_signal_or_see_the_caller(box):
     r = run(box, program)
     assert r.status == outcome.FAILED
     assert "killed" not in r.output
-    assert f"{box.sandbox_uid} /tmp/work" in r.output
+    assert any(f"{box.sandbox_uid} {home}" in r.output for home in ("/tmp/work", "/run/sandbox/work"))
     assert_still_healthy(box)
 
 
