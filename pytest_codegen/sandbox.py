@@ -228,7 +228,13 @@ class Sandbox:
         entry_point: str | None = None,
         limits: Limits | None = None,
     ) -> ExecutionResult:
-        """Define `program`, run `setup`, then each test with `candidate` bound to the entry point."""
+        """Define `program`, run `setup`, then each test with `candidate` bound to the entry point.
+
+        The verdict comes from tests compiled as written. Failed asserts are then explained by a
+        second run of just those tests, compiled through pytest's assertion rewriting (which
+        costs far more than the execution itself): their `line` gains the values involved. The
+        second run never changes the verdict; where it behaves differently, it is ignored.
+        """
         lim = limits or self.limits
         request = {
             "op": "run",
@@ -237,7 +243,26 @@ class Sandbox:
             "entry_point": entry_point,
             "tests": [[t.name, t.source] for t in tests],
             "limits": dataclasses.asdict(lim),
+            "explain": False,
         }
+        result = self._exchange(request, lim)
+        failed_asserts = [
+            i for i, t in enumerate(result.tests) if t.error_type == "AssertionError"
+        ]
+        if result.status != "failed" or not failed_asserts:
+            return result
+        # Bounded: a program that failed fast must not buy a second full wall-clock allowance.
+        quick = dataclasses.replace(
+            lim, wall_seconds=min(lim.wall_seconds, 1.0 + 2 * result.seconds)
+        )
+        explained = self._exchange(
+            {**request, "explain": True, "limits": dataclasses.asdict(quick),
+             "tests": [request["tests"][i] for i in failed_asserts]},
+            quick,
+        )
+        return _with_explanations(result, failed_asserts, explained)
+
+    def _exchange(self, request: dict, lim: Limits) -> ExecutionResult:
         with self._lock:
             if self._closed:
                 raise SandboxError("the sandbox is closed")
@@ -261,3 +286,21 @@ class Sandbox:
                     self._kill_server()
                     raise
             raise SandboxError("the sandbox server failed twice: " + " / ".join(problems))
+
+
+def _with_explanations(
+    result: ExecutionResult, indices: list[int], explained: ExecutionResult
+) -> ExecutionResult:
+    """Take the explained `line` and message of asserts that failed the same way twice."""
+    tests = list(result.tests)
+    for position, index in enumerate(indices):
+        if position >= len(explained.tests):
+            break
+        again = explained.tests[position]
+        if again.error_type == "AssertionError" and again.name == tests[index].name:
+            tests[index] = dataclasses.replace(tests[index], line=again.line, message=again.message)
+    first = result.first_failure
+    updated = dataclasses.replace(result, tests=tuple(tests))
+    if first is not None and result.message == first.message and updated.first_failure is not None:
+        updated = dataclasses.replace(updated, message=updated.first_failure.message)
+    return updated
