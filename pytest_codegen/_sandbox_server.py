@@ -30,10 +30,11 @@ How one execution runs
   to those of a fresh interpreter.) With the job it sets rlimits (AS, CPU, FSIZE, NPROC,
   NOFILE, CORE=0), drops to the sandbox uid (setgroups/setresgid/setresuid; or drops every
   capability in the user-namespace mode), sets NO_NEW_PRIVS and PDEATHSIG and runs the harness.
-* Tests (and the setup) are compiled by the server, through pytest's assertion rewriting,
-  before the job is handed to the child (cached by source: every further sample of a problem
-  reuses them); the candidate program itself is compiled in the child, under the rlimits, so a
-  hostile program cannot hurt the server's compiler.
+* Tests (and the setup) are compiled by the server before the job is handed to the child
+  (cached by source: every further sample of a problem reuses them): as written for the verdict,
+  or through pytest's assertion rewriting when the client asks to explain failed asserts
+  (`"explain": true`, see `Sandbox.run`); the candidate program itself is compiled in the
+  child, under the rlimits, so a hostile program cannot hurt the server's compiler.
 * The server enforces the wall clock (select over the result and output pipes and a pidfd,
   with a deadline; output past the cap is drained and counted, never stored). When the harness
   reported everything it has already, as the sandbox uid, set RLIMIT_NPROC to 0 (no process
