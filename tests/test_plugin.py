@@ -182,3 +182,17 @@ def test_missing_named_model_fails_fast_with_what_to_do(pytester, monkeypatch):
         "*'qwen3b'*qwen2.5-3b-instruct-q4_k_m.gguf*",
         "*pytest-codegen models --download qwen3b*",
     ])
+
+
+@pytest.mark.parametrize("mode", XDIST_MODES)
+def test_junit_properties_with_and_without_xdist(suite, mode):
+    suite.runpytest_subprocess("--pipeline=null", "--junitxml=junit.xml", *mode)
+    root = ET.parse(suite.path / "junit.xml").getroot()
+    suite_props = {p.get("name"): p.get("value") for p in root.find(".//testsuite/properties")}
+    assert suite_props == {"pipeline": "null", "pass@1[toy]": "0.0000"}
+    cases = list(root.iter("testcase"))
+    assert len(cases) == 3
+    for case in cases:
+        props = {p.get("name"): p.get("value") for p in case.iter("property")}
+        assert props == {"outcome": "no code", "error_type": "", "pipeline": "null",
+                         "benchmark": "toy", "rounds": "1"}
