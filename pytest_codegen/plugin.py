@@ -16,11 +16,19 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from .settings import RunSettings
+
+if TYPE_CHECKING:
+    from .models import ModelPool
+    from .outcome import ExecutionResult
+    from .pipelines import Pipeline
+    from .results import ResultsWriter
+    from .sandbox import Sandbox
 
 RECORD_KEY = pytest.StashKey[dict]()
 STATE_KEY = pytest.StashKey["CodegenState"]()
@@ -125,17 +133,17 @@ class CodegenState:
     """Per-process run state: the sandbox, models and pipeline, built on first use."""
 
     settings: RunSettings
-    rootdir: Any = None
-    writer: Any = None
+    rootdir: Path | None = None
+    writer: ResultsWriter | None = None
     records: list[dict] = field(default_factory=list)
-    sandbox: Any = None
-    models: Any = None
-    pipeline: Any = None
+    sandbox: Sandbox | None = None
+    models: ModelPool | None = None
+    pipeline: Pipeline | None = None
     error: str | None = None  # a pipeline that could not be built: every item reports it
     run_key: str = ""
     done: set[str] = field(default_factory=set)  # nodeids a resumed results file already holds
 
-    def get_sandbox(self):
+    def get_sandbox(self) -> Sandbox:
         if self.sandbox is None:
             from .sandbox import Limits, Sandbox
 
@@ -146,7 +154,7 @@ class CodegenState:
             )
         return self.sandbox
 
-    def get_models(self):
+    def get_models(self) -> ModelPool:
         if self.models is None:
             from .models import ModelPool
 
@@ -157,7 +165,7 @@ class CodegenState:
             )
         return self.models
 
-    def get_pipeline(self):
+    def get_pipeline(self) -> Pipeline:
         if self.error is not None:
             raise pytest.UsageError(self.error)
         if self.pipeline is None:
@@ -329,17 +337,17 @@ class Candidate:
         self.program: str = solution.program
         self._sandbox = sandbox
         self._item = item
-        self.result = None
+        self.result: ExecutionResult | None = None
 
     def verify(self) -> None:
         """Run every scoring test; fail the item with the classified reason unless all pass."""
         from .results import build_record
         from .verdict import describe_failure, judge, judge_rounds
 
-        self.result = judge(self._sandbox, self.problem, self.program)
-        verdicts = judge_rounds(self._sandbox, self.solution, self.result)
+        result = self.result = judge(self._sandbox, self.problem, self.program)
+        verdicts = judge_rounds(self._sandbox, self.solution, result)
         record = build_record(
-            self.solution, self.result, nodeid=self._item.nodeid, round_verdicts=verdicts,
+            self.solution, result, nodeid=self._item.nodeid, round_verdicts=verdicts,
             run_key=_state(self._item.config).run_key,
         )
         record["sandbox"] = {"isolation": self._sandbox.isolation,
@@ -355,8 +363,8 @@ class Candidate:
             if isinstance(value, list):
                 value = len(value) if name == "rounds" else ",".join(map(str, value))
             self._item.user_properties.append((name if name != "models" else "model", str(value)))
-        if not self.result.passed:
-            pytest.fail(describe_failure(self.result), pytrace=False)
+        if not result.passed:
+            pytest.fail(describe_failure(result), pytrace=False)
 
 
 @pytest.fixture

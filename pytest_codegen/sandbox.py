@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 from pytest_codegen.outcome import ExecutionResult
 from pytest_codegen.problems import TestCase
@@ -236,7 +236,7 @@ class Sandbox:
         second run never changes the verdict; where it behaves differently, it is ignored.
         """
         lim = limits or self.limits
-        request = {
+        request: dict[str, Any] = {
             "op": "run",
             "program": program,
             "setup": setup or "",
@@ -257,7 +257,7 @@ class Sandbox:
         )
         explained = self._exchange(
             {**request, "explain": True, "limits": dataclasses.asdict(quick),
-             "tests": [request["tests"][i] for i in failed_asserts]},
+             "tests": [[tests[i].name, tests[i].source] for i in failed_asserts]},
             quick,
         )
         return _with_explanations(result, failed_asserts, explained)

@@ -113,7 +113,7 @@ def docstring_examples(prompt: str, entry_point: str) -> list[TestCase]:
         examples = doctest.DocTestParser().get_examples(docstring)
     except ValueError:  # malformed example layout: show none rather than a wrong one
         return []
-    tests = []
+    tests: list[TestCase] = []
     for example in examples:
         call, want = example.source.strip(), example.want.strip()
         source = f"assert {call} == {want}"

@@ -16,6 +16,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from .backend import GenerationRequest, GenerationResponse, Mode
 
@@ -54,13 +55,13 @@ def file_identity(path: Path, probe_bytes: int = 4 << 20) -> str:
 
 
 _load_lock = threading.Lock()
-_log_silenced = False
+_log_callback: object = None  # referenced here: llama.cpp holds only a raw pointer to it
 
 
 def _silence_llama_log() -> None:
     """llama.cpp logs to stderr even with verbose=False; route it nowhere."""
-    global _log_silenced
-    if _log_silenced:
+    global _log_callback
+    if _log_callback is not None:
         return
     import llama_cpp
 
@@ -69,8 +70,7 @@ def _silence_llama_log() -> None:
         return None
 
     llama_cpp.llama_log_set(_discard, None)
-    _silence_llama_log.callback = _discard  # keep a reference: llama.cpp holds a raw pointer
-    _log_silenced = True
+    _log_callback = _discard
 
 
 class LlamaCppBackend:
@@ -128,7 +128,7 @@ class LlamaCppBackend:
                 llama_c.llama_model_default_params = defaults
 
     def generate(self, request: GenerationRequest) -> GenerationResponse:
-        common = dict(
+        common: dict[str, Any] = dict(
             temperature=request.temperature,
             top_p=request.top_p,
             max_tokens=request.max_tokens,
@@ -136,11 +136,12 @@ class LlamaCppBackend:
             seed=request.seed,
         )
         start = time.perf_counter()
+        output: Any  # llama-cpp-python's TypedDicts; we only read plain fields
         if request.prompt is not None:
             output = self._llm.create_completion(request.prompt, **common)
             text = output["choices"][0]["text"]
         else:
-            messages = [{"role": m.role, "content": m.content} for m in request.messages]
+            messages: Any = [{"role": m.role, "content": m.content} for m in request.messages]
             output = self._llm.create_chat_completion(messages, **common)
             text = output["choices"][0]["message"]["content"] or ""
         usage = output.get("usage", {})
@@ -153,6 +154,7 @@ class LlamaCppBackend:
         )
 
     def close(self) -> None:
-        llm, self._llm = getattr(self, "_llm", None), None
+        llm = getattr(self, "_llm", None)
         if llm is not None:
             llm.close()
+            del self._llm
