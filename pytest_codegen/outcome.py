@@ -16,7 +16,9 @@ TIMEOUT = "timeout"
 MEMORY = "memory"
 CRASHED = "crashed"
 NO_CODE = "no code"
-STATUSES = (PASSED, FAILED, TIMEOUT, MEMORY, CRASHED, NO_CODE)
+# Not an execution outcome: the pipeline or harness raised before a verdict (the report counts
+# such items so that pass@1 never silently drops them).
+ERROR = "error"
 
 DEFINE = "define"  # raised while defining the candidate (running its top level)
 TEST = "test"  # raised while a test called into it

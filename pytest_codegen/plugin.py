@@ -21,12 +21,14 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from .outcome import ERROR
 from .settings import RunSettings
 
 if TYPE_CHECKING:
     from .models import ModelPool
     from .outcome import ExecutionResult
     from .pipelines import Pipeline
+    from .pipelines.genome import Genome
     from .results import ResultsWriter
     from .sandbox import Sandbox
 
@@ -140,6 +142,7 @@ class CodegenState:
     models: ModelPool | None = None
     pipeline: Pipeline | None = None
     error: str | None = None  # a pipeline that could not be built: every item reports it
+    genome: Genome | None = None  # what a model-backed pipeline runs, parsed once
     run_key: str = ""
     done: set[str] = field(default_factory=set)  # nodeids a resumed results file already holds
 
@@ -169,15 +172,14 @@ class CodegenState:
         if self.error is not None:
             raise pytest.UsageError(self.error)
         if self.pipeline is None:
-            from .pipelines import build_pipeline, pipeline_genome
+            from .pipelines import build_pipeline
 
             try:
                 # The sandbox server starts before any model loads: a process must never fork
                 # after llama.cpp ran (its OpenMP threads hang the child).
                 sandbox = self.get_sandbox()
-                genome = pipeline_genome(self.settings)
-                models = self.get_models() if genome is not None else None
-                self.pipeline = build_pipeline(self.settings, sandbox, models)
+                models = self.get_models() if self.genome is not None else None
+                self.pipeline = build_pipeline(self.settings, sandbox, models, self.genome)
             except (ValueError, RuntimeError, OSError) as error:
                 self.error = f"pytest-codegen: {error}"
                 raise pytest.UsageError(self.error) from error
@@ -209,7 +211,10 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"pytest-codegen: {error}") from None
     from .settings import run_key
 
-    state = CodegenState(settings=settings, rootdir=config.rootpath, run_key=run_key(settings))
+    state = CodegenState(
+        settings=settings, rootdir=config.rootpath, genome=genome,
+        run_key=run_key(settings, genome.to_dict() if genome else None),
+    )
     config.stash[STATE_KEY] = state
     results = config.getoption("codegen_results")
     resume = bool(results) and not config.getoption("codegen_fresh") and os.path.exists(results)
@@ -220,7 +225,7 @@ def pytest_configure(config: pytest.Config) -> None:
             state.records.extend(previous)
     if _is_xdist_worker(config):
         return
-    if genome is not None and _named_models(config):
+    if genome is not None and (_named_models(config) or settings.pipeline.endswith(".json")):
         # Resolve and fetch named models once, here, before any worker starts: a missing file
         # fails the run at once with what to do, and downloads show their progress bar.
         try:
@@ -261,9 +266,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
              + (" (ORACLE: the model sees the scoring tests)" if s.feedback == "hidden" else "")
              + f", exec limits {s.exec_timeout:g} s / {s.exec_memory_mb} MB",
              f"codegen: sandbox isolation: {_state(config).get_sandbox().isolation}"]
-    from .pipelines import pipeline_genome
-
-    genome = pipeline_genome(s)
+    genome = _state(config).genome
     if genome is not None:
         stages = "; ".join(
             f"{st.kind} x{st.max_iterations}: refiner={st.refiner.model}"
@@ -312,9 +315,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             continue
         item.add_marker(pytest.mark.codegen)
         if item.get_closest_marker("timeout") is None:
-            # A backstop above the sandbox's own limit (which includes every judged round);
-            # generation runs in fixture setup and is excluded by func_only.
-            backstop = s.exec_timeout * (s.rounds + 2) + 60
+            # A backstop above the sandbox's own limits: verify() judges the final program
+            # (plus a bounded explanation run) and each earlier round's program. Generation
+            # runs in fixture setup and is excluded by func_only.
+            rounds = state.genome.rounds if state.genome is not None else 0
+            backstop = s.exec_timeout * (rounds + 3) + 60
             item.add_marker(pytest.mark.timeout(backstop, func_only=True))
 
 
@@ -360,8 +365,10 @@ class Candidate:
                 value = ""  # always present, so JUnit consumers can rely on it
             if value is None:
                 continue
-            if isinstance(value, list):
-                value = len(value) if name == "rounds" else ",".join(map(str, value))
+            if name == "rounds":  # programs written, first attempt included
+                value = len(record["round_outcomes"])
+            elif isinstance(value, list):
+                value = ",".join(map(str, value))
             self._item.user_properties.append((name if name != "models" else "model", str(value)))
         if not result.passed:
             pytest.fail(describe_failure(result), pytrace=False)
@@ -390,6 +397,19 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     record = item.stash.get(RECORD_KEY, None)
     if record is not None and report.when == "call":
         report.codegen = record  # builtin types only: crosses from xdist workers intact
+    elif record is None and report.failed and _is_codegen(item):
+        # The pipeline or the harness broke (a model that will not load, a prompt longer than
+        # the context): no verdict, but the item still counts, as an error, in pass@1.
+        callspec = getattr(item, "callspec", None)
+        params = callspec.params if callspec else {}
+        problem = params.get("problem")
+        report.codegen_error = {
+            "nodeid": item.nodeid,
+            "benchmark": getattr(problem, "benchmark", "?"),
+            "problem_id": getattr(problem, "id", "?"),
+            "sample": params.get("codegen_sample", 0),
+            "when": report.when,
+        }
     return report
 
 
@@ -415,14 +435,25 @@ class CodegenController:
     def __init__(self, state: CodegenState) -> None:
         self.state = state
         self.gate: dict[str, tuple[float, bool]] = {}
+        self.other_failures = 0  # failed tests that are not benchmark items
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         record = getattr(report, "codegen", None)
-        if record is None or report.when != "call":
+        if record is not None and report.when == "call":
+            self.state.records.append(record)
+            if self.state.writer is not None:
+                self.state.writer.write(record)
             return
-        self.state.records.append(record)
-        if self.state.writer is not None:
-            self.state.writer.write(record)
+        error = getattr(report, "codegen_error", None)
+        if error is not None:
+            # Counted in the tables and the gate, but not written: a resumed run retries it.
+            self.state.records.append({
+                **error, "pipeline": self.state.settings.pipeline, "passed": False,
+                "outcome": ERROR, "error_type": None, "outcome_class": ERROR,
+                "round_outcomes": [ERROR],
+            })
+        elif report.failed:
+            self.other_failures += 1
 
     @pytest.hookimpl(tryfirst=True)  # before junitxml writes its file
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
@@ -438,6 +469,8 @@ class CodegenController:
         scores = pass_at_1(self.state.records)
         self.gate = {name: (value, value >= bar) for name, value in scores.items()}
         held = bool(scores) and all(ok for _, ok in self.gate.values())
+        if self.other_failures:
+            held = False  # the gate speaks for benchmark items only
         session.exitstatus = pytest.ExitCode.OK if held else pytest.ExitCode.TESTS_FAILED
 
     def _junit_suite_properties(self, session: pytest.Session) -> None:

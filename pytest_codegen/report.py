@@ -8,10 +8,10 @@ from typing import Any
 
 from tabulate import tabulate
 
-from .outcome import CRASHED, MEMORY, NO_CODE, PASSED, TIMEOUT
+from .outcome import CRASHED, ERROR, MEMORY, NO_CODE, PASSED, TIMEOUT
 
 # Non-exception classes are listed after the exception types, in this order.
-_TRAILING = (TIMEOUT, MEMORY, CRASHED, NO_CODE)
+_TRAILING = (TIMEOUT, MEMORY, CRASHED, NO_CODE, ERROR)
 
 
 def by_benchmark(records: Iterable[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
@@ -30,19 +30,24 @@ def outcome_table(records: Iterable[Mapping[str, Any]]) -> str:
     rows = []
     for name, rows_of_benchmark in grouped.items():
         counter = counts[name]
-        items = len(rows_of_benchmark)
         rows.append(
-            [name, items, counter[PASSED], f"{counter[PASSED] / items:.3f}"]
+            [name, len(rows_of_benchmark), counter[PASSED], f"{_pass_at_1(rows_of_benchmark):.3f}"]
             + [counter[c] for c in classes]
         )
     return tabulate(rows, headers=["benchmark", "items", "passed", "pass@1", *classes], disable_numparse=True)
 
 
+def _pass_at_1(records: list[Mapping[str, Any]]) -> float:
+    """The mean over problems of each problem's fraction of passing samples (the unbiased
+    pass@1); equal to passed / items when every problem has the same number of samples."""
+    per_problem: dict[str, list[bool]] = defaultdict(list)
+    for record in records:
+        per_problem[record["problem_id"]].append(bool(record["passed"]))
+    return sum(sum(v) / len(v) for v in per_problem.values()) / len(per_problem)
+
+
 def pass_at_1(records: Iterable[Mapping[str, Any]]) -> dict[str, float]:
-    return {
-        name: sum(r["passed"] for r in rows) / len(rows)
-        for name, rows in by_benchmark(records).items()
-    }
+    return {name: _pass_at_1(rows) for name, rows in by_benchmark(records).items()}
 
 
 def round_chain(record: Mapping[str, Any]) -> str:

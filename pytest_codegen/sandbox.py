@@ -227,6 +227,7 @@ class Sandbox:
         setup: str = "",
         entry_point: str | None = None,
         limits: Limits | None = None,
+        explain: bool = True,
     ) -> ExecutionResult:
         """Define `program`, run `setup`, then each test with `candidate` bound to the entry point.
 
@@ -234,6 +235,7 @@ class Sandbox:
         second run of just those tests, compiled through pytest's assertion rewriting (which
         costs far more than the execution itself): their `line` gains the values involved. The
         second run never changes the verdict; where it behaves differently, it is ignored.
+        `explain=False` skips it, for callers that need only the outcome class.
         """
         lim = limits or self.limits
         request: dict[str, Any] = {
@@ -249,7 +251,7 @@ class Sandbox:
         failed_asserts = [
             i for i, t in enumerate(result.tests) if t.error_type == "AssertionError"
         ]
-        if result.status != "failed" or not failed_asserts:
+        if not explain or result.status != "failed" or result.phase != "test" or not failed_asserts:
             return result
         # Bounded: a program that failed fast must not buy a second full wall-clock allowance.
         quick = dataclasses.replace(

@@ -38,11 +38,18 @@ class RunSettings:
 _NOT_RESULT_SHAPING = ("threads", "verbose_llama", "cache_dir")
 
 
-def run_key(settings: RunSettings) -> str:
-    """Identifies the work a results file holds, so a resumed run never mixes in another's."""
+def run_key(settings: RunSettings, genome: dict | None = None) -> str:
+    """Identifies the work a results file holds, so a resumed run never mixes in another's.
+
+    Files named in the settings count by content: an edited genome or replay file is other work.
+    """
     import hashlib
     import json
     from dataclasses import asdict
+    from pathlib import Path
 
     shaping = {k: v for k, v in asdict(settings).items() if k not in _NOT_RESULT_SHAPING}
+    shaping["genome"] = genome
+    if settings.replay and Path(settings.replay).is_file():
+        shaping["replay"] = hashlib.sha256(Path(settings.replay).read_bytes()).hexdigest()
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]

@@ -18,20 +18,29 @@ def execute(
     program: str,
     tests: Sequence[TestCase],
     limits: Limits | None = None,
+    explain: bool = True,
 ) -> ExecutionResult:
-    """Run `program` against `tests` in the sandbox; an empty program is "no code"."""
+    """Run `program` against `tests` in the sandbox; an empty program is "no code".
+
+    `explain` adds the values involved to failed asserts (a second, bounded run).
+    """
     if not program.strip():
         return NO_CODE_RESULT
     return sandbox.run(
-        program, tests, setup=problem.test_setup, entry_point=problem.entry_point, limits=limits
+        program, tests, setup=problem.test_setup, entry_point=problem.entry_point,
+        limits=limits, explain=explain,
     )
 
 
 def judge(
-    sandbox: Sandbox, problem: Problem, program: str, limits: Limits | None = None
+    sandbox: Sandbox,
+    problem: Problem,
+    program: str,
+    limits: Limits | None = None,
+    explain: bool = True,
 ) -> ExecutionResult:
     """The verdict: every scoring test, whatever the pipeline was shown."""
-    return execute(sandbox, problem, program, problem.scoring_tests, limits)
+    return execute(sandbox, problem, program, problem.scoring_tests, limits, explain)
 
 
 def describe_failure(result: ExecutionResult, max_output: int = 800) -> str:
@@ -70,11 +79,18 @@ def judge_rounds(sandbox: Sandbox, solution, final: ExecutionResult) -> list[str
 
     The pipeline itself only saw the feedback tests; judging each round's program on every
     scoring test is what lets the report count problems solved after each round, and error
-    classes fixed, independent of the feedback policy. Executions cost milliseconds.
+    classes fixed, independent of the feedback policy. Only the class is kept, so failures are
+    not explained; under `--feedback=hidden` the feedback execution already was this verdict.
     """
-    programs = [r.program for r in solution.rounds if r.role in PROGRAM_ROLES]
+    rounds = [r for r in solution.rounds if r.role in PROGRAM_ROLES]
     verdicts: dict[str, str] = {solution.program: final.outcome_class}
-    for program in programs:
-        if program not in verdicts:
-            verdicts[program] = judge(sandbox, solution.problem, program).outcome_class
-    return [verdicts[p] for p in programs] or [final.outcome_class]
+    for step in rounds:
+        if step.program in verdicts:
+            continue
+        if step.feedback_outcome is not None and solution.properties.get("feedback") == "hidden":
+            verdicts[step.program] = step.feedback_outcome  # it ran exactly the scoring tests
+        else:
+            verdicts[step.program] = judge(
+                sandbox, solution.problem, step.program, explain=False
+            ).outcome_class
+    return [verdicts[r.program] for r in rounds] or [final.outcome_class]

@@ -437,7 +437,7 @@ ALL_PROMPTS = [p for pool in POOLS.values() for p in pool if p is not None]
 class MarkerSandbox:
     """Passes a program iff it says GOOD (the statistics need no real execution)."""
 
-    def run(self, program, tests, *, setup="", entry_point=None, limits=None):
+    def run(self, program, tests, *, setup="", entry_point=None, limits=None, explain=True):
         if "GOOD" in program:
             return ExecutionResult("passed", tests=tuple(TestResult(t.name, True) for t in tests))
         return ExecutionResult("failed", "AssertionError", "test",

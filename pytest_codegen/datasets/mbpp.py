@@ -11,6 +11,7 @@ import ast
 import hashlib
 import json
 import os
+import tempfile
 import urllib.error
 import urllib.request
 import warnings
@@ -67,9 +68,12 @@ def _download(target: Path) -> Path:
             "it was not saved."
         )
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(".part")
-    partial.write_bytes(payload)
-    partial.replace(target)  # atomic: concurrent xdist workers never see half a file
+    # A file of its own per process, then an atomic rename: concurrent xdist workers that all
+    # download never read or clobber half a file.
+    handle, partial = tempfile.mkstemp(dir=target.parent, suffix=".part")
+    with os.fdopen(handle, "wb") as out:
+        out.write(payload)
+    os.replace(partial, target)
     return target
 
 

@@ -34,36 +34,46 @@ class ModelPool:
         self.registry = Registry.from_pyproject(rootdir) if rootdir else Registry()
         self.cache = GenerationCache(cache_dir) if cache_dir else None
         self.n_ctx, self.threads, self.verbose = n_ctx, threads, verbose
-        self._backends: dict[str, CachedBackend] = {}
+        self._backends: dict[tuple[str, str], CachedBackend] = {}  # by (file, mode)
+        self._by_name: dict[str, CachedBackend] = {}
 
     def locate(self, name: str) -> Path:
         """Resolve and fetch (if allowed) the file behind `name`; raises with what to do."""
         return self.registry.locate(self.registry.resolve(name))
 
     def get(self, name: str) -> CachedBackend:
-        if name not in self._backends:
+        """The backend behind `name`; names that resolve to the same file share one."""
+        if name not in self._by_name:
             from .llama import LlamaCppBackend, file_identity
 
             spec = self.registry.resolve(name)
             path = self.registry.locate(spec)
+            key = (str(path.resolve()), spec.mode)
+            if key not in self._backends:
+                def load() -> ModelBackend:
+                    return LlamaCppBackend(
+                        path, alias=name, mode=spec.mode, n_ctx=self.n_ctx,
+                        threads=self.threads, verbose=self.verbose,
+                    )
 
-            def load() -> ModelBackend:
-                return LlamaCppBackend(
-                    path, alias=name, mode=spec.mode, n_ctx=self.n_ctx,
-                    threads=self.threads, verbose=self.verbose,
-                )
-
-            self._backends[name] = CachedBackend(
-                name, spec.mode, file_identity(path), load, self.cache
-            )
-        return self._backends[name]
-
-    @property
-    def model_calls(self) -> int:
-        return sum(b.calls for b in self._backends.values())
+                # The context size and the llama.cpp build change what is generated (a short
+                # context truncates max_tokens; builds differ numerically): both key the cache.
+                identity = f"{file_identity(path)}:ctx{self.n_ctx}:{_llama_build()}"
+                self._backends[key] = CachedBackend(name, spec.mode, identity, load, self.cache)
+            self._by_name[name] = self._backends[key]
+        return self._by_name[name]
 
     def close(self) -> None:
         for backend in self._backends.values():
             backend.close()
         if self.cache is not None:
             self.cache.close()
+
+
+def _llama_build() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return "llama-cpp-python-" + version("llama-cpp-python")
+    except PackageNotFoundError:
+        return "llama-cpp-python-unknown"

@@ -60,7 +60,6 @@ class GenerationResponse:
 class ModelBackend(Protocol):
     alias: str  # the name the user gave (registry alias or path)
     mode: Mode
-    identity: str  # identifies the weights: part of every cache key
 
     def generate(self, request: GenerationRequest) -> GenerationResponse: ...
 

@@ -75,9 +75,6 @@ class GenerationCache:
             ),
         )
 
-    def __len__(self) -> int:
-        return self._db.execute("SELECT COUNT(*) FROM generations").fetchone()[0]
-
     def close(self) -> None:
         self._db.close()
 

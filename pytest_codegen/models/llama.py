@@ -97,7 +97,6 @@ class LlamaCppBackend:
         self.path = Path(path)
         self.alias = alias
         self.mode: Mode = mode
-        self.identity = file_identity(self.path)
         self.threads = threads or default_threads()
         if not verbose:
             _silence_llama_log()

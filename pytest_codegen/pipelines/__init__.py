@@ -33,9 +33,15 @@ def pipeline_genome(settings: RunSettings) -> Genome | None:
     )
 
 
-def build_pipeline(settings: RunSettings, sandbox: Sandbox, models: Models | None = None) -> Pipeline:
+def build_pipeline(
+    settings: RunSettings,
+    sandbox: Sandbox,
+    models: Models | None = None,
+    genome: Genome | None = None,
+) -> Pipeline:
+    """`genome`: the already parsed `pipeline_genome(settings)`, if the caller has it."""
     name = settings.pipeline
-    genome = pipeline_genome(settings)
+    genome = genome or pipeline_genome(settings)
     if genome is not None:
         from .loop import GenomePipeline
 

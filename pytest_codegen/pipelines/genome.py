@@ -139,14 +139,17 @@ def _stage(data: Any, index: int) -> Stage:
     if not isinstance(data, dict):
         raise GenomeError(f"{where} must be an object")
     iterations = data.get("max_iterations", 1)
-    if not isinstance(iterations, int) or not 1 <= iterations <= 10:
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or not 1 <= iterations <= 10:
         raise GenomeError(f"{where} max_iterations must be an integer in [1, 10]")
+    innovation = data.get("innovation", index + 1)
+    if isinstance(innovation, bool) or not isinstance(innovation, int):
+        raise GenomeError(f"{where} innovation must be an integer")
     kind = data.get("kind", EXECUTION)
     if kind not in (EXECUTION, REVIEW):
         raise GenomeError(f"{where} kind must be {EXECUTION!r} or {REVIEW!r}")
     analyzer = data.get("analyzer")
     return Stage(
-        innovation=int(data.get("innovation", index + 1)),
+        innovation=innovation,
         max_iterations=iterations,
         refiner=_node(data.get("refiner"), f"{where} refiner", REFINER_TEMPERATURE),
         analyzer=None if analyzer is None else _node(analyzer, f"{where} analyzer", REFINER_TEMPERATURE),

@@ -40,7 +40,7 @@ def derive_seed(base: int, problem_id: str, sample: int, round_index: int, role:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big") & 0x7FFFFFFF
 
 
-def program_from_output(problem: Problem, text: str, mode: Mode) -> str:
+def program_from_output(problem: Problem, text: str) -> str:
     """Extract code and join the prompt's imports and helpers to it."""
     code = extract_code(text, problem.entry_point, prompt=problem.prompt if problem.prompt_is_code else None)
     if not code.strip():
@@ -80,8 +80,8 @@ class GenomePipeline:
             rounds.append(step)
             return response, step
 
-        def run(step: Round, text: str, mode: Mode) -> ExecutionResult:
-            step.program = program_from_output(problem, text, mode)
+        def run(step: Round, text: str) -> ExecutionResult:
+            step.program = program_from_output(problem, text)
             result = execute(self.sandbox, problem, step.program, tests)
             step.feedback_outcome = result.outcome_class
             return result
@@ -90,7 +90,7 @@ class GenomePipeline:
         response, step = call(generator, "generate", lambda mode, seed: prompts.generation_request(
             problem, mode, policy=s.feedback, temperature=generator.temperature,
             max_tokens=s.max_tokens, seed=seed, system_prompt=generator.system_prompt))
-        result = run(step, response.text, self.models.get(generator.model).mode)
+        result = run(step, response.text)
         program = step.program
 
         for stage in self.genome.stages:
@@ -114,7 +114,7 @@ class GenomePipeline:
                     review=(note or "") if stage.kind == REVIEW else None,
                     temperature=refiner.temperature, max_tokens=s.max_tokens, seed=seed,
                     system_prompt=refiner.system_prompt))
-                result = run(step, response.text, self.models.get(refiner.model).mode)
+                result = run(step, response.text)
                 program = step.program
 
         properties = {
