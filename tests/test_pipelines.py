@@ -153,10 +153,12 @@ def test_missing_typing_import_is_never_a_name_error(sandbox):
     assert records[0]["round_outcomes"] == ["passed"]
 
 
-def test_seeds_differ_per_round_and_sample_and_are_stable():
-    seeds = {derive_seed(0, "HumanEval/0", s, r, "refine") for s in range(3) for r in range(3)}
-    assert len(seeds) == 9
-    assert derive_seed(0, "HumanEval/0", 1, 2, "refine") == derive_seed(0, "HumanEval/0", 1, 2, "refine")
+def test_seeds_differ_per_problem_sample_round_and_role_and_follow_the_base_seed():
+    seeds = {derive_seed(0, problem, s, r, role) for problem in ("HumanEval/0", "Mbpp/2")
+             for s in range(3) for r in range(3) for role in ("generate", "refine")}
+    assert len(seeds) == 36
+    assert derive_seed(0, "HumanEval/0", 1, 2, "refine") != derive_seed(1, "HumanEval/0", 1, 2, "refine")
+    assert derive_seed(0, "HumanEval/0", 1, 2, "refine") == 2082579513  # stable across processes and runs
 
 
 STUDY_CHAMPION = {

@@ -196,3 +196,77 @@ def test_junit_properties_with_and_without_xdist(suite, mode):
         props = {p.get("name"): p.get("value") for p in case.iter("property")}
         assert props == {"outcome": "no code", "error_type": "", "pipeline": "null",
                          "benchmark": "toy", "rounds": "1"}
+
+
+SCRIPTED_MODELS = '''
+from pathlib import Path
+
+import pytest_codegen.models as models
+from pytest_codegen.models.backend import GenerationResponse
+
+FIRST = {"def add(": "def add(a, b):\\n    return a + bb\\n",
+         "rev(s)": "def rev(s):\\n    return s[::-1]\\n",
+         "sq(x)": "def sq(x):\\n    return x + x\\n"}
+FIXED = {"def add(": "def add(a, b):\\n    return a + b\\n"}
+
+
+class Scripted:
+    """gen writes FIRST; fixer repairs NameErrors only; broken cannot be loaded."""
+
+    mode = "chat"
+
+    def __init__(self, alias):
+        self.alias = alias
+
+    def generate(self, request):
+        if self.alias == "broken":
+            raise RuntimeError("llama.cpp could not load broken.gguf")
+        text = request.messages[-1].content
+        key = next(k for k in FIRST if k in text)
+        table = FIXED if self.alias == "fixer" and "NameError" in text else {}
+        code = table.get(key, FIRST[key])
+        return GenerationResponse("```python\\n" + code + "```", len(text), len(code), 0.01)
+
+
+models.ModelPool.get = lambda self, name: Scripted(name)
+models.ModelPool.locate = lambda self, name: Path(name)
+'''
+
+
+@pytest.mark.parametrize("mode", [pytest.param([], id="plain"), pytest.param(["-n", "2"], id="xdist")])
+def test_refine_through_the_plugin_with_a_scripted_model(suite, mode):
+    suite.makeconftest(SCRIPTED_MODELS)
+    result = suite.runpytest_subprocess(
+        "--pipeline=refine", "--generator=gen", "--refiner=fixer", "-v", "--junitxml=junit.xml",
+        "--no-codegen-cache", *mode)
+    result.assert_outcomes(passed=2, failed=1)
+    lines = result.stdout.lines
+    # -v puts the word after the node id, and before it under xdist
+    assert any("toy/add" in line and "PASSED [NameError → passed]" in line for line in lines)
+    result.stdout.fnmatch_lines([
+        "NameError * 1 * 1 * 1.00 * passed: 1",
+        "FAILED (AssertionError) [[]AssertionError → AssertionError → AssertionError → "
+        "AssertionError[]] test_toy.py::test_toy[[]toy/sq[]]",
+    ])
+    root = ET.parse(suite.path / "junit.xml").getroot()
+    case = next(c for c in root.iter("testcase") if "toy/add" in c.get("name"))
+    props = {p.get("name"): p.get("value") for p in case.iter("property")}
+    assert props["model"] == "fixer,gen" and props["rounds"] == "2" and props["feedback"] == "visible"
+    assert int(props["tokens"]) > 0
+
+
+def test_pipeline_errors_count_against_pass_at_1_and_the_gate(suite):
+    suite.makeconftest(SCRIPTED_MODELS)
+    result = suite.runpytest_subprocess("--pipeline=single", "--model=broken", "--no-codegen-cache",
+                                        "--codegen-min-pass=0.1", "--codegen-results=r.jsonl")
+    result.assert_outcomes(errors=3)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["toy * 3 * 0 * 0.000 * 3", "gate: toy pass@1 0.000 < 0.1: FAILS"])
+    assert (suite.path / "r.jsonl").read_text() == ""  # errors are retried by a resumed run
+
+
+def test_gate_does_not_hide_other_failing_tests(suite):
+    suite.makepyfile(test_other="def test_unrelated():\n    assert False\n")
+    result = suite.runpytest_subprocess("--pipeline=reference", "--codegen-min-pass=0.5")
+    result.assert_outcomes(passed=3, failed=1)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED

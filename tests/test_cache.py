@@ -1,0 +1,71 @@
+"""The generation cache: what makes two requests the same, and that hits never load a model."""
+
+import threading
+
+from pytest_codegen.models.backend import GenerationRequest, GenerationResponse, Message
+from pytest_codegen.models.cache import CachedBackend, GenerationCache
+
+
+class CountingModel:
+    alias, mode = "counting", "completion"
+
+    def __init__(self):
+        self.calls = 0
+
+    def generate(self, request):
+        self.calls += 1
+        return GenerationResponse(f"reply {self.calls}", 3, 2, 0.01)
+
+    def close(self):
+        pass
+
+
+def request(**changes):
+    fields = dict(prompt="def f():", temperature=0.2, max_tokens=16, seed=1, stop=("\n",))
+    fields.update(changes)
+    return GenerationRequest(**fields)
+
+
+def test_every_request_field_and_the_model_identity_key_the_cache(tmp_path):
+    cache = GenerationCache(tmp_path)
+    cache.put("model-a", request(), GenerationResponse("cached", 3, 2, 0.5, "stop"))
+    assert cache.get("model-a", request()) == GenerationResponse("cached", 3, 2, 0.5, "stop", cached=True)
+    for other in (request(seed=2), request(temperature=0.3), request(max_tokens=17),
+                  request(prompt="def g():"), request(stop=()), request(top_p=0.5)):
+        assert cache.get("model-a", other) is None
+    assert cache.get("model-b", request()) is None
+    chat = GenerationRequest(messages=(Message("user", "def f():"),), temperature=0.2, max_tokens=16, seed=1)
+    assert cache.get("model-a", chat) is None
+
+
+def test_a_fully_cached_run_never_loads_the_model(tmp_path):
+    loads = []
+    model = CountingModel()
+
+    def load():
+        loads.append(1)
+        return model
+
+    first = CachedBackend("m", "completion", "id", load, GenerationCache(tmp_path))
+    assert first.generate(request()).text == "reply 1"
+    assert first.generate(request()).cached and model.calls == 1
+    second = CachedBackend("m", "completion", "id", load, GenerationCache(tmp_path))
+    assert second.generate(request()).text == "reply 1"
+    assert loads == [1] and second.calls == 0
+
+
+def test_concurrent_writers_share_one_cache(tmp_path):
+    """xdist workers write the same file at once: WAL and a busy timeout keep every row."""
+    def writer(worker):
+        cache = GenerationCache(tmp_path)
+        for i in range(50):
+            cache.put("m", request(seed=worker * 1000 + i), GenerationResponse(str(i), 1, 1, 0.0))
+        cache.close()
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    cache = GenerationCache(tmp_path)
+    assert all(cache.get("m", request(seed=w * 1000 + i)) for w in range(4) for i in range(50))
