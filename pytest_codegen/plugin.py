@@ -150,22 +150,14 @@ class CodegenState:
         if self.sandbox is None:
             from .sandbox import Limits, Sandbox
 
-            s = self.settings
-            self.sandbox = Sandbox(
-                Limits(wall_seconds=s.exec_timeout, cpu_seconds=s.exec_timeout,
-                       memory_mb=s.exec_memory_mb)
-            )
+            self.sandbox = Sandbox(Limits.from_settings(self.settings))
         return self.sandbox
 
     def get_models(self) -> ModelPool:
         if self.models is None:
             from .models import ModelPool
 
-            s = self.settings
-            self.models = ModelPool(
-                rootdir=self.rootdir, cache_dir=s.cache_dir, n_ctx=s.n_ctx,
-                threads=s.threads, verbose=s.verbose_llama,
-            )
+            self.models = ModelPool.from_settings(self.settings, self.rootdir)
         return self.models
 
     def get_pipeline(self) -> Pipeline:

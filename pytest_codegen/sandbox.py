@@ -47,6 +47,12 @@ class Limits:
     file_size_mb: int = 16  # RLIMIT_FSIZE and the size of the work dir
     max_processes: int = 64
 
+    @classmethod
+    def from_settings(cls, settings: Any) -> Limits:
+        """From a run's `exec_timeout` (wall clock and CPU) and `exec_memory_mb`."""
+        return cls(wall_seconds=settings.exec_timeout, cpu_seconds=settings.exec_timeout,
+                   memory_mb=settings.exec_memory_mb)
+
 
 class SandboxError(RuntimeError):
     """The sandbox itself broke (the server died, the protocol failed), not the candidate."""

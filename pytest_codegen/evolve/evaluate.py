@@ -5,8 +5,9 @@ An evaluation runs the genome with `GenomePipeline` on every problem (sample 0) 
 scoring test. Results are cached by (genome JSON, seed, problem ids), so an identical genome
 is never evaluated twice with the same seed; the cache travels in the search's checkpoint.
 
-Jobs run in this process (`workers=1`, or whenever a models factory is given: scripted test
-models) or in `workers` processes started with the *spawn* method; each worker starts its own
+Jobs run in this process (`workers=1`; `search()` always uses it when given a models factory,
+e.g. scripted test models) or in `workers` processes started with the *spawn* method (a
+picklable models factory then travels to them); each worker starts its own
 sandbox server first, then its own `ModelPool` with `cores // workers` llama.cpp threads over
 the shared SQLite generation cache.
 """
@@ -16,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
-import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -90,20 +90,6 @@ def run_job(job: EvalJob, problems: dict[str, Problem], models: Any, sandbox: An
     return EvalResult(tuple(passed), tuple(classes))
 
 
-def sandbox_limits(settings: RunSettings):
-    from ..sandbox import Limits
-
-    return Limits(wall_seconds=settings.exec_timeout, cpu_seconds=settings.exec_timeout,
-                  memory_mb=settings.exec_memory_mb)
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 # ----------------------------------------------------------------------- worker processes
 
 
@@ -121,9 +107,9 @@ _WORKER: dict[str, Any] = {}
 def _init_worker(spec: WorkerSpec) -> None:
     from multiprocessing.util import Finalize
 
-    from ..sandbox import Sandbox
+    from ..sandbox import Limits, Sandbox
 
-    sandbox = Sandbox(sandbox_limits(spec.settings))  # before any model is loaded
+    sandbox = Sandbox(Limits.from_settings(spec.settings))  # before any model is loaded
     if spec.models_factory is not None:
         models = spec.models_factory()
     else:
@@ -150,8 +136,7 @@ def _model_pool(settings: RunSettings, rootdir: str | None):
 
     from ..models import ModelPool
 
-    return ModelPool(rootdir=Path(rootdir) if rootdir else None, cache_dir=settings.cache_dir,
-                     n_ctx=settings.n_ctx, threads=settings.threads)
+    return ModelPool.from_settings(settings, Path(rootdir) if rootdir else None)
 
 
 # ----------------------------------------------------------------------- evaluator
@@ -179,6 +164,8 @@ class Evaluator:
             raise ValueError("workers must be at least 1")
         self.problems = {p.id: p for p in problems}
         self.workers = workers
+        from ..models.llama import available_cores
+
         threads = settings.threads or max(1, available_cores() // workers)
         self.settings = replace(settings, threads=threads)
         self.models_factory = models_factory
@@ -192,9 +179,9 @@ class Evaluator:
     # in-process resources, started on first use: the sandbox before the models
     def _local(self) -> tuple[Any, Any]:
         if self._sandbox is None:
-            from ..sandbox import Sandbox
+            from ..sandbox import Limits, Sandbox
 
-            self._sandbox = Sandbox(sandbox_limits(self.settings))
+            self._sandbox = Sandbox(Limits.from_settings(self.settings))
         if self._models is None:
             self._models = (self.models_factory() if self.models_factory is not None
                             else _model_pool(self.settings, self.rootdir))

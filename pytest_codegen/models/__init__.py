@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .backend import GenerationRequest, GenerationResponse, Message, ModelBackend, Mode
 from .cache import CachedBackend, GenerationCache
+
+if TYPE_CHECKING:
+    from ..settings import RunSettings
 
 __all__ = [
     "GenerationRequest",
@@ -36,6 +40,11 @@ class ModelPool:
         self.n_ctx, self.threads, self.verbose = n_ctx, threads, verbose
         self._backends: dict[tuple[str, str], CachedBackend] = {}  # by (file, mode)
         self._by_name: dict[str, CachedBackend] = {}
+
+    @classmethod
+    def from_settings(cls, settings: RunSettings, rootdir: Path | None = None) -> ModelPool:
+        return cls(rootdir=rootdir, cache_dir=settings.cache_dir, n_ctx=settings.n_ctx,
+                   threads=settings.threads, verbose=settings.verbose_llama)
 
     def locate(self, name: str) -> Path:
         """Resolve and fetch (if allowed) the file behind `name`; raises with what to do."""
