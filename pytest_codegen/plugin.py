@@ -95,6 +95,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
              "then do not fail it (a CI gate)")
     add("--problems", metavar="ID[,ID...]",
         help="run only these problem ids, matched exactly (-k matches substrings)")
+    _OPTION_NAMES.update(name for option in group.options for name in option.names())
+
+
+_OPTION_NAMES: set[str] = set()  # this plugin's command-line options, filled by pytest_addoption
 
 
 def settings_from_options(config: pytest.Config) -> RunSettings:
@@ -252,7 +256,15 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         state.close()
 
 
+def _codegen_requested(config: pytest.Config) -> bool:
+    """Was any of this plugin's options given? The plugin is installed for every pytest run;
+    it stays out of the header (and starts no sandbox for it) unless asked for."""
+    return any(arg.split("=", 1)[0] in _OPTION_NAMES for arg in config.invocation_params.args)
+
+
 def pytest_report_header(config: pytest.Config) -> list[str]:
+    if not _codegen_requested(config):
+        return []
     s = _state(config).settings
     lines = [f"codegen: pipeline={s.pipeline}, feedback={s.feedback}"
              + (" (ORACLE: the model sees the scoring tests)" if s.feedback == "hidden" else "")
@@ -487,6 +499,9 @@ class CodegenController:
 
         terminalreporter.write_sep("=", "codegen outcomes")
         terminalreporter.write_line(render_tables(self.state.records))
+        isolation = {r["sandbox"]["isolation"] for r in self.state.records if r.get("sandbox")}
+        for line in sorted(isolation):
+            terminalreporter.write_line(f"sandbox isolation: {line}")
         if self.state.writer is not None:
             terminalreporter.write_line(f"results: {os.fspath(self.state.writer.path)}")
         bar = terminalreporter.config.getoption("codegen_min_pass")
