@@ -100,7 +100,8 @@ import sys
 import time
 
 # Pre-import what children commonly need so their imports are a dict lookup after the fork.
-import _pytest.assertion.rewrite as _rewrite  # noqa: E402
+# (pytest's assertion rewriter is imported on the first request to explain a failure: it
+# doubles the server's memory, and every fork pays for the pages it maps.)
 import bisect  # noqa: F401,E402
 import collections  # noqa: F401,E402
 import copy  # noqa: F401,E402
@@ -543,7 +544,10 @@ def compile_trusted(filename: str, source: str, rewrite: bool = True) -> tuple[o
     try:
         tree = ast.parse(source, filename=filename)
         if rewrite:
-            _rewrite.rewrite_asserts(tree, source.encode("utf-8", "surrogatepass"), None, None)
+            # Imported here, by the server, so rewritten code finds it in every later child.
+            import _pytest.assertion.rewrite as rewriter
+
+            rewriter.rewrite_asserts(tree, source.encode("utf-8", "surrogatepass"), None, None)
         out: tuple[object, dict | None] = (compile(tree, filename, "exec", dont_inherit=True), None)
     except Exception as e:  # SyntaxError, ValueError (null bytes), RecursionError...
         line = ""
