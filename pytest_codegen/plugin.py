@@ -148,7 +148,10 @@ class CodegenState:
     error: str | None = None  # a pipeline that could not be built: every item reports it
     genome: Genome | None = None  # what a model-backed pipeline runs, parsed once
     run_key: str = ""
-    done: set[str] = field(default_factory=set)  # nodeids a resumed results file already holds
+    # A resumed results file's records by nodeid, and those of them this session selected
+    # (collected, then deselected because they are done): only those count in its tables.
+    done: dict[str, dict] = field(default_factory=dict)
+    resumed: set[str] = field(default_factory=set)
 
     def get_sandbox(self) -> Sandbox:
         if self.sandbox is None:
@@ -216,9 +219,7 @@ def pytest_configure(config: pytest.Config) -> None:
     resume = bool(results) and not config.getoption("codegen_fresh") and os.path.exists(results)
     if resume:
         previous = _previous_records(results, state.run_key)
-        state.done = {r["nodeid"] for r in previous}
-        if not _is_xdist_worker(config):
-            state.records.extend(previous)
+        state.done = {r["nodeid"]: r for r in previous}
     if _is_xdist_worker(config):
         return
     if genome is not None and (_named_models(config) or settings.pipeline.endswith(".json")):
@@ -248,6 +249,13 @@ def _previous_records(path: str, key: str) -> list[dict]:
             "with the same options, or pass --codegen-fresh to overwrite it"
         )
     return records
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """xdist workers tell the controller which resumed items their collection selected."""
+    state = session.config.stash.get(STATE_KEY, None)
+    if state is not None and _is_xdist_worker(session.config):
+        session.config.workeroutput["codegen_resumed"] = sorted(state.resumed)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -310,6 +318,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     state = _state(config)
     if state.done:
         finished = [i for i in items if _is_codegen(i) and i.nodeid in state.done]
+        state.resumed = {i.nodeid for i in finished}
         if finished:
             config.hook.pytest_deselected(items=finished)
             items[:] = [i for i in items if i.nodeid not in state.done]
@@ -441,6 +450,16 @@ class CodegenController:
         self.gate: dict[str, tuple[float, bool]] = {}
         self.other_failures = 0  # failed tests that are not benchmark items
 
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node, error) -> None:
+        """xdist: the resumed items a worker's collection selected."""
+        self.state.resumed.update(getattr(node, "workeroutput", {}).get("codegen_resumed", ()))
+
+    def all_records(self) -> list[dict]:
+        """This session's records and the resumed ones it selected: what the tables count."""
+        resumed = [self.state.done[n] for n in sorted(self.state.resumed) if n in self.state.done]
+        return resumed + self.state.records
+
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         record = getattr(report, "codegen", None)
         if record is not None and report.when == "call":
@@ -470,7 +489,7 @@ class CodegenController:
             return
         from .report import pass_at_1
 
-        scores = pass_at_1(self.state.records)
+        scores = pass_at_1(self.all_records())
         self.gate = {name: (value, value >= bar) for name, value in scores.items()}
         held = bool(scores) and all(ok for _, ok in self.gate.values())
         if self.other_failures:
@@ -481,24 +500,28 @@ class CodegenController:
         from _pytest.junitxml import xml_key
 
         xml = session.config.stash.get(xml_key, None)
-        if xml is None or not self.state.records:
+        records = self.all_records()
+        if xml is None or not records:
             return
         from .report import pass_at_1
 
         s = self.state.settings
         xml.add_global_property("pipeline", s.pipeline)
-        if any("feedback" in r for r in self.state.records):  # pipelines that show tests
+        if any("feedback" in r for r in records):  # pipelines that show tests
             xml.add_global_property("feedback", s.feedback)
-        for benchmark, value in pass_at_1(self.state.records).items():
+        for benchmark, value in pass_at_1(records).items():
             xml.add_global_property(f"pass@1[{benchmark}]", f"{value:.4f}")
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
-        if not self.state.records:
+        records = self.all_records()
+        if not records:
             return
         from .report import render_tables
 
         terminalreporter.write_sep("=", "codegen outcomes")
-        terminalreporter.write_line(render_tables(self.state.records))
+        terminalreporter.write_line(render_tables(records))
+        if self.state.resumed:
+            terminalreporter.write_line(f"({len(self.state.resumed)} items resumed from the results file)")
         isolation = {r["sandbox"]["isolation"] for r in self.state.records if r.get("sandbox")}
         for line in sorted(isolation):
             terminalreporter.write_line(f"sandbox isolation: {line}")

@@ -93,3 +93,13 @@ def test_min_pass_gate(pytester, bar, exit_code, verdict):
     result.assert_outcomes(passed=7, failed=3)
     assert result.ret == exit_code
     result.stdout.fnmatch_lines([f"gate: humaneval pass@1 0.700 * {bar}: {verdict}"])
+
+
+@pytest.mark.parametrize("mode", [pytest.param([], id="plain"), pytest.param(["-n", "2"], id="xdist")])
+def test_resumed_tables_count_only_the_items_this_run_selected(pytester, mode):
+    args = [HUMANEVAL, "--pipeline=reference", "--codegen-results=r.jsonl"]
+    pytester.runpytest_subprocess(*args, "--problems=HumanEval/0,HumanEval/1").assert_outcomes(passed=2)
+    again = pytester.runpytest_subprocess(*args, "--problems=HumanEval/1,HumanEval/2", *mode)
+    again.assert_outcomes(passed=1)
+    again.stdout.fnmatch_lines(["humaneval * 2 * 2 * 1.000", "(1 items resumed from the results file)"])
+    assert len(list(read_records(pytester.path / "r.jsonl"))) == 3
