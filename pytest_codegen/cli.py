@@ -31,7 +31,6 @@ from pytest_codegen.models.registry import (
 
 PROG = "pytest-codegen"
 EXIT_OK = 0
-EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 

@@ -255,7 +255,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     """xdist workers tell the controller which resumed items their collection selected."""
     state = session.config.stash.get(STATE_KEY, None)
     if state is not None and _is_xdist_worker(session.config):
-        session.config.workeroutput["codegen_resumed"] = sorted(state.resumed)
+        session.config.workeroutput["codegen_resumed"] = sorted(state.resumed)  # type: ignore[attr-defined]
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

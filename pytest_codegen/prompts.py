@@ -182,7 +182,8 @@ def refine_request(
     system_prompt: str | None = None,
 ) -> Prompt:
     """Ask for a fixed program, given execution feedback (and a diagnosis) or a review."""
-    tests = _tests_phrase(shown_tests(problem, policy)) if shown_tests(problem, policy) else "the program alone"
+    shown = shown_tests(problem, policy)
+    tests = _tests_phrase(shown) if shown else "the program alone"
     if review is not None:
         evidence, used = REVIEW_EVIDENCE.format(review=review), REVIEW_EVIDENCE
     else:

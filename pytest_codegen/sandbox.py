@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from pytest_codegen.outcome import ExecutionResult
+from pytest_codegen.outcome import FAILED, TEST, ExecutionResult
 from pytest_codegen.problems import TestCase
 
 __all__ = ["Limits", "Sandbox", "SandboxError"]
@@ -257,7 +257,7 @@ class Sandbox:
         failed_asserts = [
             i for i, t in enumerate(result.tests) if t.error_type == "AssertionError"
         ]
-        if not explain or result.status != "failed" or result.phase != "test" or not failed_asserts:
+        if not explain or result.status != FAILED or result.phase != TEST or not failed_asserts:
             return result
         # Bounded: a program that failed fast must not buy a second full wall-clock allowance.
         quick = dataclasses.replace(

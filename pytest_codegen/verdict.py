@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from .outcome import FAILED, NO_CODE_RESULT, ExecutionResult
+from .outcome import DEFINE, FAILED, NO_CODE_RESULT, ExecutionResult
 from .problems import Problem, TestCase
 
 if TYPE_CHECKING:
@@ -68,7 +68,7 @@ def describe_failure(result: ExecutionResult, max_output: int = 800) -> str:
 
 
 def _phase(result: ExecutionResult) -> str:
-    return "defining the candidate" if result.phase == "define" else "testing"
+    return "defining the candidate" if result.phase == DEFINE else "testing"
 
 
 PROGRAM_ROLES = ("generate", "refine", "reference", "null", "replay")

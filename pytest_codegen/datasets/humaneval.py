@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import doctest
+import textwrap
 from functools import lru_cache
 
 from ..problems import Problem, TestCase
@@ -91,8 +92,6 @@ def _dedent(statement: str) -> str:
         ast.parse(statement)
         return statement
     except SyntaxError:
-        import textwrap
-
         return textwrap.dedent(statement)
 
 

@@ -93,6 +93,9 @@ class SearchConfig:
             data.pop(name)
         return data
 
+    def threshold_rule(self) -> ThresholdRule:
+        return ThresholdRule(self.target_species, self.initial_threshold, self.threshold_step)
+
     def run_settings(self) -> RunSettings:
         return RunSettings(
             pipeline="evolve", model=self.models[0], max_tokens=self.max_tokens,
@@ -221,7 +224,7 @@ def _fresh_state(config: SearchConfig, problems: Sequence[Problem]) -> SearchSta
     return SearchState(
         search_ids=[p.id for p in search_set], holdout_ids=[p.id for p in holdout_set],
         population=population, innovations=innovations, rng=rng,
-        threshold=config.initial_threshold,
+        threshold=config.threshold_rule().initial,
     )
 
 
@@ -357,8 +360,7 @@ def _run_generation(config: SearchConfig, state: SearchState, evaluator: Evaluat
         "species": len(species),
         "threshold": state.threshold,
     })
-    rule = ThresholdRule(config.target_species, config.initial_threshold, config.threshold_step)
-    state.threshold = rule.adapt(state.threshold, len(species))
+    state.threshold = config.threshold_rule().adapt(state.threshold, len(species))
     state.representatives = next_representatives(population, species, fitness)
     state.generation += 1
     if state.generation < config.generations:

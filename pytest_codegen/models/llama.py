@@ -66,7 +66,7 @@ def _silence_llama_log() -> None:
     import llama_cpp
 
     @llama_cpp.llama_log_callback
-    def _discard(level, text, user_data):  # noqa: ARG001 - signature fixed by llama.cpp
+    def _discard(_level, _text, _user_data):  # the signature llama.cpp calls
         return None
 
     llama_cpp.llama_log_set(_discard, None)

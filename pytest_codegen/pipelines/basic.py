@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from functools import lru_cache
 from pathlib import Path
 
 from ..problems import Problem
@@ -65,8 +66,17 @@ class ReplayPipeline:
 
 
 def load_samples(path: Path) -> dict[str, list[dict]]:
+    """The file's samples by task id; read once per process while the file stays unchanged
+    (pytest parametrization and the pipeline both need them)."""
     if not path.is_file():
         raise ReplayError(f"replay file {path} does not exist")
+    stat = path.stat()
+    return _read_samples(path.resolve(), stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=4)
+def _read_samples(path: Path, mtime_ns: int, size: int) -> dict[str, list[dict]]:
+    del mtime_ns, size  # part of the cache key only: an edited file is read again
     samples: dict[str, list[dict]] = defaultdict(list)
     with path.open(encoding="utf-8") as lines:
         for number, line in enumerate(lines, start=1):
