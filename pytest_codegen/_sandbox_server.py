@@ -1,7 +1,7 @@
 """The sandbox server: a long-lived process that runs candidate programs in forked children.
 
 `pytest_codegen.sandbox.Sandbox` starts this file as a fresh interpreter
-(`python -I .../_sandbox_server.py CONFIG`), before any model is loaded, and talks to it over
+(`python -I -S .../_sandbox_server.py CONFIG`), before any model is loaded, and talks to it over
 its stdin/stdout with length-prefixed JSON. The file is run by path, not imported as part of the
 package, so the server never imports `pytest_codegen/__init__.py` or anything a model backend
 pulls in: forking after llama.cpp (or any threaded library) has run hangs, and this process
@@ -83,7 +83,6 @@ from __future__ import annotations
 
 import ast
 import ctypes
-import ctypes.util
 import errno
 import gc
 import json
@@ -92,16 +91,17 @@ import marshal
 import os
 import re
 import resource
-import secrets
 import select
 import signal
+import _signal  # signal.signal without the enum conversions (it runs in every child)
 import struct
 import sys
 import time
 
 # Pre-import what children commonly need so their imports are a dict lookup after the fork.
 # (pytest's assertion rewriter is imported on the first request to explain a failure: it
-# doubles the server's memory, and every fork pays for the pages it maps.)
+# doubles the server's memory, and every fork pays for the pages it maps. `random` and
+# `threading` stay out: their at-fork handlers would run in every child; tests check that.)
 import bisect  # noqa: F401,E402
 import collections  # noqa: F401,E402
 import copy  # noqa: F401,E402
@@ -114,7 +114,6 @@ import io  # noqa: E402
 import itertools  # noqa: F401,E402
 import math  # noqa: F401,E402
 import operator  # noqa: F401,E402
-import random  # noqa: E402
 import string  # noqa: F401,E402
 import typing  # noqa: F401,E402
 
@@ -158,7 +157,9 @@ _HEADER = struct.Struct(">I")
 
 # ------------------------------------------------------------------ libc via ctypes
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+# dlopen(NULL): libc's symbols through the interpreter itself (ctypes.util would pull in
+# subprocess and threading, whose at-fork handler then runs in every child)
+_libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 _libc.unshare.argtypes = [ctypes.c_int]
 _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
@@ -329,10 +330,13 @@ class Isolation:
         self.gid: int | None = None
         self.userns = False
         self.read_only_root = False
-        self.child_mounts = False  # each execution gets fresh tmpfs mounts in its own mount ns
-        self.run_dir: str | None = None  # parent of per-run work dirs when there are no mounts
-        self.child_dirs: list[str] = []  # where each child mounts its own fresh tmpfs
-        self.work = "/tmp/work"  # the child's work dir when it has its own mounts
+        # Private tmpfs scratch space, emptied after every run (every process of the run gone)
+        self.scratch = False
+        self.scratch_dirs: list[str] = []  # the writable directories the candidate sees
+        self.scratch_mounts: list[str] = []  # their tmpfs mounts (resized for a run that asks)
+        self.scratch_mb = 0
+        self.run_dir: str | None = None  # parent of per-run work dirs when there is no scratch
+        self.work = "/tmp/work"  # the child's work dir in the scratch space
         self.notes: list[str] = []
 
     @property
@@ -441,17 +445,19 @@ def _setup_mounts(iso: Isolation, file_size_mb: int, root: bool) -> None:
             if point == "/":
                 iso.notes.append(f"could not make / read-only: {e}")
     needed = _interpreter_paths()
-    size = f"size={max(file_size_mb, 1)}m"
+    size = f"size={max(file_size_mb, 1)}m,nr_inodes=8192"
     # Fresh tmpfs over the writable places (and /run, which also hides host sockets), except
     # where the interpreter itself lives (a venv under /tmp stays visible, read-only).
-    overlay = [d for d in ("/run", *TMP_DIRS) if os.path.isdir(d) and not os.path.islink(d)]
-    overlay = [d for d in overlay if not any(_under(p, d) for p in needed)]
-    for d in overlay:
+    overlay = []
+    for d in ("/run", *TMP_DIRS):
+        if not os.path.isdir(d) or os.path.islink(d) or any(_under(p, d) for p in needed):
+            continue
         try:
             _mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, f"{size},mode={'755' if d == '/run' else '1777'}")
         except OSError as e:
-            overlay.remove(d)
             iso.notes.append(f"no tmpfs on {d}: {e}")
+            continue
+        overlay.append(d)
         if d == "/run":
             for sub, mode in (("lock", 0o1777), ("sandbox", 0o755)):
                 os.makedirs(f"/run/{sub}", exist_ok=True)
@@ -461,15 +467,17 @@ def _setup_mounts(iso: Isolation, file_size_mb: int, root: bool) -> None:
                     _expose(iso, needed)
                 except OSError as e:
                     iso.notes.append(f"could not expose the interpreter: {e}")
-    iso.child_dirs = [d for d in (*TMP_DIRS, "/run/lock") if d in overlay or (d == "/run/lock" and "/run" in overlay)]
+    iso.scratch_dirs = [d for d in (*TMP_DIRS, "/run/lock") if d in overlay or (d == "/run/lock" and "/run" in overlay)]
     if "/tmp" in overlay:
         iso.work = "/tmp/work"
     elif "/run" in overlay:
-        iso.child_dirs.append("/run/sandbox")
+        iso.scratch_dirs.append("/run/sandbox")
         iso.work = "/run/sandbox/work"
     else:
         return
-    iso.child_mounts = True
+    iso.scratch_mounts = overlay
+    iso.scratch_mb = max(file_size_mb, 1)
+    iso.scratch = True
 
 
 def setup_isolation(cfg: dict) -> Isolation:
@@ -519,7 +527,7 @@ def setup_isolation(cfg: dict) -> Isolation:
             _setup_mounts(iso, file_size_mb, root=False)
         except OSError as e:
             iso.notes.append(f"no user namespace: {e}")
-    if not iso.child_mounts:
+    if not iso.scratch:
         import tempfile
 
         iso.run_dir = tempfile.mkdtemp(prefix="pytest-codegen-sandbox-")
@@ -570,16 +578,12 @@ PRISTINE_BUILTINS: dict = {}  # filled by main() before anything can change buil
 
 
 def prepare_harness() -> list[tuple[dict, bytes]]:
-    """Done in the zygote before the job arrives: a private copy of the pristine builtins
-    (from the snapshot the server took at start, which is then emptied so that no module
-    attribute leads to the copy), the memory ballast, and a fresh random state (the server's
-    is shared by every fork). Returned in a list the harness empties, so that nothing else
-    keeps the ballast alive."""
-    import builtins
-
-    random.seed()
-    pristine = dict(PRISTINE_BUILTINS or builtins.__dict__)
-    PRISTINE_BUILTINS.clear()
+    """Done in the zygote before the job arrives: the pristine builtins (the snapshot the
+    server took at start; after the fork this process's own copy, and the module attribute
+    is rebound so that no name leads to it) and the memory ballast. Returned in a list the
+    harness empties, so that nothing else keeps the ballast alive."""
+    global PRISTINE_BUILTINS
+    pristine, PRISTINE_BUILTINS = PRISTINE_BUILTINS, {}
     return [(pristine, bytes(2 << 20))]
 
 
@@ -805,9 +809,9 @@ def run_harness(job: dict, mypid: int, kill_all: bool, prepared: list[tuple[dict
 class Zygote:
     """A child forked ahead of a job, confined as far as possible without knowing the job."""
 
-    def __init__(self, pid: int, req_w: int, res_r: int, out_r: int, pidfd: int | None, work: str | None, size_mb: int):
+    def __init__(self, pid: int, req_w: int, res_r: int, out_r: int, pidfd: int | None, work: str | None):
         self.pid, self.req_w, self.res_r, self.out_r, self.pidfd = pid, req_w, res_r, out_r, pidfd
-        self.work, self.size_mb = work, size_mb
+        self.work = work
         self.reaped = False
 
     def close_fds(self) -> None:
@@ -830,7 +834,6 @@ class Server:
         self.subreaper = _prctl(PR_SET_CHILD_SUBREAPER, 1) == 0
         self.zygote: Zygote | None = None
         self.pending: list[_RunState] = []  # runs that ended cleanly, child still exiting
-        self.default_size_mb = int(cfg.get("file_size_mb", 16))
         self.runs = 0
         self.devnull = os.open("/dev/null", os.O_RDWR)
         # SIGCHLD wakes the idle loop, so orphans killed after a run are reaped at once.
@@ -844,8 +847,8 @@ class Server:
         os.environ.update(
             {
                 "PATH": "/usr/local/bin:/usr/bin:/bin",
-                "HOME": self.iso.work if self.iso.child_mounts else "/tmp",
-                "TMPDIR": "/tmp" if "/tmp" in self.iso.child_dirs else self.iso.work,
+                "HOME": self.iso.work if self.iso.scratch else "/tmp",
+                "TMPDIR": "/tmp" if "/tmp" in self.iso.scratch_dirs else self.iso.work,
                 "LANG": "C.UTF-8",
                 "PYTHONIOENCODING": "utf-8",
                 "OMP_NUM_THREADS": "1",
@@ -856,6 +859,47 @@ class Server:
         if self.iso.uid is not None and not self._kill_uid():  # also clears a dead namesake's leftovers
             self.iso.notes.append("could not switch to the sandbox uid")
             self.iso.uid = self.iso.gid = None
+        if self.iso.scratch:
+            self._empty_scratch()
+
+    # --- the scratch space ----------------------------------------------------------
+
+    def _empty_scratch(self) -> None:
+        """Empty the writable directories and make a fresh work dir, between two runs.
+
+        Called only once every process of the previous run is gone (reaped), so nothing can
+        write there any more; the next run sees what a fresh tmpfs would show. (Cheaper than
+        a mount namespace with fresh tmpfs mounts per child: no namespace copy and teardown.)
+        """
+        iso = self.iso
+        for d in iso.scratch_dirs:
+            try:
+                entries = list(os.scandir(d))
+            except OSError:
+                continue
+            for entry in entries:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        import shutil
+
+                        shutil.rmtree(entry.path)  # never follows symlinks out of the tmpfs
+                    else:
+                        os.unlink(entry.path)
+                except OSError:
+                    pass
+        os.mkdir(iso.work, 0o700)
+        if iso.uid is not None:
+            os.chown(iso.work, iso.uid, iso.gid)
+
+    def _size_scratch(self, size_mb: int) -> None:
+        """Resize the scratch tmpfs mounts for a run that asks for another file size limit."""
+        size_mb = max(size_mb, 1)
+        if size_mb == self.iso.scratch_mb:
+            return
+        for d in self.iso.scratch_mounts:
+            mode = "755" if d == "/run" else "1777"
+            _mount(None, d, None, MS_REMOUNT | MS_NOSUID | MS_NODEV, f"size={size_mb}m,nr_inodes=8192,mode={mode}")
+        self.iso.scratch_mb = size_mb
 
     # --- killing and reaping ------------------------------------------------------------
 
@@ -903,6 +947,46 @@ class Server:
             if self.zygote is not None and pid == self.zygote.pid:
                 self.zygote.reaped = True
 
+    def _children(self) -> set[int] | None:
+        """The server's direct children (it is single-threaded), None where /proc cannot say."""
+        try:
+            with open(f"/proc/self/task/{self.pid}/children") as f:
+                return {int(pid) for pid in f.read().split()}
+        except (OSError, ValueError):
+            return None
+
+    def _settle(self, timeout: float = 1.0) -> bool:
+        """After a run's processes were SIGKILLed: reap until none is left but the zygote.
+
+        Killed processes may take a moment to die, and a live descendant always has a live
+        ancestor among the server's direct children (orphans come back to this subreaper),
+        so "no child but the zygote" means the run is gone and its scratch space is quiet.
+        """
+        deadline = time.monotonic() + timeout
+        retried = False
+        while True:
+            self._reap()
+            children = self._children()
+            if children is None:
+                others = set(_descendants(self.pid))
+                if self.zygote is not None:
+                    others.discard(self.zygote.pid)
+            else:
+                others = children - {self.zygote.pid} if self.zygote is not None else children
+            if not others:
+                return True
+            if time.monotonic() >= deadline:
+                if retried:
+                    return False
+                retried, deadline = True, time.monotonic() + timeout
+                self._kill_uid()
+            select.select([self.sigchld_r], [], [], 0.005)
+            try:
+                while os.read(self.sigchld_r, 4096):
+                    pass
+            except OSError:
+                pass
+
     def _cleanup_by_tree(self, pgid: int | None) -> bool:
         """Without a sandbox uid: kill the process group and every descendant until none is left."""
         deadline = time.monotonic() + 5.0
@@ -926,8 +1010,7 @@ class Server:
 
     # --- the zygote ----------------------------------------------------------------
 
-    def spawn_zygote(self, size_mb: int | None = None) -> None:
-        size_mb = self.default_size_mb if size_mb is None else size_mb
+    def spawn_zygote(self) -> None:
         req_r, req_w = os.pipe()
         res_r, res_w = os.pipe()
         out_r, out_w = os.pipe()
@@ -940,7 +1023,7 @@ class Server:
         pid = os.fork()
         if pid == 0:
             try:
-                self._zygote_main(req_r, res_w, out_w, work, size_mb)
+                self._zygote_main(req_r, res_w, out_w, work)
             except BaseException:
                 try:
                     import traceback
@@ -965,9 +1048,9 @@ class Server:
                 fcntl.fcntl(fd, 1031, 1 << 20)  # F_SETPIPE_SZ: fewer wake-ups for chatty programs
             except OSError:
                 pass
-        self.zygote = Zygote(pid, req_w, res_r, out_r, pidfd, work, size_mb)
+        self.zygote = Zygote(pid, req_w, res_r, out_r, pidfd, work)
 
-    def _zygote_main(self, req_r: int, res_w: int, out_w: int, work: str | None, size_mb: int) -> None:
+    def _zygote_main(self, req_r: int, res_w: int, out_w: int, work: str | None) -> None:
         """The forked child, still privileged: everything that does not depend on the job."""
         os.setsid()
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -987,32 +1070,10 @@ class Server:
         os.dup2(req_r, 4)
         os.closerange(5, max(os.sysconf("SC_OPEN_MAX"), 1 << 16))
         req_fd = 4
-        sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")
-        sys.stdout = io.TextIOWrapper(
-            io.FileIO(1, "w", closefd=False), encoding="utf-8", errors="backslashreplace", line_buffering=True
-        )
-        sys.stderr = io.TextIOWrapper(
-            io.FileIO(2, "w", closefd=False), encoding="utf-8", errors="backslashreplace", write_through=True
-        )
-        sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr
         prepared: list = []
         try:
-            sys.argv = [""]
-            sys.dont_write_bytecode = True
             signal.set_wakeup_fd(-1)
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            if iso.child_mounts:
-                _unshare(CLONE_NEWNS)
-                for d in iso.child_dirs:
-                    _mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, f"size={max(size_mb, 1)}m,nr_inodes=8192,mode=1777")
-                work = iso.work
-                os.mkdir(work, 0o700)
-            if work is not None:
-                if iso.uid is not None:
-                    os.chown(work, iso.uid, iso.gid)
-                os.chdir(work)
-            if not iso.child_mounts:  # the server's environment already is the children's
-                os.environ["HOME"] = os.environ["TMPDIR"] = work or "/tmp"
+            _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)  # the C function: signal.signal's enums cost
             prepared = prepare_harness()
             for which, value in ((resource.RLIMIT_CORE, 0), (resource.RLIMIT_NOFILE, 256)):
                 _setrlimit(which, value)
@@ -1030,7 +1091,7 @@ class Server:
         if setup_error is not None:
             self._child_report(job["token"], setup_error)
         try:
-            self._confine(job)
+            self._confine(job, work or (self.iso.work if self.iso.scratch else None))
         except Exception as e:
             self._child_report(job["token"], f"could not confine the child: {type(e).__name__}: {e}")
         run_harness(job, os.getpid(), kill_all=iso.uid is not None, prepared=prepared)
@@ -1043,9 +1104,16 @@ class Server:
         finally:
             os._exit(71)
 
-    def _confine(self, job: dict) -> None:
-        """Job-dependent limits, then drop privileges for good."""
+    def _confine(self, job: dict, work: str | None) -> None:
+        """Job-dependent limits and the work dir (made or emptied since the fork), then drop
+        privileges for good."""
         iso = self.iso
+        if work is not None:
+            if iso.uid is not None and not iso.scratch:
+                os.chown(work, iso.uid, iso.gid)
+            os.chdir(work)
+            if not iso.scratch:  # the server's environment names the scratch work dir
+                os.environ["HOME"] = os.environ["TMPDIR"] = work
         lim = job["limits"]
         mb = 1 << 20
         cpu = max(1, int(-(-float(lim["cpu_seconds"]) // 1)))
@@ -1073,13 +1141,13 @@ class Server:
         if os.getppid() != self.pid:
             os._exit(0)
 
-    def _zygote_ready(self, size_mb: int) -> Zygote:
+    def _zygote_ready(self) -> Zygote:
         z = self.zygote
-        if z is not None and (z.size_mb != size_mb or not self._alive(z)):
+        if z is not None and not self._alive(z):
             self._discard_zygote()
             z = None
         if z is None:
-            self.spawn_zygote(size_mb)
+            self.spawn_zygote()
             z = self.zygote
         assert z is not None
         self.zygote = None
@@ -1144,7 +1212,7 @@ class Server:
         setup_code, setup_err = (None, None)
         if setup_src.strip():
             setup_code, setup_err = compile_trusted("<setup>", setup_src, bool(req.get("explain", True)))
-        token = secrets.token_hex(16)
+        token = os.urandom(16).hex()
         job = {
             "token": token,
             "program": req["program"],
@@ -1157,8 +1225,10 @@ class Server:
             "uid_tasks": _uid_tasks(os.getuid()) if self.iso.uid is None else 0,
         }
         payload = marshal.dumps(job)
-        self._reap_pending()
-        z = self._zygote_ready(int(lim["file_size_mb"]))
+        self._reap_pending(wait=True)  # the scratch space is emptied only once they are gone
+        if self.iso.scratch:
+            self._size_scratch(int(lim["file_size_mb"]))
+        z = self._zygote_ready()
         st = _RunState(req, tests, token, z, time.monotonic())
         try:
             write_frame(z.req_w, payload)
@@ -1169,7 +1239,7 @@ class Server:
         if self.iso.uid is not None:
             # Fork the next zygote while this job runs: it stays root until its own job
             # arrives, so nothing this run's clean-up does as the sandbox uid can touch it.
-            self.spawn_zygote(z.size_mb)
+            self.spawn_zygote()
         self._monitor(st, float(lim["wall_seconds"]))
         clean = st.end and not st.corrupt and not st.timed_out
         if not clean:
@@ -1296,11 +1366,13 @@ class Server:
             # after making forks impossible (RLIMIT_NPROC 0); otherwise do it now.
             if forced:
                 self._kill_uid()
-            self._reap()
+            st.leftovers = not self._settle()
         else:
             st.leftovers = not self._cleanup_by_tree(z.pid)
         if forced:
             self._drain(st, int(st.req["limits"]["output_bytes"]), budget=1.0)
+        if self.iso.scratch:
+            self._empty_scratch()
         z.close_fds()
         if z.work and self.iso.run_dir:
             import shutil
@@ -1323,11 +1395,12 @@ class Server:
     def send(self, obj: dict) -> None:
         write_frame(self.proto_out, json.dumps(obj, ensure_ascii=True).encode())
 
-    def _reap_pending(self, force: bool = False) -> None:
-        """Finish the clean-up of runs whose child reported everything and is exiting."""
+    def _reap_pending(self, wait: bool = False, force: bool = False) -> None:
+        """Finish the clean-up of runs whose child reported everything and is exiting
+        (`wait`: all of them, waiting up to a second for each to exit)."""
         still = []
         for st in self.pending:
-            if self._wait_child(st, block=False):
+            if wait or self._wait_child(st, block=False):
                 self._stop(st, clean=True)
             elif force or time.monotonic() - st.t0 - st.seconds > 1.0:
                 self._stop(st, clean=False)  # it should have exited long ago: kill everything
@@ -1391,7 +1464,7 @@ class Server:
                 else:
                     self._stop(st, clean=True)
             if self.zygote is None:
-                self.spawn_zygote(st.z.size_mb if st is not None else None)
+                self.spawn_zygote()
         self._reap_pending(force=True)
         self._discard_zygote()
         if self.iso.uid is not None:
@@ -1613,8 +1686,22 @@ class _RunState:
 # ---------------------------------------------------------------------------- main
 
 
+def _site_without_pth() -> None:
+    """What `site` gives a normal interpreter, minus running .pth files: site-packages on the
+    import path (candidates may import what is installed) and exit/quit/help/copyright."""
+    import site
+
+    sys.path.extend(p for p in site.getsitepackages() if os.path.isdir(p) and p not in sys.path)
+    site.setquit()
+    site.setcopyright()
+    site.sethelper()
+
+
 def main() -> None:
     cfg = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
+    sys.argv = [""]  # what every child's program sees
+    sys.dont_write_bytecode = True
+    _site_without_pth()
     # The protocol gets private fds; 0 and 1 become /dev/null so nothing stray corrupts it.
     try:
         os.fstat(2)
@@ -1625,7 +1712,16 @@ def main() -> None:
     os.dup2(null, 0)
     os.dup2(null, 1)
     os.close(null)
-    sys.stdout = sys.stderr
+    # The children's standard streams, made once here (stdout goes nowhere in the server): a
+    # child only moves its pipes under fds 1 and 2.
+    sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")
+    sys.stdout = io.TextIOWrapper(
+        io.FileIO(1, "w", closefd=False), encoding="utf-8", errors="backslashreplace", line_buffering=True
+    )
+    sys.stderr = io.TextIOWrapper(
+        io.FileIO(2, "w", closefd=False), encoding="utf-8", errors="backslashreplace", write_through=True
+    )
+    sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr
     # Dispositions and mask as in a fresh interpreter (nothing inherited as ignored or
     # blocked), once here for every child. The server runs in a session of its own, so a
     # terminal's Ctrl-C never reaches it.

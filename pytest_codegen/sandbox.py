@@ -103,7 +103,9 @@ class Sandbox:
         }
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-I", _SERVER, json.dumps(cfg)],
+                # -S: no .pth files run in the server (they import threading and friends,
+                # whose at-fork handlers would run in every child); it adds site-packages itself
+                [sys.executable, "-I", "-S", _SERVER, json.dumps(cfg)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 close_fds=True,

@@ -275,6 +275,20 @@ def test_imports_work_inside(box):
     assert run(box, program).passed
 
 
+def test_children_start_from_a_lean_image(box):
+    # threading and random register at-fork handlers that would run in every child; random,
+    # imported fresh, is seeded afresh in each run
+    program = (
+        "import sys\nprint('PRELOADED', [m for m in ('threading', 'random') if m in sys.modules])\n"
+        "import random\nprint('DRAW', random.random())\n"
+        "print('BUILTINS', callable(exit), callable(quit), callable(help))\n" + FAIL_LAST
+    )
+    first, second = run(box, program), run(box, program)
+    assert "PRELOADED []" in first.output and "BUILTINS True True True" in first.output
+    draw = lambda r: r.output.split("DRAW ")[1].split()[0]  # noqa: E731
+    assert draw(first) != draw(second)
+
+
 def test_output_is_captured_and_capped(box):
     r = run(box, "import sys\nprint('hello')\nsys.stderr.write('err\\n')\ndef f(x):\n    return x + 1\n")
     assert r.passed and "hello" in r.output and "err" in r.output
@@ -508,6 +522,32 @@ def test_hostile_writes_stay_inside(box, tmp_path):
     assert f"wrote /tmp/{marker}" in r.output or f"/tmp/{marker}: OSError" in r.output
     r2 = run(box, f"import os\nprint(os.path.exists('/tmp/{marker}'), os.listdir('.'))\n" + FAIL_LAST)
     assert "False []" in r2.output
+
+
+@needs_root
+def test_scratch_space_is_empty_for_the_next_run(box):
+    # A thread keeps creating files after the tests passed, right up to the harness's exit;
+    # the next run still starts with empty scratch directories and a fresh work dir.
+    dirs = "('/tmp', '/var/tmp', '/dev/shm', '/run/lock', '.')"
+    program = (
+        "import itertools, os, threading\n"
+        "def spam():\n    for i in itertools.count():\n"
+        f"        for d in {dirs}:\n"
+        "            try:\n                open('%s/left-%d' % (d, i), 'w').close()\n"
+        "            except OSError:\n                pass\n"
+        "threading.Thread(target=spam, daemon=True).start()\n"
+        "import time\ntime.sleep(0.05)\ndef f(x):\n    return x + 1\n"
+    )
+    look = (
+        f"import os\nprint('LEFT', sorted((d, n) for d in {dirs} if os.path.isdir(d) for n in os.listdir(d)))\n"
+        "print('WORK', oct(os.stat('.').st_mode & 0o777), os.stat('.').st_uid)\n" + FAIL_LAST
+    )
+    for _ in range(3):
+        assert run(box, program).passed
+        r = run(box, look)
+        left = eval(r.output.split("LEFT ")[1].splitlines()[0])
+        assert not [entry for entry in left if entry[1] != "work" or entry[0] != "/tmp"], left
+        assert f"WORK 0o700 {box.sandbox_uid}" in r.output
 
 
 @needs_root
