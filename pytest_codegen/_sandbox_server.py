@@ -50,7 +50,7 @@ Verdicts
 The harness reports on a dedicated pipe (fd 3), one JSON line per event, each carrying a random
 per-run token, written with references (`os.write`, the fd, the JSON string encoder, the
 builtins it uses) captured before any candidate code runs. The server accepts only the exact
-sequence it expects (define result, then start/result for each test in order, then end) and
+sequence it expects (define result, then a result for each test in order, then end) and
 passes a program only if it saw every test pass *and* the end message. Exiting early
 (`sys.exit`, `os._exit`, `exit()`), killing the parent, closing fds, replacing signal handlers,
 replacing entries of `builtins` (tests see a private, pristine copy of the builtins), shadowing
@@ -99,16 +99,14 @@ import sys
 import time
 
 # Pre-import what children commonly need so their imports are a dict lookup after the fork.
-# (pytest's assertion rewriter is imported on the first request to explain a failure: it
-# doubles the server's memory, and every fork pays for the pages it maps. `random` and
-# `threading` stay out: their at-fork handlers would run in every child; tests check that.)
+# Every fork copies the page tables of all the server has mapped and every exit tears them
+# down, so rarely used heavy modules stay out (dataclasses, hashlib, fractions: ~1.5 MB),
+# pytest's assertion rewriter is imported on the first request to explain a failure, and
+# `random` and `threading` stay out: their at-fork handlers would run in every child.
 import bisect  # noqa: F401,E402
 import collections  # noqa: F401,E402
 import copy  # noqa: F401,E402
-import dataclasses  # noqa: F401,E402
-import fractions  # noqa: F401,E402
 import functools  # noqa: F401,E402
-import hashlib  # noqa: F401,E402
 import heapq  # noqa: F401,E402
 import io  # noqa: E402
 import itertools  # noqa: F401,E402
@@ -148,6 +146,9 @@ LINUX_CAPABILITY_VERSION_3 = 0x20080522
 RESULT_FD = 3
 TMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")  # fresh tmpfs for every execution (+ /run/lock)
 MAX_RESULT_BYTES = 8 << 20
+# Reads from the children's pipes: under glibc's mmap threshold, so each read is not an
+# mmap/munmap pair (which also raises the threshold and leaves the heap bigger for every fork)
+READ_SIZE = 64 * 1024
 MAX_TEXT = 2000
 MAX_TB = 6000
 SANDBOX_UID_BASE = 200000
@@ -783,7 +784,6 @@ def run_harness(job: dict, mypid: int, kill_all: bool, prepared: list[tuple[dict
 
     for i in _range(_len(tests)):
         _name, filename, _src, tcode, terr = tests[i]
-        send('"k":"start","i":%d' % i)
         if tcode is None:
             send(failure("result", ',"i":%d' % i, (terr["et"], terr["msg"], terr["line"], "")))
             continue
@@ -879,12 +879,15 @@ class Server:
                 continue
             for entry in entries:
                 try:
-                    if entry.is_dir(follow_symlinks=False):
-                        import shutil
+                    if not entry.is_dir(follow_symlinks=False):
+                        os.unlink(entry.path)
+                        continue
+                    try:
+                        os.rmdir(entry.path)  # the work dir, mostly: empty
+                    except OSError:
+                        import shutil  # only now: every fork would carry it
 
                         shutil.rmtree(entry.path)  # never follows symlinks out of the tmpfs
-                    else:
-                        os.unlink(entry.path)
                 except OSError:
                     pass
         os.mkdir(iso.work, 0o700)
@@ -1270,7 +1273,7 @@ class Server:
                 open_fds.remove(z.out_r)
             if z.res_r in ready:
                 try:
-                    data = os.read(z.res_r, 1 << 20)
+                    data = os.read(z.res_r, READ_SIZE)
                 except OSError:
                     data = b""
                 if not data:
@@ -1310,7 +1313,7 @@ class Server:
 
     def _read_output(self, st: "_RunState", cap: int) -> bool:
         try:
-            data = os.read(st.z.out_r, 1 << 20)
+            data = os.read(st.z.out_r, READ_SIZE)
         except BlockingIOError:
             return True
         except OSError:
@@ -1329,7 +1332,7 @@ class Server:
             until = time.monotonic() + budget
             while True:
                 try:
-                    data = os.read(fd, 1 << 20)
+                    data = os.read(fd, READ_SIZE)
                 except BlockingIOError:
                     if time.monotonic() >= until:
                         break
@@ -1502,7 +1505,6 @@ class _RunState:
         self.received = 0
         self.define: dict | None = None
         self.results: list[dict] = []
-        self.started: int | None = None
         self.end = False
         self.corrupt: str | None = None
         self.sandbox_error: str | None = None
@@ -1552,15 +1554,12 @@ class _RunState:
             self.corrupt = "sandbox error"
         elif kind == "define" and self.define is None:
             self.define = msg
-        elif kind == "start" and self.define is not None and self.define.get("ok") and self.started is None:
+        elif kind == "result" and self.define is not None and self.define.get("ok"):
             if msg.get("i") != len(self.results) or len(self.results) >= n:
                 self.corrupt = "test reports out of order"
             else:
-                self.started = msg["i"]
-        elif kind == "result" and self.started is not None and msg.get("i") == self.started:
-            self.results.append(msg)
-            self.started = None
-        elif kind == "end" and self.define is not None and self.started is None:
+                self.results.append(msg)
+        elif kind == "end" and self.define is not None:
             if self.define.get("ok") and len(self.results) != n and not any(
                 r.get("et") == "MemoryError" for r in self.results
             ):
@@ -1593,7 +1592,8 @@ class _RunState:
             (r for r in self.results if r.get("et") == "MemoryError"), None
         )
         in_define = self.define is None
-        current = self.started  # the test in progress when it stopped, if any
+        # the test in progress when it stopped: the first one not reported (results come in order)
+        current = len(self.results) if self.define is not None and not self.end and len(self.results) < len(names) else None
         exit_desc, cpu, maxrss_mb = self._exit_info()
         signo = os.WTERMSIG(self.exit_status) if self.exit_status is not None and os.WIFSIGNALED(self.exit_status) else None
         mem_limit = float(lim["memory_mb"])
@@ -1749,8 +1749,13 @@ def main() -> None:
 
         write_frame(proto_out, json.dumps({"ok": False, "error": traceback.format_exc()}).encode())
         raise SystemExit(1)
+    if cfg.get("rewriter"):  # an explaining server: every rewritten test needs its helpers
+        import _pytest.assertion.rewrite  # noqa: F401
     gc.collect()
     gc.freeze()  # keep the collector off the shared pages in every fork
+    # Hand freed heap (compiling this file left ~2 MB) back to the kernel: pages no longer
+    # mapped are pages no fork copies and no exit unmaps. glibc only.
+    getattr(_libc, "malloc_trim", lambda pad: 0)(0)
     server.serve()
 
 

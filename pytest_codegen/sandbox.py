@@ -68,14 +68,19 @@ class Sandbox:
     `isolation` is a one-line description of the confinement in force (for the pytest run
     header). `degrade` is for tests only: "userns" makes a root server act as an unprivileged
     one (it becomes nobody and uses a user namespace if the kernel allows), "none" also skips
-    the user namespace.
+    the user namespace. `explaining` makes a server that imports pytest's assertion rewriter at
+    start; `run` starts one of those on the first failed assert, so that the rewriter (which
+    brings threading along, and its at-fork handler into every child) never slows down the
+    forks that decide verdicts.
     """
 
-    def __init__(self, limits: Limits = Limits(), *, degrade: str | None = None) -> None:
+    def __init__(self, limits: Limits = Limits(), *, degrade: str | None = None, explaining: bool = False) -> None:
         if degrade not in (None, "userns", "none"):
             raise ValueError(f"degrade must be None, 'userns' or 'none', not {degrade!r}")
         self.limits = limits
         self._degrade = degrade
+        self._explaining = explaining
+        self._explainer: Sandbox | None = None
         self._lock = threading.RLock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._owner_pid = os.getpid()
@@ -95,7 +100,7 @@ class Sandbox:
     # --- lifecycle -----------------------------------------------------------------------
 
     def _start(self) -> None:
-        cfg = {"degrade": self._degrade, "file_size_mb": self.limits.file_size_mb}
+        cfg = {"degrade": self._degrade, "file_size_mb": self.limits.file_size_mb, "rewriter": self._explaining}
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "LANG": os.environ.get("LANG", "C.UTF-8"),
@@ -160,6 +165,8 @@ class Sandbox:
                 atexit.unregister(self.close)
             except Exception:
                 pass
+            if self._explainer is not None:
+                self._explainer.close()
             proc = self._proc
             if proc is None or os.getpid() != self._owner_pid:
                 self._proc = None
@@ -241,8 +248,9 @@ class Sandbox:
 
         The verdict comes from tests compiled as written. Failed asserts are then explained by a
         second run of just those tests, compiled through pytest's assertion rewriting (which
-        costs far more than the execution itself): their `line` gains the values involved. The
-        second run never changes the verdict; where it behaves differently, it is ignored.
+        costs far more than the execution itself), on a second server kept for that: their
+        `line` gains the values involved. The second run never changes the verdict; where it
+        behaves differently, it is ignored.
         `explain=False` skips it, for callers that need only the outcome class.
         """
         lim = limits or self.limits
@@ -265,7 +273,11 @@ class Sandbox:
         quick = dataclasses.replace(
             lim, wall_seconds=min(lim.wall_seconds, 1.0 + 2 * result.seconds)
         )
-        explained = self._exchange(
+        with self._lock:
+            if self._explainer is None or os.getpid() != self._explainer._owner_pid:
+                self._explainer = Sandbox(self.limits, degrade=self._degrade, explaining=True)
+            explainer = self._explainer
+        explained = explainer._exchange(
             {**request, "explain": True, "limits": dataclasses.asdict(quick),
              "tests": [[tests[i].name, tests[i].source] for i in failed_asserts]},
             quick,
