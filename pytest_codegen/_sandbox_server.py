@@ -1,11 +1,10 @@
 """The sandbox server: a long-lived process that runs candidate programs in forked children.
 
-`pytest_codegen.sandbox.Sandbox` starts this file as a fresh interpreter
-(`python -I -S .../_sandbox_server.py CONFIG`), before any model is loaded, and talks to it over
-its stdin/stdout with length-prefixed JSON. The file is run by path, not imported as part of the
-package, so the server never imports `pytest_codegen/__init__.py` or anything a model backend
-pulls in: forking after llama.cpp (or any threaded library) has run hangs, and this process
-forks for every execution.
+`pytest_codegen.sandbox.Sandbox` starts a fresh interpreter (`python -I -S -c BOOTSTRAP`) that
+imports this file by name from its directory (not as part of the package) and calls `main`,
+before any model is loaded, and talks to it over its stdin/stdout with length-prefixed JSON.
+The server never imports `pytest_codegen/__init__.py` or anything a model backend pulls in:
+forking after llama.cpp (or any threaded library) has run hangs.
 
 How one execution runs
 ----------------------
@@ -81,9 +80,9 @@ Known limits
 
 from __future__ import annotations
 
-import ast
 import ctypes
 import errno
+import fcntl
 import gc
 import json
 import json.encoder
@@ -94,6 +93,7 @@ import resource
 import select
 import signal
 import _signal  # signal.signal without the enum conversions (it runs in every child)
+import _socket  # not socket: its enum conversions add ~0.4 MB to every child's image
 import struct
 import sys
 import time
@@ -551,9 +551,11 @@ def compile_trusted(filename: str, source: str, rewrite: bool = True) -> tuple[o
     if hit is not None:
         return hit
     try:
+        import ast  # the server's alone: the forker (and so every child) never loads it
+
         tree = ast.parse(source, filename=filename)
         if rewrite:
-            # Imported here, by the server, so rewritten code finds it in every later child.
+            # An explaining server imported it at start, so every child has it too.
             import _pytest.assertion.rewrite as rewriter
 
             rewriter.rewrite_asserts(tree, source.encode("utf-8", "surrogatepass"), None, None)
@@ -576,6 +578,19 @@ _ESC = json.encoder.c_encode_basestring_ascii or json.encoder.py_encode_basestri
 
 
 PRISTINE_BUILTINS: dict = {}  # filled by main() before anything can change builtins
+
+
+_WARM_UP = "from typing import List\ndef f(x: List[int]) -> int:\n    return sum(x)\nassert f([1, 2]) == 3\n"
+
+
+def _warm_up() -> None:
+    """Compile and run a small program once in the forker, so that the compiler's and the
+    import system's first-use set-up is in the image every child starts from, not redone (and
+    its pages copied) in each child; then hand freed heap back (glibc: malloc_trim)."""
+    exec(compile(_WARM_UP, "<warm-up>", "exec", dont_inherit=True), {"__name__": "__warm_up__"})
+    gc.collect()
+    gc.freeze()  # the children's collections then never walk (and copy) these objects
+    getattr(_libc, "malloc_trim", lambda pad: 0)(0)
 
 
 def prepare_harness() -> list[tuple[dict, bytes]]:
@@ -609,9 +624,10 @@ def run_harness(job: dict, mypid: int, kill_all: bool, prepared: list[tuple[dict
     pristine, ballast = prepared.pop()  # ballast: freed on MemoryError so the report can be built
     program, setup_code, entry = job["program"], job["setup"], job["entry_point"]
     tests = job["tests"]  # [name, filename, source, code or None, compile error or None]
-    sources = {"<candidate>": program.splitlines(), "<setup>": job["setup_source"].splitlines()}
+    sources = {"<candidate>": program, "<setup>": job["setup_source"]}  # split only on failure
     for t in tests:
-        sources[t[1]] = t[2].splitlines()
+        sources[t[1]] = t[2]
+    split_sources: dict = {}
 
     def send(body: str) -> None:
         if _getpid() != mypid:  # a fork of the candidate wandered back into the harness
@@ -629,7 +645,9 @@ def run_harness(job: dict, mypid: int, kill_all: bool, prepared: list[tuple[dict
         return s if _len(s) <= limit else s[:limit] + "... [%d more characters]" % (_len(s) - limit)
 
     def source_line(filename: str, lineno: object) -> str:
-        lines = sources.get(filename)
+        lines = split_sources.get(filename)
+        if lines is None and filename in sources:
+            lines = split_sources[filename] = sources[filename].splitlines()
         if lines is None or _type(lineno) is not _int or not 0 < lineno <= _len(lines):
             return ""
         return cut(lines[lineno - 1].strip(), 500)
@@ -825,204 +843,99 @@ class Zygote:
                 setattr(self, name, None)
 
 
-class Server:
-    def __init__(self, cfg: dict, proto_in: int, proto_out: int) -> None:
-        self.cfg = cfg
-        self.proto_in, self.proto_out = proto_in, proto_out
-        self.iso = setup_isolation(cfg)
+class Usage(typing.NamedTuple):
+    """What the server needs of a child's rusage (the forker reaps it, not the server)."""
+
+    ru_utime: float
+    ru_stime: float
+    ru_maxrss: int
+
+
+# Forker <-> server messages (a SOCK_SEQPACKET pair, one message per send)
+_SPAWNED = struct.Struct("<ci")  # b"Z", pid; fds req_w, res_r, out_r[, pidfd] attached
+_EXITED = struct.Struct("<ciiddq")  # b"X", pid, wait status, utime, stime, maxrss
+
+
+class Forker:
+    """The process that forks the zygotes: a child of the server, forked once at its start.
+
+    A fork write-protects the forking process's memory, and every page that process writes
+    afterwards is copied while a child still shares it. The server's own work per run (the
+    protocol, compiling, the verdict) touches some 300 pages, which cost a copy each when the
+    server forked; this loop touches a handful. The forker is also the zygotes' parent and
+    subreaper: it reaps them and their orphans and reports each zygote's exit to the server.
+
+    It is forked before the server imports or compiles anything for its own work, so the
+    image every zygote copies (and every exit tears down) is only what the children need.
+
+    Command from the server: b"S" + work dir (may be empty): fork a zygote and send back its
+    pipes and pidfd.
+    """
+
+    def __init__(self, server_pid: int, iso: Isolation, devnull: int, sock: _socket.socket) -> None:
+        self.server_pid, self.iso, self.devnull, self.sock = server_pid, iso, devnull, sock
         self.pid = os.getpid()
-        self.subreaper = _prctl(PR_SET_CHILD_SUBREAPER, 1) == 0
-        self.zygote: Zygote | None = None
-        self.pending: list[_RunState] = []  # runs that ended cleanly, child still exiting
-        self.runs = 0
-        self.devnull = os.open("/dev/null", os.O_RDWR)
-        # SIGCHLD wakes the idle loop, so orphans killed after a run are reaped at once.
-        self.sigchld_r, sigchld_w = os.pipe()
-        os.set_blocking(self.sigchld_r, False)
-        os.set_blocking(sigchld_w, False)
-        signal.set_wakeup_fd(sigchld_w, warn_on_full_buffer=False)
-        signal.signal(signal.SIGCHLD, lambda signo, frame: None)
-        # What every child gets, set once here rather than in each child.
-        os.environ.clear()
-        os.environ.update(
-            {
-                "PATH": "/usr/local/bin:/usr/bin:/bin",
-                "HOME": self.iso.work if self.iso.scratch else "/tmp",
-                "TMPDIR": "/tmp" if "/tmp" in self.iso.scratch_dirs else self.iso.work,
-                "LANG": "C.UTF-8",
-                "PYTHONIOENCODING": "utf-8",
-                "OMP_NUM_THREADS": "1",
-                "OPENBLAS_NUM_THREADS": "1",
-                "MKL_NUM_THREADS": "1",
-            }
-        )
-        if self.iso.uid is not None and not self._kill_uid():  # also clears a dead namesake's leftovers
-            self.iso.notes.append("could not switch to the sandbox uid")
-            self.iso.uid = self.iso.gid = None
-        if self.iso.scratch:
-            self._empty_scratch()
+        self.zygotes: set[int] = set()
 
-    # --- the scratch space ----------------------------------------------------------
-
-    def _empty_scratch(self) -> None:
-        """Empty the writable directories and make a fresh work dir, between two runs.
-
-        Called only once every process of the previous run is gone (reaped), so nothing can
-        write there any more; the next run sees what a fresh tmpfs would show. (Cheaper than
-        a mount namespace with fresh tmpfs mounts per child: no namespace copy and teardown.)
-        """
-        iso = self.iso
-        for d in iso.scratch_dirs:
-            try:
-                entries = list(os.scandir(d))
-            except OSError:
-                continue
-            for entry in entries:
+    def loop(self) -> None:
+        """Runs in the forker process; never returns."""
+        try:
+            _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+            if os.getppid() != self.server_pid:
+                os._exit(0)
+            subreaper = _prctl(PR_SET_CHILD_SUBREAPER, 1) == 0
+            sigchld_r, sigchld_w = os.pipe()
+            os.set_blocking(sigchld_r, False)
+            os.set_blocking(sigchld_w, False)
+            signal.set_wakeup_fd(sigchld_w, warn_on_full_buffer=False)
+            _signal.signal(_signal.SIGCHLD, lambda signo, frame: None)
+            _warm_up()
+            self.sock.send(b"H" + (b"1" if subreaper else b"0"))
+            while True:
                 try:
-                    if not entry.is_dir(follow_symlinks=False):
-                        os.unlink(entry.path)
-                        continue
+                    ready, _, _ = select.select([self.sock, sigchld_r], [], [])
+                except InterruptedError:
+                    continue
+                if sigchld_r in ready:
                     try:
-                        os.rmdir(entry.path)  # the work dir, mostly: empty
-                    except OSError:
-                        import shutil  # only now: every fork would carry it
-
-                        shutil.rmtree(entry.path)  # never follows symlinks out of the tmpfs
-                except OSError:
-                    pass
-        os.mkdir(iso.work, 0o700)
-        if iso.uid is not None:
-            os.chown(iso.work, iso.uid, iso.gid)
-
-    def _size_scratch(self, size_mb: int) -> None:
-        """Resize the scratch tmpfs mounts for a run that asks for another file size limit."""
-        size_mb = max(size_mb, 1)
-        if size_mb == self.iso.scratch_mb:
-            return
-        for d in self.iso.scratch_mounts:
-            mode = "755" if d == "/run" else "1777"
-            _mount(None, d, None, MS_REMOUNT | MS_NOSUID | MS_NODEV, f"size={size_mb}m,nr_inodes=8192,mode={mode}")
-        self.iso.scratch_mb = size_mb
-
-    # --- killing and reaping ------------------------------------------------------------
-
-    def _kill_uid(self) -> bool:
-        """Fork a killer that becomes the sandbox uid and SIGKILLs every process of that uid.
-
-        kill(-1) runs under the kernel's task-list lock, which fork also needs, so one call
-        gets every process of the uid, including one being forked at that moment.
-        """
-        uid, gid = self.iso.uid, self.iso.gid
-        assert uid is not None and gid is not None and uid != 0
-        pid = os.fork()
-        if pid == 0:
-            try:
-                signal.set_wakeup_fd(-1)
-                os.setgroups([])
-                os.setresgid(gid, gid, gid)
-                os.setresuid(uid, uid, uid)
-                if os.getresuid() == (uid, uid, uid) and uid != 0:  # never kill(-1) as root
-                    try:
-                        os.kill(-1, signal.SIGKILL)
+                        while os.read(sigchld_r, 4096):
+                            pass
                     except OSError:
                         pass
-                    os._exit(0)
+                    self._reap()
+                if self.sock in ready:
+                    command = self.sock.recv(4096)
+                    if not command:
+                        break  # the server is gone
+                    if command[:1] == b"S":
+                        self._spawn(command[1:].decode() or None)
+        except BaseException:
+            try:
+                import traceback
+
+                traceback.print_exc()
             except BaseException:
                 pass
-            os._exit(1)
+        os._exit(0)
+
+    def _reap(self) -> None:
         while True:
             try:
-                _, status = os.waitpid(pid, 0)
-                break
+                pid, status, ru = os.wait4(-1, os.WNOHANG)
             except InterruptedError:
                 continue
-        return os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
-
-    def _reap(self) -> bool:
-        """Reap finished children; True when the server has no child left at all."""
-        while True:
-            try:
-                pid, _ = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return True
+                return
             if pid == 0:
-                return False
-            if self.zygote is not None and pid == self.zygote.pid:
-                self.zygote.reaped = True
+                return
+            if pid in self.zygotes:
+                self.zygotes.discard(pid)
+                self.sock.send(_EXITED.pack(b"X", pid, status, ru.ru_utime, ru.ru_stime, ru.ru_maxrss))
 
-    def _children(self) -> set[int] | None:
-        """The server's direct children (it is single-threaded), None where /proc cannot say."""
-        try:
-            with open(f"/proc/self/task/{self.pid}/children") as f:
-                return {int(pid) for pid in f.read().split()}
-        except (OSError, ValueError):
-            return None
-
-    def _settle(self, timeout: float = 1.0) -> bool:
-        """After a run's processes were SIGKILLed: reap until none is left but the zygote.
-
-        Killed processes may take a moment to die, and a live descendant always has a live
-        ancestor among the server's direct children (orphans come back to this subreaper),
-        so "no child but the zygote" means the run is gone and its scratch space is quiet.
-        """
-        deadline = time.monotonic() + timeout
-        retried = False
-        while True:
-            self._reap()
-            children = self._children()
-            if children is None:
-                others = set(_descendants(self.pid))
-                if self.zygote is not None:
-                    others.discard(self.zygote.pid)
-            else:
-                others = children - {self.zygote.pid} if self.zygote is not None else children
-            if not others:
-                return True
-            if time.monotonic() >= deadline:
-                if retried:
-                    return False
-                retried, deadline = True, time.monotonic() + timeout
-                self._kill_uid()
-            select.select([self.sigchld_r], [], [], 0.005)
-            try:
-                while os.read(self.sigchld_r, 4096):
-                    pass
-            except OSError:
-                pass
-
-    def _cleanup_by_tree(self, pgid: int | None) -> bool:
-        """Without a sandbox uid: kill the process group and every descendant until none is left."""
-        deadline = time.monotonic() + 5.0
-        delay = 0.0005
-        while not self._reap():
-            if time.monotonic() > deadline:
-                return False
-            if pgid is not None:
-                try:
-                    os.killpg(pgid, signal.SIGKILL)
-                except OSError:
-                    pass
-            for pid in _descendants(self.pid):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
-            time.sleep(delay)
-            delay = min(delay * 2, 0.02)
-        return True
-
-    # --- the zygote ----------------------------------------------------------------
-
-    def spawn_zygote(self) -> None:
+    def _spawn(self, work: str | None) -> None:
         req_r, req_w = os.pipe()
         res_r, res_w = os.pipe()
         out_r, out_w = os.pipe()
-        work = None
-        if self.iso.run_dir is not None:
-            self.runs += 1
-            work = os.path.join(self.iso.run_dir, f"run-{self.runs}")
-            os.mkdir(work, 0o700)
-        gc.freeze()  # the child's collections then never walk (and copy) the server's objects
         pid = os.fork()
         if pid == 0:
             try:
@@ -1036,22 +949,28 @@ class Server:
                     pass
             finally:
                 os._exit(70)
+        self.zygotes.add(pid)
         for fd in (req_r, res_w, out_w):
             os.close(fd)
-        pidfd = None
+        fds = [req_w, res_r, out_r]
         if hasattr(os, "pidfd_open"):
             try:
-                pidfd = os.pidfd_open(pid)
+                fds.append(os.pidfd_open(pid))
             except OSError:
-                pidfd = None
-        import fcntl
-
+                pass
         for fd in (res_r, out_r):
             try:
                 fcntl.fcntl(fd, 1031, 1 << 20)  # F_SETPIPE_SZ: fewer wake-ups for chatty programs
             except OSError:
                 pass
-        self.zygote = Zygote(pid, req_w, res_r, out_r, pidfd, work)
+        try:
+            rights = struct.pack("%di" % len(fds), *fds)
+            self.sock.sendmsg([_SPAWNED.pack(b"Z", pid)], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)])
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    # --- in the zygote ---------------------------------------------------------------
 
     def _zygote_main(self, req_r: int, res_w: int, out_w: int, work: str | None) -> None:
         """The forked child, still privileged: everything that does not depend on the job."""
@@ -1062,8 +981,6 @@ class Server:
         iso = self.iso
         setup_error = None
         # fds: results on 3, output on 1 and 2, /dev/null on 0, the job pipe on 4 until read
-        # (the server's own 0-4 are /dev/null, /dev/null, stderr and the protocol pipes, so
-        # the pipes are above 4 and can be moved down directly)
         if min(req_r, res_w, out_w) < 5:
             req_r, res_w, out_w = (_dup_high(fd) for fd in (req_r, res_w, out_w))
         os.dup2(self.devnull, 0)
@@ -1094,7 +1011,7 @@ class Server:
         if setup_error is not None:
             self._child_report(job["token"], setup_error)
         try:
-            self._confine(job, work or (self.iso.work if self.iso.scratch else None))
+            self._confine(job, work or (iso.work if iso.scratch else None))
         except Exception as e:
             self._child_report(job["token"], f"could not confine the child: {type(e).__name__}: {e}")
         run_harness(job, os.getpid(), kill_all=iso.uid is not None, prepared=prepared)
@@ -1144,42 +1061,299 @@ class Server:
         if os.getppid() != self.pid:
             os._exit(0)
 
+
+class _Broken(Exception):
+    """The forker is gone or talks nonsense: the server cannot go on."""
+
+
+class Server:
+    def __init__(self, cfg: dict, proto_in: int, proto_out: int) -> None:
+        self.cfg = cfg
+        self.proto_in, self.proto_out = proto_in, proto_out
+        self.iso = setup_isolation(cfg)
+        self.pid = os.getpid()
+        _prctl(PR_SET_CHILD_SUBREAPER, 1)  # should the forker die, its orphans come here
+        self.zygote: Zygote | None = None
+        self.zygote_requested = False
+        self.zygote_work: list[str | None] = []  # work dirs of requested zygotes, in order
+        self.exits: dict[int, tuple[int, Usage]] = {}  # zygote pid -> (wait status, usage)
+        self.pending: list[_RunState] = []  # runs that ended cleanly, child still exiting
+        self.runs = 0
+        self.devnull = os.open("/dev/null", os.O_RDWR)
+        # What every child gets, set once here rather than in each child.
+        os.environ.clear()
+        os.environ.update(
+            {
+                "PATH": "/usr/local/bin:/usr/bin:/bin",
+                "HOME": self.iso.work if self.iso.scratch else "/tmp",
+                "TMPDIR": "/tmp" if "/tmp" in self.iso.scratch_dirs else self.iso.work,
+                "LANG": "C.UTF-8",
+                "PYTHONIOENCODING": "utf-8",
+                "OMP_NUM_THREADS": "1",
+                "OPENBLAS_NUM_THREADS": "1",
+                "MKL_NUM_THREADS": "1",
+            }
+        )
+        if self.iso.uid is not None and not self._kill_uid():  # also clears a dead namesake's leftovers
+            self.iso.notes.append("could not switch to the sandbox uid")
+            self.iso.uid = self.iso.gid = None
+        if self.iso.scratch:
+            self._empty_scratch()
+        self.forker_pid, self.sock, self.subreaper = self._start_forker()
+
+    def _start_forker(self) -> tuple[int, _socket.socket, bool]:
+        ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
+        gc.collect()
+        gc.freeze()  # the children's collections then never walk (and copy) these objects
+        pid = os.fork()
+        if pid == 0:
+            ours.close()
+            for fd in (self.proto_in, self.proto_out):  # only the server speaks to the client
+                os.close(fd)
+            Forker(self.pid, self.iso, self.devnull, theirs).loop()
+            os._exit(0)
+        theirs.close()
+        ready, _, _ = select.select([ours], [], [], 30.0)
+        hello = ours.recv(16) if ready else b""
+        if hello[:1] != b"H":
+            raise RuntimeError("the forker did not start")
+        return pid, ours, hello[1:2] == b"1"
+
+    # --- talking to the forker --------------------------------------------------------
+
+    def _receive(self, timeout: float | None) -> bool:
+        """Take one message from the forker if one comes within `timeout`; False if none did."""
+        if timeout is not None:
+            try:
+                ready, _, _ = select.select([self.sock], [], [], max(timeout, 0.0))
+            except InterruptedError:
+                return True
+            if not ready:
+                return False
+        try:
+            data, ancillary, flags, _addr = self.sock.recvmsg(64, _socket.CMSG_SPACE(4 * 4))
+        except InterruptedError:
+            return True
+        except OSError as e:
+            raise _Broken(f"the forker is gone: {e}") from e
+        fds: list[int] = []
+        for level, kind, payload in ancillary:
+            if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+                fds.extend(struct.unpack("%di" % (len(payload) // 4), payload[: len(payload) // 4 * 4]))
+        if flags & _socket.MSG_CTRUNC:
+            for fd in fds:
+                os.close(fd)
+            raise _Broken("a message from the forker lost its file descriptors")
+        if not data:
+            raise _Broken("the forker is gone")
+        if data[:1] == b"X" and len(data) == _EXITED.size:
+            _, pid, status, utime, stime, maxrss = _EXITED.unpack(data)
+            self.exits[pid] = (status, Usage(utime, stime, maxrss))
+        elif data[:1] == b"Z" and len(data) == _SPAWNED.size and len(fds) in (3, 4) and self.zygote_requested:
+            _, pid = _SPAWNED.unpack(data)
+            pidfd = fds[3] if len(fds) == 4 else None
+            self.zygote = Zygote(pid, fds[0], fds[1], fds[2], pidfd, self.zygote_work.pop(0))
+            self.zygote_requested = False
+        else:
+            for fd in fds:
+                os.close(fd)
+            raise _Broken(f"unexpected message from the forker: {data[:16]!r}")
+        return True
+
+    def _drain_forker(self) -> None:
+        while self._receive(0.0):
+            pass
+
+    def _take_requested_zygote(self) -> None:
+        deadline = time.monotonic() + 10.0
+        while self.zygote_requested:
+            if time.monotonic() >= deadline:
+                raise _Broken("the forker did not send a zygote")
+            self._receive(deadline - time.monotonic())
+
+    def _children(self, pid: int) -> set[int] | None:
+        """The direct children of a single-threaded process; None where /proc cannot say."""
+        try:
+            with open(f"/proc/{pid}/task/{pid}/children") as f:
+                return {int(child) for child in f.read().split()}
+        except (OSError, ValueError):
+            return None
+
+    def _run_processes(self) -> set[int]:
+        """Processes of runs not yet reaped: the forker's children but the waiting zygote.
+
+        A live descendant always has a live ancestor among them (orphans go back to the
+        forker, a subreaper), so an empty set means every run is gone.
+        """
+        self._take_requested_zygote()  # it may exist already: known, it is not counted
+        children = self._children(self.forker_pid)
+        if children is None:
+            children = set(_descendants(self.forker_pid))
+        if self.zygote is not None:
+            children.discard(self.zygote.pid)
+        return children
+
+    # --- the scratch space ----------------------------------------------------------
+
+    def _empty_scratch(self) -> None:
+        """Empty the writable directories and make a fresh work dir, between two runs.
+
+        Called only once every process of the previous run is gone (reaped), so nothing can
+        write there any more; the next run sees what a fresh tmpfs would show. (Cheaper than
+        a mount namespace with fresh tmpfs mounts per child: no namespace copy and teardown.)
+        """
+        iso = self.iso
+        for d in iso.scratch_dirs:
+            try:
+                entries = list(os.scandir(d))
+            except OSError:
+                continue
+            for entry in entries:
+                try:
+                    if not entry.is_dir(follow_symlinks=False):
+                        os.unlink(entry.path)
+                        continue
+                    try:
+                        os.rmdir(entry.path)  # the work dir, mostly: empty
+                    except OSError:
+                        import shutil
+
+                        shutil.rmtree(entry.path)  # never follows symlinks out of the tmpfs
+                except OSError:
+                    pass
+        os.mkdir(iso.work, 0o700)
+        if iso.uid is not None:
+            os.chown(iso.work, iso.uid, iso.gid)
+
+    def _size_scratch(self, size_mb: int) -> None:
+        """Resize the scratch tmpfs mounts for a run that asks for another file size limit."""
+        size_mb = max(size_mb, 1)
+        if size_mb == self.iso.scratch_mb:
+            return
+        for d in self.iso.scratch_mounts:
+            mode = "755" if d == "/run" else "1777"
+            _mount(None, d, None, MS_REMOUNT | MS_NOSUID | MS_NODEV, f"size={size_mb}m,nr_inodes=8192,mode={mode}")
+        self.iso.scratch_mb = size_mb
+
+    # --- killing and reaping ------------------------------------------------------------
+
+    def _kill_uid(self) -> bool:
+        """Fork a killer that becomes the sandbox uid and SIGKILLs every process of that uid.
+
+        kill(-1) runs under the kernel's task-list lock, which fork also needs, so one call
+        gets every process of the uid, including one being forked at that moment.
+        """
+        uid, gid = self.iso.uid, self.iso.gid
+        assert uid is not None and gid is not None and uid != 0
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.setgroups([])
+                os.setresgid(gid, gid, gid)
+                os.setresuid(uid, uid, uid)
+                if os.getresuid() == (uid, uid, uid) and uid != 0:  # never kill(-1) as root
+                    try:
+                        os.kill(-1, signal.SIGKILL)
+                    except OSError:
+                        pass
+                    os._exit(0)
+            except BaseException:
+                pass
+            os._exit(1)
+        while True:
+            try:
+                _, status = os.waitpid(pid, 0)
+                break
+            except InterruptedError:
+                continue
+        return os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+    def _settle(self, timeout: float = 1.0) -> bool:
+        """After a run's processes were SIGKILLed: wait until the forker has reaped them all."""
+        deadline = time.monotonic() + timeout
+        retried = False
+        delay = 0.0002
+        while self._run_processes():
+            if time.monotonic() >= deadline:
+                if retried:
+                    return False
+                retried, deadline = True, time.monotonic() + timeout
+                self._kill_uid()
+            self._receive(delay)
+            delay = min(delay * 2, 0.01)
+        return True
+
+    def _cleanup_by_tree(self, pgid: int | None) -> bool:
+        """Without a sandbox uid: kill the process group and every run process until none is left."""
+        deadline = time.monotonic() + 5.0
+        delay = 0.0005
+        while self._run_processes():
+            if time.monotonic() > deadline:
+                return False
+            if pgid is not None:
+                try:
+                    os.killpg(pgid, signal.SIGKILL)
+                except OSError:
+                    pass
+            spare = self.zygote.pid if self.zygote is not None else None
+            for pid in _descendants(self.forker_pid):
+                if pid != spare:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except OSError:
+                        pass
+            self._receive(delay)
+            delay = min(delay * 2, 0.02)
+        return True
+
+    # --- the zygote ----------------------------------------------------------------
+
+    def spawn_zygote(self) -> None:
+        """Ask the forker for the next zygote (taken when a job needs it)."""
+        if self.zygote is not None or self.zygote_requested:
+            return
+        work = None
+        if self.iso.run_dir is not None:
+            self.runs += 1
+            work = os.path.join(self.iso.run_dir, f"run-{self.runs}")
+            os.mkdir(work, 0o700)
+        self.zygote_work.append(work)
+        self.zygote_requested = True
+        try:
+            self.sock.send(b"S" + (work or "").encode())
+        except OSError as e:
+            raise _Broken(f"the forker is gone: {e}") from e
+
     def _zygote_ready(self) -> Zygote:
-        z = self.zygote
-        if z is not None and not self._alive(z):
+        if self.zygote is not None and not self._alive(self.zygote):
             self._discard_zygote()
-            z = None
-        if z is None:
-            self.spawn_zygote()
-            z = self.zygote
+        self.spawn_zygote()
+        self._take_requested_zygote()
+        z, self.zygote = self.zygote, None
         assert z is not None
-        self.zygote = None
         return z
 
-    @staticmethod
-    def _alive(z: Zygote) -> bool:
-        if z.reaped:
-            return False
-        try:
-            pid, _ = os.waitpid(z.pid, os.WNOHANG)
-        except ChildProcessError:
-            z.reaped = True
-            return False
-        if pid:
-            z.reaped = True
-        return pid == 0
+    def _alive(self, z: Zygote) -> bool:
+        if not z.reaped:
+            self._drain_forker()
+            if z.pid in self.exits:
+                del self.exits[z.pid]
+                z.reaped = True
+        return not z.reaped
 
     def _discard_zygote(self) -> None:
+        self._take_requested_zygote()
         z, self.zygote = self.zygote, None
         if z is None:
             return
         self._kill_child(z)
-        if not z.reaped:
-            try:
-                os.waitpid(z.pid, 0)
-            except ChildProcessError:
-                pass
-            z.reaped = True
+        deadline = time.monotonic() + 10.0
+        while not z.reaped and time.monotonic() < deadline:
+            if z.pid in self.exits:
+                del self.exits[z.pid]
+                z.reaped = True
+            else:
+                self._receive(deadline - time.monotonic())
         z.close_fds()
         if z.work and self.iso.run_dir:
             import shutil
@@ -1261,14 +1435,15 @@ class Server:
             if now >= deadline:
                 st.timed_out = True
                 break
-            watch = list(open_fds)
+            watch = [*open_fds, self.sock]  # the forker reports the child's exit
             if z.pidfd is not None:
                 watch.append(z.pidfd)
-            timeout = deadline - now if z.pidfd is not None else min(deadline - now, 0.01)
             try:
-                ready, _, _ = select.select(watch, [], [], timeout)
+                ready, _, _ = select.select(watch, [], [], deadline - now)
             except InterruptedError:
                 continue
+            if self.sock in ready:
+                self._drain_forker()
             if z.out_r in ready and not self._read_output(st, cap):
                 open_fds.remove(z.out_r)
             if z.res_r in ready:
@@ -1282,33 +1457,29 @@ class Server:
                     st.feed(data)
                     if st.end or st.corrupt:
                         break
-            if z.pidfd is not None:
-                if z.pidfd in ready:
-                    self._wait_child(st, block=True)
-                    break
-            elif self._wait_child(st, block=False):
+            if (z.pidfd is not None and z.pidfd in ready) or z.pid in self.exits:
+                self._wait_child(st, block=True)
                 break
         st.seconds = time.monotonic() - st.t0
         self._drain(st, cap, budget=0.0)  # what is already in the pipes belongs to this run
 
     def _wait_child(self, st: "_RunState", block: bool) -> bool:
-        """Reap the run's child if it has exited (or wait for it); True once reaped."""
+        """Take the run's child's exit from the forker, waiting for it if `block`; True once
+        it has been reaped."""
         z = st.z
         if z.reaped:
             return True
-        while True:
-            try:
-                pid, status, ru = os.wait4(z.pid, 0 if block else os.WNOHANG)
-            except InterruptedError:
-                continue
-            except ChildProcessError:
-                z.reaped = True
-                return True
-            break
-        if pid == 0:
+        self._drain_forker()
+        deadline = time.monotonic() + 30.0
+        while block and z.pid not in self.exits:
+            if time.monotonic() >= deadline:
+                raise _Broken("the forker never reported a child's exit")
+            self._receive(deadline - time.monotonic())
+        if z.pid not in self.exits:
             return False
+        status, usage = self.exits.pop(z.pid)
         z.reaped = True
-        st.set_exit(status, ru)
+        st.set_exit(status, usage)
         return True
 
     def _read_output(self, st: "_RunState", cap: int) -> bool:
@@ -1353,13 +1524,10 @@ class Server:
         forced = not clean
         if not z.reaped and clean:
             # it reported everything and is on its way out
-            if z.pidfd is not None:
-                select.select([z.pidfd], [], [], 1.0)
-                self._wait_child(st, block=False)
-            else:
-                t_end = time.monotonic() + 1.0
-                while time.monotonic() < t_end and not self._wait_child(st, block=False):
-                    time.sleep(0.0005)
+            deadline = time.monotonic() + 1.0
+            while z.pid not in self.exits and time.monotonic() < deadline:
+                self._receive(deadline - time.monotonic())
+            self._wait_child(st, block=False)
         if not z.reaped:
             forced = True
             self._kill_child(z)
@@ -1413,34 +1581,34 @@ class Server:
 
     def serve(self) -> None:
         self.send(self.hello())
-        self.spawn_zygote()
+        try:
+            self.spawn_zygote()
+            self._serve()
+        except _Broken as e:  # the client restarts a server that stops answering
+            sys.stderr.write(f"sandbox server: {e}\n")
+        finally:
+            self._shut_down()
+
+    def _serve(self) -> None:
         while True:
-            watch = [self.proto_in, self.sigchld_r]
-            watch += [st.z.pidfd for st in self.pending if st.z.pidfd is not None]
-            timeout = 0.01 if any(st.z.pidfd is None for st in self.pending) else (1.0 if self.pending else None)
+            # a clean run's child is waited for (or forced) a second after its end
             try:
-                ready, _, _ = select.select(watch, [], [], timeout)
+                ready, _, _ = select.select([self.proto_in, self.sock], [], [], 1.0 if self.pending else None)
             except InterruptedError:
                 continue
-            if self.sigchld_r in ready:
-                try:
-                    while os.read(self.sigchld_r, 4096):
-                        pass
-                except OSError:
-                    pass
+            if self.sock in ready:
+                self._drain_forker()
             if self.pending:
                 self._reap_pending()
-            if self.sigchld_r in ready:
-                self._reap()
             if self.proto_in not in ready:
                 continue
             try:
                 req = json.loads(read_frame(self.proto_in))
             except EOFError:
-                break
+                return
             op = req.get("op")
             if op == "quit":
-                break
+                return
             if op == "ping":
                 self.send({"ok": True})
                 continue
@@ -1450,14 +1618,14 @@ class Server:
             st, clean = None, False
             try:
                 resp, st, clean = self.run(req)
+            except _Broken:
+                raise
             except Exception:
                 import traceback
 
                 resp = {"ok": False, "error": traceback.format_exc()}
                 self._discard_zygote()
-                if self.iso.uid is not None:
-                    self._kill_uid()
-                self._reap()
+                self._end_every_run()
             self.send(resp)
             if st is not None and clean:
                 if self.iso.uid is not None:
@@ -1466,15 +1634,29 @@ class Server:
                     self.pending.append(st)
                 else:
                     self._stop(st, clean=True)
-            if self.zygote is None:
-                self.spawn_zygote()
-        self._reap_pending(force=True)
-        self._discard_zygote()
+            self.spawn_zygote()
+
+    def _end_every_run(self) -> None:
         if self.iso.uid is not None:
             self._kill_uid()
-            self._reap()
+            self._settle()
         else:
             self._cleanup_by_tree(None)
+
+    def _shut_down(self) -> None:
+        try:
+            self._reap_pending(force=True)
+            self._discard_zygote()
+            self._end_every_run()
+        except _Broken:
+            pass
+        self.sock.close()  # the forker exits, and its zygote with it (PDEATHSIG)
+        try:
+            os.waitpid(self.forker_pid, 0)
+        except ChildProcessError:
+            pass
+        if self.iso.uid is not None:
+            self._kill_uid()
         if self.iso.run_dir:
             import shutil
 
@@ -1697,8 +1879,9 @@ def _site_without_pth() -> None:
     site.sethelper()
 
 
-def main() -> None:
-    cfg = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
+def main(config: str = "{}") -> None:
+    """Run the server; `config` is the client's JSON (degrade, file_size_mb, rewriter)."""
+    cfg = json.loads(config)
     sys.argv = [""]  # what every child's program sees
     sys.dont_write_bytecode = True
     _site_without_pth()
@@ -1742,6 +1925,8 @@ def main() -> None:
     import builtins
 
     PRISTINE_BUILTINS.update(vars(builtins))
+    if cfg.get("rewriter"):  # an explaining server: every rewritten test needs its helpers
+        import _pytest.assertion.rewrite  # noqa: F401
     try:
         server = Server(cfg, proto_in, proto_out)
     except Exception:  # a bug, not a missing capability (those are handled): say what broke
@@ -1749,15 +1934,8 @@ def main() -> None:
 
         write_frame(proto_out, json.dumps({"ok": False, "error": traceback.format_exc()}).encode())
         raise SystemExit(1)
-    if cfg.get("rewriter"):  # an explaining server: every rewritten test needs its helpers
-        import _pytest.assertion.rewrite  # noqa: F401
-    gc.collect()
-    gc.freeze()  # keep the collector off the shared pages in every fork
-    # Hand freed heap (compiling this file left ~2 MB) back to the kernel: pages no longer
-    # mapped are pages no fork copies and no exit unmaps. glibc only.
-    getattr(_libc, "malloc_trim", lambda pad: 0)(0)
     server.serve()
 
 
 if __name__ == "__main__":
-    main()
+    main(*sys.argv[1:2])

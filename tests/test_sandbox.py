@@ -315,6 +315,22 @@ def test_restarts_after_the_server_dies():
         assert b.server_pid != old
 
 
+def test_restarts_after_the_forker_dies():
+    # the server's one child forks the zygotes; without it the server gives up and the
+    # client starts a new one, and nothing of the old one is left
+    with Sandbox(LIMITS) as b:
+        old = b.server_pid
+        forker = int(Path(f"/proc/{old}/task/{old}/children").read_text().split()[0])
+        old_tree = [forker, *_descendants(forker)]
+        os.kill(forker, 9)
+        assert run(b, "def f(x):\n    return x + 1\n").passed
+        assert b.server_pid != old
+        deadline = time.monotonic() + 5
+        while any(_alive(p) for p in [old, *old_tree]) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not any(_alive(p) for p in [old, *old_tree])
+
+
 def test_persistent_failure_raises_sandbox_error(monkeypatch):
     import pytest_codegen.sandbox as sandbox_module
 
@@ -672,9 +688,10 @@ def test_degraded_daemon_and_fork_bomb_are_killed(degraded):
     r = run(degraded, "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n")
     assert r.status in (outcome.TIMEOUT, outcome.CRASHED)
     deadline = time.monotonic() + 5
-    while [p for p in _descendants(degraded.server_pid) if _alive(p)][1:] and time.monotonic() < deadline:
+    # what may stay: the forker and the next run's zygote
+    while [p for p in _descendants(degraded.server_pid) if _alive(p)][2:] and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert len([p for p in _descendants(degraded.server_pid) if _alive(p)]) <= 1  # the next run's zygote
+    assert len([p for p in _descendants(degraded.server_pid) if _alive(p)]) <= 2
     assert_still_healthy(degraded)
 
 
