@@ -884,6 +884,9 @@ class Forker:
             if os.getppid() != self.server_pid:
                 os._exit(0)
             subreaper = _prctl(PR_SET_CHILD_SUBREAPER, 1) == 0
+            # limits that are the same for every child, set once here for all of them
+            for which, value in ((resource.RLIMIT_CORE, 0), (resource.RLIMIT_NOFILE, 256)):
+                _setrlimit(which, value)
             sigchld_r, sigchld_w = os.pipe()
             os.set_blocking(sigchld_r, False)
             os.set_blocking(sigchld_w, False)
@@ -973,11 +976,9 @@ class Forker:
     # --- in the zygote ---------------------------------------------------------------
 
     def _zygote_main(self, req_r: int, res_w: int, out_w: int, work: str | None) -> None:
-        """The forked child, still privileged: everything that does not depend on the job."""
+        """The forked child, still privileged: everything that does not depend on the job.
+        (Should the forker die meanwhile, reading the job gets end-of-file, and it exits.)"""
         os.setsid()
-        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != self.pid:
-            os._exit(0)
         iso = self.iso
         setup_error = None
         # fds: results on 3, output on 1 and 2, /dev/null on 0, the job pipe on 4 until read
@@ -995,8 +996,6 @@ class Forker:
             signal.set_wakeup_fd(-1)
             _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)  # the C function: signal.signal's enums cost
             prepared = prepare_harness()
-            for which, value in ((resource.RLIMIT_CORE, 0), (resource.RLIMIT_NOFILE, 256)):
-                _setrlimit(which, value)
         except Exception as e:  # reported with the job: a sandbox failure, not the candidate's
             setup_error = f"preparing the child failed: {type(e).__name__}: {e}"
 
