@@ -1,14 +1,23 @@
 """The sandbox server: a long-lived process that runs candidate programs in forked children.
 
 `pytest_codegen.sandbox.Sandbox` starts a fresh interpreter (`python -I -S -c BOOTSTRAP`) that
-imports this file by name from its directory (not as part of the package) and calls `main`,
-before any model is loaded, and talks to it over its stdin/stdout with length-prefixed JSON.
-The server never imports `pytest_codegen/__init__.py` or anything a model backend pulls in:
-forking after llama.cpp (or any threaded library) has run hangs.
+imports this file by name from its directory (not as part of the package, from its cached
+bytecode) and calls `main`, before any model is loaded, and talks to it over its stdin/stdout
+with length-prefixed JSON. Nothing here imports `pytest_codegen/__init__.py` or anything a
+model backend pulls in: forking after llama.cpp (or any threaded library) has run hangs.
+
+Three kinds of process
+----------------------
+* This server: isolation set-up, the protocol, compiling tests, watching each run, verdicts,
+  clean-up. It never forks per run (only a rare killer), so its own work costs no page copies.
+* The forker (`_sandbox_forker`, a fresh interpreter this server starts once, inside its
+  namespaces): forks the zygotes, reaps them and reports their exits. It loads only what the
+  children need, so every fork and every child's exit handles a small image.
+* Zygotes: children forked ahead of a job that confine themselves and run the harness.
 
 How one execution runs
 ----------------------
-* At start the server isolates *itself*, so that every child inherits it:
+* At start the server isolates *itself*, so that the forker and every child inherit it:
   - as root: `unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC)` (no network: only a downed
     loopback; no shared SysV IPC or abstract unix sockets), all mounts made private, every real
     file system re-mounted read-only, fresh tmpfs over /tmp, /var/tmp, /dev/shm and /run (which
@@ -18,22 +27,23 @@ How one execution runs
     this server, so concurrent servers (xdist workers) never share one;
   - not root: the same namespaces inside an unprivileged user namespace if the kernel allows it
     (no uid change then), otherwise nothing but rlimits and process-group/descendant killing.
-  The server is a child subreaper (PR_SET_CHILD_SUBREAPER), so double-forked daemons come back
-  to it, and a SIGCHLD wake-up reaps them while it is idle.
-* A *zygote* child is forked ahead of each job (as root: while the previous job runs; it stays
-  root until its own job arrives, so nothing done as the sandbox uid can touch it). It starts
-  its own session, gets a private mount namespace with fresh size-limited tmpfs mounts over
-  the writable directories and a work dir (/tmp/work) owned by the sandbox uid, puts stdout
-  and stderr on an output pipe, the result channel on fd 3 and /dev/null on stdin, closes every
-  other fd, then waits for a job. (Signal dispositions and mask are reset once, in the server,
-  to those of a fresh interpreter.) With the job it sets rlimits (AS, CPU, FSIZE, NPROC,
-  NOFILE, CORE=0), drops to the sandbox uid (setgroups/setresgid/setresuid; or drops every
-  capability in the user-namespace mode), sets NO_NEW_PRIVS and PDEATHSIG and runs the harness.
+  The writable places (/tmp, /var/tmp, /dev/shm, /run/lock) form the *scratch space*, with the
+  work dir /tmp/work owned by the sandbox uid; it is emptied after every run, once every
+  process of the run is gone, so each run starts with what fresh tmpfs mounts would show.
+* A zygote is forked ahead of each job (as root: while the previous job runs; it stays root
+  until its own job arrives, so nothing done as the sandbox uid can touch it). It starts its
+  own session, puts stdout and stderr on an output pipe, the result channel on fd 3 and
+  /dev/null on stdin, closes every other fd, then waits for a job. (Signal dispositions and
+  mask are reset once, in the server, to those of a fresh interpreter.) With the job it enters
+  the work dir, sets rlimits (AS, CPU, FSIZE, NPROC; NOFILE and CORE=0 come from the forker),
+  drops to the sandbox uid (setgroups/setresgid/setresuid; or drops every capability in the
+  user-namespace mode), sets NO_NEW_PRIVS and PDEATHSIG and runs the harness.
 * Tests (and the setup) are compiled by the server before the job is handed to the child
   (cached by source: every further sample of a problem reuses them): as written for the verdict,
-  or through pytest's assertion rewriting when the client asks to explain failed asserts
-  (`"explain": true`, see `Sandbox.run`); the candidate program itself is compiled in the
-  child, under the rlimits, so a hostile program cannot hurt the server's compiler.
+  or through pytest's assertion rewriting on an *explaining* server, which `Sandbox.run` uses to
+  explain asserts that failed (its forker preloads the rewriter; the verdict server never loads
+  it, nor the threading it brings); the candidate program itself is compiled in the child,
+  under the rlimits, so a hostile program cannot hurt the server's compiler.
 * The server enforces the wall clock (select over the result and output pipes and a pidfd,
   with a deadline; output past the cap is drained and counted, never stored). When the harness
   reported everything it has already, as the sandbox uid, set RLIMIT_NPROC to 0 (no process
@@ -41,8 +51,9 @@ How one execution runs
   `kill(-1)`; otherwise (timeout, crash, early exit, garbage on the channel) the server kills
   the child's process group and forks a short-lived killer that becomes the sandbox uid and
   does `kill(-1, SIGKILL)` (one call reaches every process of the uid, even one being forked:
-  the kernel serialises the two). Then it reaps everything. Without a sandbox uid it kills the
-  process group and every descendant it finds in /proc until none is left.
+  the kernel serialises the two). The forker (a subreaper: orphans come back to it) reaps
+  them all; the server waits until none is left. Without a sandbox uid it kills the process
+  group and every descendant it finds in /proc until none is left.
 
 Verdicts
 --------
@@ -80,40 +91,33 @@ Known limits
 
 from __future__ import annotations
 
+import _socket
 import ctypes
-import errno
-import fcntl
-import gc
 import json
-import json.encoder
 import marshal
 import os
 import re
-import resource
 import select
 import signal
-import _signal  # signal.signal without the enum conversions (it runs in every child)
-import _socket  # not socket: its enum conversions add ~0.4 MB to every child's image
 import struct
 import sys
 import time
+import typing
 
-# Pre-import what children commonly need so their imports are a dict lookup after the fork.
-# Every fork copies the page tables of all the server has mapped and every exit tears them
-# down, so rarely used heavy modules stay out (dataclasses, hashlib, fractions: ~1.5 MB),
-# pytest's assertion rewriter is imported on the first request to explain a failure, and
-# `random` and `threading` stay out: their at-fork handlers would run in every child.
-import bisect  # noqa: F401,E402
-import collections  # noqa: F401,E402
-import copy  # noqa: F401,E402
-import functools  # noqa: F401,E402
-import heapq  # noqa: F401,E402
-import io  # noqa: E402
-import itertools  # noqa: F401,E402
-import math  # noqa: F401,E402
-import operator  # noqa: F401,E402
-import string  # noqa: F401,E402
-import typing  # noqa: F401,E402
+# A sibling file, imported the way the bootstrap imports this one (by name, not through the
+# package): the forker's module, with the harness, the libc calls and the framing both use.
+import _sandbox_forker as forker  # type: ignore[import-not-found]
+from _sandbox_forker import (  # type: ignore[import-not-found]
+    _EXITED,
+    _SPAWNED,
+    PR_SET_CHILD_SUBREAPER,
+    PR_SET_DUMPABLE,
+    _check,
+    _libc,
+    _prctl,
+    read_frame,
+    write_frame,
+)
 
 # --------------------------------------------------------------------------- constants
 
@@ -135,41 +139,19 @@ MS_REC = 0x4000
 MS_PRIVATE = 0x40000
 MS_RELATIME = 0x200000
 
-PR_SET_PDEATHSIG = 1
-PR_SET_DUMPABLE = 4
-PR_SET_CHILD_SUBREAPER = 36
-PR_SET_NO_NEW_PRIVS = 38
-PR_CAP_AMBIENT = 47
-PR_CAP_AMBIENT_CLEAR_ALL = 4
-LINUX_CAPABILITY_VERSION_3 = 0x20080522
-
-RESULT_FD = 3
 TMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")  # fresh tmpfs for every execution (+ /run/lock)
 MAX_RESULT_BYTES = 8 << 20
 # Reads from the children's pipes: under glibc's mmap threshold, so each read is not an
 # mmap/munmap pair (which also raises the threshold and leaves the heap bigger for every fork)
 READ_SIZE = 64 * 1024
-MAX_TEXT = 2000
-MAX_TB = 6000
+MAX_TEXT, MAX_TB = forker.MAX_TEXT, forker.MAX_TB
 SANDBOX_UID_BASE = 200000
 NOBODY = 65534
 
-_HEADER = struct.Struct(">I")
-
 # ------------------------------------------------------------------ libc via ctypes
 
-# dlopen(NULL): libc's symbols through the interpreter itself (ctypes.util would pull in
-# subprocess and threading, whose at-fork handler then runs in every child)
-_libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 _libc.unshare.argtypes = [ctypes.c_int]
-_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-
-
-def _check(ret: int, what: str) -> None:
-    if ret != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
 def _unshare(flags: int) -> None:
@@ -179,23 +161,6 @@ def _unshare(flags: int) -> None:
 def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
     enc = lambda s: None if s is None else s.encode()  # noqa: E731
     _check(_libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)), f"mount {target}")
-
-
-def _prctl(option: int, arg: int = 0) -> int:
-    return _libc.prctl(option, arg, 0, 0, 0)
-
-
-def _drop_capabilities() -> None:
-    class Header(ctypes.Structure):
-        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-    class Data(ctypes.Structure):
-        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
-
-    _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
-    header = Header(LINUX_CAPABILITY_VERSION_3, 0)
-    data = (Data * 2)()
-    _check(_libc.capset(ctypes.byref(header), ctypes.byref(data)), "capset")
 
 
 def _mount_flags(path: str) -> int:
@@ -218,36 +183,6 @@ def _mount_points() -> list[str]:
     except OSError:
         pass
     return points
-
-
-# ------------------------------------------------------------------------- framing
-
-
-def _read_exact(fd: int, n: int) -> bytes:
-    chunks = []
-    while n:
-        chunk = os.read(fd, min(n, 1 << 20))
-        if not chunk:
-            raise EOFError("the other end closed the pipe")
-        chunks.append(chunk)
-        n -= len(chunk)
-    return b"".join(chunks)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
-def read_frame(fd: int) -> bytes:
-    (n,) = _HEADER.unpack(_read_exact(fd, _HEADER.size))
-    return _read_exact(fd, n)
-
-
-def write_frame(fd: int, payload: bytes) -> None:
-    _write_all(fd, _HEADER.pack(len(payload)) + payload)
 
 
 # ------------------------------------------------------------------------ helpers
@@ -373,9 +308,11 @@ def _under(path: str, parent: str) -> bool:
 
 
 def _interpreter_paths() -> list[str]:
-    """Directories the children must be able to read: the interpreter and its import path."""
+    """Directories the forker and the children must be able to read: the interpreter, its
+    import path and the forker's own module."""
     paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
     paths.add(os.path.dirname(os.path.realpath(sys.executable)))
+    paths.add(os.path.dirname(os.path.abspath(forker.__file__)))
     paths.update(p for p in sys.path if p and os.path.isabs(p))
     real = sorted({os.path.realpath(p) for p in paths if os.path.isdir(p)}, key=len)
     out: list[str] = []
@@ -551,15 +488,19 @@ def compile_trusted(filename: str, source: str, rewrite: bool = True) -> tuple[o
     if hit is not None:
         return hit
     try:
-        import ast  # the server's alone: the forker (and so every child) never loads it
-
-        tree = ast.parse(source, filename=filename)
         if rewrite:
-            # An explaining server imported it at start, so every child has it too.
+            import ast
+
+            # The rewritten code imports the rewriter's helpers: an explaining server's forker
+            # preloaded them, so every child has them.
             import _pytest.assertion.rewrite as rewriter
 
+            tree = ast.parse(source, filename=filename)
             rewriter.rewrite_asserts(tree, source.encode("utf-8", "surrogatepass"), None, None)
-        out: tuple[object, dict | None] = (compile(tree, filename, "exec", dont_inherit=True), None)
+            code = compile(tree, filename, "exec", dont_inherit=True)
+        else:  # straight from the source: no AST objects built and converted back
+            code = compile(source, filename, "exec", dont_inherit=True)
+        out: tuple[object, dict | None] = (code, None)
     except Exception as e:  # SyntaxError, ValueError (null bytes), RecursionError...
         line = ""
         if isinstance(e, SyntaxError) and e.text:
@@ -569,257 +510,6 @@ def compile_trusted(filename: str, source: str, rewrite: bool = True) -> tuple[o
         _compile_cache.pop(next(iter(_compile_cache)))
     _compile_cache[key] = out
     return out
-
-
-# ------------------------------------------------------------------------- harness
-
-_FN_REPR = re.compile(r"<(?:function|built-in function|class) '?([\w.<>]+?)'? at 0x[0-9a-fA-F]+>|<class '([\w.<>]+)'>")
-_ESC = json.encoder.c_encode_basestring_ascii or json.encoder.py_encode_basestring_ascii
-
-
-PRISTINE_BUILTINS: dict = {}  # filled by main() before anything can change builtins
-
-
-_WARM_UP = "from typing import List\ndef f(x: List[int]) -> int:\n    return sum(x)\nassert f([1, 2]) == 3\n"
-
-
-def _warm_up() -> None:
-    """Compile and run a small program once in the forker, so that the compiler's and the
-    import system's first-use set-up is in the image every child starts from, not redone (and
-    its pages copied) in each child; then hand freed heap back (glibc: malloc_trim)."""
-    exec(compile(_WARM_UP, "<warm-up>", "exec", dont_inherit=True), {"__name__": "__warm_up__"})
-    gc.collect()
-    gc.freeze()  # the children's collections then never walk (and copy) these objects
-    getattr(_libc, "malloc_trim", lambda pad: 0)(0)
-
-
-def prepare_harness() -> list[tuple[dict, bytes]]:
-    """Done in the zygote before the job arrives: the pristine builtins (the snapshot the
-    server took at start; after the fork this process's own copy, and the module attribute
-    is rebound so that no name leads to it) and the memory ballast. Returned in a list the
-    harness empties, so that nothing else keeps the ballast alive."""
-    global PRISTINE_BUILTINS
-    pristine, PRISTINE_BUILTINS = PRISTINE_BUILTINS, {}
-    return [(pristine, bytes(2 << 20))]
-
-
-def run_harness(job: dict, mypid: int, kill_all: bool, prepared: list[tuple[dict, bytes]]) -> None:
-    """Define the candidate and run the tests, reporting each on RESULT_FD. Never returns."""
-    # --- everything used below is bound here, before any candidate code runs ---
-    import builtins
-
-    _write, _exit, _getpid, _kill = os.write, os._exit, os.getpid, os.kill
-    _setrlimit_raw, _NPROC = resource.setrlimit, resource.RLIMIT_NPROC
-    _exc_info, _settrace, _setprofile = sys.exc_info, sys.settrace, sys.setprofile
-    _esc, _fn_sub = _ESC, _FN_REPR.sub
-    _str, _exact, _int = str, str.__str__, int
-    _len, _exec, _compile, _dict, _type = len, exec, compile, dict, type
-    _isinstance, _issubclass, _range, _reversed = isinstance, issubclass, range, reversed
-    max_text, max_tb = MAX_TEXT, MAX_TB
-    _tname = type.__dict__["__name__"].__get__
-    _BaseException, _MemoryError, _SyntaxError = BaseException, MemoryError, SyntaxError
-    _OSError = OSError
-    _stdout, _stderr = sys.stdout, sys.stderr
-    _fd, _token = RESULT_FD, job["token"]
-    pristine, ballast = prepared.pop()  # ballast: freed on MemoryError so the report can be built
-    program, setup_code, entry = job["program"], job["setup"], job["entry_point"]
-    tests = job["tests"]  # [name, filename, source, code or None, compile error or None]
-    sources = {"<candidate>": program, "<setup>": job["setup_source"]}  # split only on failure
-    for t in tests:
-        sources[t[1]] = t[2]
-    split_sources: dict = {}
-
-    def send(body: str) -> None:
-        if _getpid() != mypid:  # a fork of the candidate wandered back into the harness
-            _exit(0)
-        data = ('{"t":"%s",%s}\n' % (_token, body)).encode()
-        while data:
-            try:
-                n = _write(_fd, data)
-            except _OSError:
-                _exit(0)  # the channel is gone: the server counts the missing reports
-            data = data[n:]
-
-    def cut(s: str, limit: int = max_text) -> str:
-        s = _exact(s)
-        return s if _len(s) <= limit else s[:limit] + "... [%d more characters]" % (_len(s) - limit)
-
-    def source_line(filename: str, lineno: object) -> str:
-        lines = split_sources.get(filename)
-        if lines is None and filename in sources:
-            lines = split_sources[filename] = sources[filename].splitlines()
-        if lines is None or _type(lineno) is not _int or not 0 < lineno <= _len(lines):
-            return ""
-        return cut(lines[lineno - 1].strip(), 500)
-
-    def explain(text: str) -> str:
-        """pytest's multi-line assertion explanation on one line, without function addresses."""
-        parts = []
-        for raw in text.split("\n"):
-            raw = raw.strip()
-            if raw.startswith("+"):
-                raw = raw[1:].strip()
-            if raw:
-                parts.append(raw)
-        return _fn_sub(lambda m: m.group(1) or m.group(2), " ".join(parts))
-
-    def describe(where: str) -> tuple[str, str, str, str]:
-        """(error type, message, line, traceback) of the exception being handled."""
-        et, ev, tb = _exc_info()
-        try:
-            return describe_exc(where, et, ev, tb)
-        except _BaseException:
-            try:
-                name = cut(_tname(et), 200)
-            except _BaseException:
-                name = "BaseException"
-            return name, name, "", ""
-
-    def describe_exc(where: str, et: object, ev: object, tb: object) -> tuple[str, str, str, str]:
-        try:
-            name = cut(_tname(et), 200)
-        except _BaseException:
-            name = "BaseException"
-        try:
-            text = cut(_str(ev))
-        except _BaseException:
-            text = "<exception str() failed>"
-        message = cut("%s: %s" % (name, text)) if text else name
-        frames = []
-        while tb is not None:
-            co = tb.tb_frame.f_code
-            if co.co_filename in sources:
-                frames.append((co.co_filename, tb.tb_lineno, co.co_name))
-            tb = tb.tb_next
-        out = ["Traceback (most recent call last):\n"]
-        if _len(frames) > 40:
-            skipped = _len(frames) - 30
-            frames = frames[:10] + [("", skipped, "")] + frames[-20:]
-        last, repeats = None, 0
-        for f in frames:
-            if f[0] == "":
-                out.append("  ... %d frames omitted ...\n" % f[1])
-                last = None
-                continue
-            if f == last:
-                repeats += 1
-                if repeats >= 3:
-                    continue
-            else:
-                if repeats >= 3:
-                    out.append("  [Previous line repeated %d more times]\n" % (repeats - 2))
-                repeats = 0
-            last = f
-            out.append('  File "%s", line %s, in %s\n' % f)
-            src = source_line(f[0], f[1])
-            if src:
-                out.append("    %s\n" % src)
-        if repeats >= 3:
-            out.append("  [Previous line repeated %d more times]\n" % (repeats - 2))
-        is_syntax = et is not None and _issubclass(et, _SyntaxError)
-        if is_syntax and _type(ev.filename) is str:
-            out.append('  File "%s", line %s\n' % (ev.filename, ev.lineno))
-            if _type(ev.text) is str:
-                out.append("    %s\n" % cut(ev.text.strip(), 500))
-        out.append(message + "\n")
-        trace = "".join(out)
-        if _len(trace) > max_tb:
-            trace = trace[: max_tb // 3] + "\n  ...\n" + trace[-(2 * max_tb) // 3 :]
-        line = ""
-        for f in _reversed(frames):
-            if f[0] == where or (where == "<define>" and f[0] in ("<candidate>", "<setup>")):
-                line = source_line(f[0], f[1])
-                break
-        if not line and is_syntax and _type(ev.text) is str:
-            line = cut(ev.text.strip(), 500)
-        if name == "AssertionError" and text:
-            values = cut(explain(text), 1000)
-            line = "%s  # %s" % (line, values) if line else values
-        return name, message, line, trace
-
-    def failure(kind: str, extra: str, info: tuple[str, str, str, str]) -> str:
-        return '"k":"%s"%s,"ok":false,"et":%s,"msg":%s,"line":%s,"tb":%s' % (
-            kind,
-            extra,
-            _esc(info[0]),
-            _esc(info[1]),
-            _esc(info[2]),
-            _esc(info[3]),
-        )
-
-    def finish() -> None:
-        for stream in (_stdout, _stderr):
-            try:
-                stream.flush()
-            except _BaseException:
-                pass
-        if kill_all:
-            try:
-                # No process of the uid may fork any more (not even a thread of this one,
-                # and the hard limit cannot be raised again), then kill every other one.
-                _setrlimit_raw(_NPROC, (0, 0))
-                _kill(-1, 9)
-            except _BaseException:
-                _exit(0)  # no end message: the server kills what is left
-        send('"k":"end"')
-        _exit(0)
-
-    # --- define the candidate ---
-    ns = {"__name__": "__candidate__", "__builtins__": builtins}
-    try:
-        code = _compile(program, "<candidate>", "exec", dont_inherit=True)
-        _exec(code, ns)
-        before = _dict(ns)
-        if setup_code is not None:
-            _exec(setup_code, ns)
-        elif job["setup_error"] is not None:
-            raise _SyntaxError(job["setup_error"]["msg"])
-    except _BaseException as e:
-        if _isinstance(e, _MemoryError):
-            ballast = None  # noqa: F841
-        info = describe("<define>")
-        if _getpid() != mypid:
-            _exit(0)
-        send(failure("define", "", info))
-        finish()
-    if _getpid() != mypid:
-        _exit(0)
-    send('"k":"define","ok":true')
-
-    # --- the tests' namespace: the program's names (minus shadowed builtins), pristine builtins ---
-    setup_names = {k for k, v in ns.items() if k not in before or before[k] is not v}
-    tns = {}
-    for k, v in ns.items():
-        if k not in pristine or k == entry or k in setup_names:
-            tns[k] = v
-    tns["__builtins__"] = pristine  # this process's own copy: the program cannot reach it by name
-    tns["__name__"] = "__test__"
-    if entry:
-        if entry in ns:
-            tns["candidate"] = ns[entry]
-        else:
-            tns.pop("candidate", None)
-
-    for i in _range(_len(tests)):
-        _name, filename, _src, tcode, terr = tests[i]
-        if tcode is None:
-            send(failure("result", ',"i":%d' % i, (terr["et"], terr["msg"], terr["line"], "")))
-            continue
-        _settrace(None)
-        _setprofile(None)
-        try:
-            _exec(tcode, tns)
-        except _BaseException as e:
-            fatal = _isinstance(e, _MemoryError)
-            if fatal:
-                ballast = None  # noqa: F841
-            info = describe(filename)
-            send(failure("result", ',"i":%d' % i, info))
-            if fatal:
-                finish()
-        else:
-            send('"k":"result","i":%d,"ok":true' % i)
-    finish()
 
 
 # -------------------------------------------------------------------------- server
@@ -851,216 +541,6 @@ class Usage(typing.NamedTuple):
     ru_maxrss: int
 
 
-# Forker <-> server messages (a SOCK_SEQPACKET pair, one message per send)
-_SPAWNED = struct.Struct("<ci")  # b"Z", pid; fds req_w, res_r, out_r[, pidfd] attached
-_EXITED = struct.Struct("<ciiddq")  # b"X", pid, wait status, utime, stime, maxrss
-
-
-class Forker:
-    """The process that forks the zygotes: a child of the server, forked once at its start.
-
-    A fork write-protects the forking process's memory, and every page that process writes
-    afterwards is copied while a child still shares it. The server's own work per run (the
-    protocol, compiling, the verdict) touches some 300 pages, which cost a copy each when the
-    server forked; this loop touches a handful. The forker is also the zygotes' parent and
-    subreaper: it reaps them and their orphans and reports each zygote's exit to the server.
-
-    It is forked before the server imports or compiles anything for its own work, so the
-    image every zygote copies (and every exit tears down) is only what the children need.
-
-    Command from the server: b"S" + work dir (may be empty): fork a zygote and send back its
-    pipes and pidfd.
-    """
-
-    def __init__(self, server_pid: int, iso: Isolation, devnull: int, sock: _socket.socket) -> None:
-        self.server_pid, self.iso, self.devnull, self.sock = server_pid, iso, devnull, sock
-        self.pid = os.getpid()
-        self.zygotes: set[int] = set()
-
-    def loop(self) -> None:
-        """Runs in the forker process; never returns."""
-        try:
-            _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-            if os.getppid() != self.server_pid:
-                os._exit(0)
-            subreaper = _prctl(PR_SET_CHILD_SUBREAPER, 1) == 0
-            # limits that are the same for every child, set once here for all of them
-            for which, value in ((resource.RLIMIT_CORE, 0), (resource.RLIMIT_NOFILE, 256)):
-                _setrlimit(which, value)
-            sigchld_r, sigchld_w = os.pipe()
-            os.set_blocking(sigchld_r, False)
-            os.set_blocking(sigchld_w, False)
-            signal.set_wakeup_fd(sigchld_w, warn_on_full_buffer=False)
-            _signal.signal(_signal.SIGCHLD, lambda signo, frame: None)
-            _warm_up()
-            self.sock.send(b"H" + (b"1" if subreaper else b"0"))
-            while True:
-                try:
-                    ready, _, _ = select.select([self.sock, sigchld_r], [], [])
-                except InterruptedError:
-                    continue
-                if sigchld_r in ready:
-                    try:
-                        while os.read(sigchld_r, 4096):
-                            pass
-                    except OSError:
-                        pass
-                    self._reap()
-                if self.sock in ready:
-                    command = self.sock.recv(4096)
-                    if not command:
-                        break  # the server is gone
-                    if command[:1] == b"S":
-                        self._spawn(command[1:].decode() or None)
-        except BaseException:
-            try:
-                import traceback
-
-                traceback.print_exc()
-            except BaseException:
-                pass
-        os._exit(0)
-
-    def _reap(self) -> None:
-        while True:
-            try:
-                pid, status, ru = os.wait4(-1, os.WNOHANG)
-            except InterruptedError:
-                continue
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            if pid in self.zygotes:
-                self.zygotes.discard(pid)
-                self.sock.send(_EXITED.pack(b"X", pid, status, ru.ru_utime, ru.ru_stime, ru.ru_maxrss))
-
-    def _spawn(self, work: str | None) -> None:
-        req_r, req_w = os.pipe()
-        res_r, res_w = os.pipe()
-        out_r, out_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            try:
-                self._zygote_main(req_r, res_w, out_w, work)
-            except BaseException:
-                try:
-                    import traceback
-
-                    traceback.print_exc()
-                except BaseException:
-                    pass
-            finally:
-                os._exit(70)
-        self.zygotes.add(pid)
-        for fd in (req_r, res_w, out_w):
-            os.close(fd)
-        fds = [req_w, res_r, out_r]
-        if hasattr(os, "pidfd_open"):
-            try:
-                fds.append(os.pidfd_open(pid))
-            except OSError:
-                pass
-        for fd in (res_r, out_r):
-            try:
-                fcntl.fcntl(fd, 1031, 1 << 20)  # F_SETPIPE_SZ: fewer wake-ups for chatty programs
-            except OSError:
-                pass
-        try:
-            rights = struct.pack("%di" % len(fds), *fds)
-            self.sock.sendmsg([_SPAWNED.pack(b"Z", pid)], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)])
-        finally:
-            for fd in fds:
-                os.close(fd)
-
-    # --- in the zygote ---------------------------------------------------------------
-
-    def _zygote_main(self, req_r: int, res_w: int, out_w: int, work: str | None) -> None:
-        """The forked child, still privileged: everything that does not depend on the job.
-        (Should the forker die meanwhile, reading the job gets end-of-file, and it exits.)"""
-        os.setsid()
-        iso = self.iso
-        setup_error = None
-        # fds: results on 3, output on 1 and 2, /dev/null on 0, the job pipe on 4 until read
-        if min(req_r, res_w, out_w) < 5:
-            req_r, res_w, out_w = (_dup_high(fd) for fd in (req_r, res_w, out_w))
-        os.dup2(self.devnull, 0)
-        os.dup2(out_w, 1)
-        os.dup2(out_w, 2)
-        os.dup2(res_w, RESULT_FD)
-        os.dup2(req_r, 4)
-        os.closerange(5, max(os.sysconf("SC_OPEN_MAX"), 1 << 16))
-        req_fd = 4
-        prepared: list = []
-        try:
-            signal.set_wakeup_fd(-1)
-            _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)  # the C function: signal.signal's enums cost
-            prepared = prepare_harness()
-        except Exception as e:  # reported with the job: a sandbox failure, not the candidate's
-            setup_error = f"preparing the child failed: {type(e).__name__}: {e}"
-
-        # --- wait for the job ---
-        try:
-            job = marshal.loads(read_frame(req_fd))
-        except (EOFError, OSError, ValueError):
-            os._exit(0)
-        os.close(req_fd)
-        if job is None:
-            os._exit(0)
-        if setup_error is not None:
-            self._child_report(job["token"], setup_error)
-        try:
-            self._confine(job, work or (iso.work if iso.scratch else None))
-        except Exception as e:
-            self._child_report(job["token"], f"could not confine the child: {type(e).__name__}: {e}")
-        run_harness(job, os.getpid(), kill_all=iso.uid is not None, prepared=prepared)
-
-    @staticmethod
-    def _child_report(token: str, text: str) -> None:
-        data = '{"t":"%s","k":"sandbox_error","msg":%s}\n' % (token, _ESC(text))
-        try:
-            _write_all(RESULT_FD, data.encode())
-        finally:
-            os._exit(71)
-
-    def _confine(self, job: dict, work: str | None) -> None:
-        """Job-dependent limits and the work dir (made or emptied since the fork), then drop
-        privileges for good."""
-        iso = self.iso
-        if work is not None:
-            if iso.uid is not None and not iso.scratch:
-                os.chown(work, iso.uid, iso.gid)
-            os.chdir(work)
-            if not iso.scratch:  # the server's environment names the scratch work dir
-                os.environ["HOME"] = os.environ["TMPDIR"] = work
-        lim = job["limits"]
-        mb = 1 << 20
-        cpu = max(1, int(-(-float(lim["cpu_seconds"]) // 1)))
-        _soft, cpu_hard = resource.getrlimit(resource.RLIMIT_CPU)
-        if cpu_hard == resource.RLIM_INFINITY or cpu_hard > cpu + 1:
-            cpu_hard = cpu + 1  # SIGXCPU at the soft limit, SIGKILL a second later
-        resource.setrlimit(resource.RLIMIT_CPU, (min(cpu, cpu_hard), cpu_hard))
-        if int(lim["memory_mb"]) > 0:
-            _setrlimit(resource.RLIMIT_AS, int(lim["memory_mb"]) * mb)
-        _setrlimit(resource.RLIMIT_FSIZE, max(int(lim["file_size_mb"]), 0) * mb)
-        nproc = max(int(lim["max_processes"]), 1)
-        if iso.uid is None:  # a shared uid: leave room for the processes it already runs
-            nproc += int(job.get("uid_tasks", 0))
-        _setrlimit(resource.RLIMIT_NPROC, nproc)
-        if iso.uid is not None:
-            os.setgroups([])
-            os.setresgid(iso.gid, iso.gid, iso.gid)
-            os.setresuid(iso.uid, iso.uid, iso.uid)
-            if os.getresuid() != (iso.uid,) * 3:
-                raise OSError(errno.EPERM, "setresuid did not take")
-        elif iso.userns or os.geteuid() == 0:
-            _drop_capabilities()
-        _prctl(PR_SET_NO_NEW_PRIVS, 1)
-        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # a uid change clears it
-        if os.getppid() != self.pid:
-            os._exit(0)
-
-
 class _Broken(Exception):
     """The forker is gone or talks nonsense: the server cannot go on."""
 
@@ -1078,8 +558,7 @@ class Server:
         self.exits: dict[int, tuple[int, Usage]] = {}  # zygote pid -> (wait status, usage)
         self.pending: list[_RunState] = []  # runs that ended cleanly, child still exiting
         self.runs = 0
-        self.devnull = os.open("/dev/null", os.O_RDWR)
-        # What every child gets, set once here rather than in each child.
+        # What every child gets (the forker's environment), set once here.
         os.environ.clear()
         os.environ.update(
             {
@@ -1101,18 +580,30 @@ class Server:
         self.forker_pid, self.sock, self.subreaper = self._start_forker()
 
     def _start_forker(self) -> tuple[int, _socket.socket, bool]:
+        """Start the forker: a fresh interpreter in this server's namespaces and mounts that
+        loads only the children's side (see `_sandbox_forker`). It inherits fds 0-2 (0 and 1
+        are /dev/null) and its end of a socket pair; no other fd of the server is inheritable."""
         ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
-        gc.collect()
-        gc.freeze()  # the children's collections then never walk (and copy) these objects
-        pid = os.fork()
-        if pid == 0:
-            ours.close()
-            for fd in (self.proto_in, self.proto_out):  # only the server speaks to the client
-                os.close(fd)
-            Forker(self.pid, self.iso, self.devnull, theirs).loop()
-            os._exit(0)
-        theirs.close()
-        ready, _, _ = select.select([ours], [], [], 30.0)
+        iso = self.iso
+        config = {
+            "server_pid": self.pid, "sock": theirs.fileno(), "rewriter": bool(self.cfg.get("rewriter")),
+            "uid": iso.uid, "gid": iso.gid, "userns": iso.userns, "scratch": iso.scratch, "work": iso.work,
+        }
+        directory, filename = os.path.split(forker.__file__)
+        bootstrap = (
+            "import sys; sys.path.insert(0, sys.argv[1]); import {} as forker; "
+            "del sys.path[0], sys.modules[forker.__name__]; forker.main(sys.argv[2])"
+        ).format(os.path.splitext(filename)[0])
+        os.set_inheritable(theirs.fileno(), True)
+        try:
+            pid = os.posix_spawn(
+                sys.executable,
+                [sys.executable, "-I", "-S", "-c", bootstrap, directory, marshal.dumps(config).hex()],
+                dict(os.environ),
+            )
+        finally:
+            theirs.close()
+        ready, _, _ = select.select([ours], [], [], 60.0)
         hello = ours.recv(16) if ready else b""
         if hello[:1] != b"H":
             raise RuntimeError("the forker did not start")
@@ -1662,20 +1153,6 @@ class Server:
             shutil.rmtree(self.iso.run_dir, ignore_errors=True)
 
 
-def _setrlimit(which: int, value: int) -> None:
-    """Set soft and hard limit to `value` (or to the current hard limit if that is lower)."""
-    _soft, hard = resource.getrlimit(which)
-    if hard != resource.RLIM_INFINITY and value > hard:
-        value = hard
-    resource.setrlimit(which, (value, value))
-
-
-def _dup_high(fd: int) -> int:
-    import fcntl
-
-    return fcntl.fcntl(fd, fcntl.F_DUPFD, 100)
-
-
 # ------------------------------------------------------------------------ run state
 
 
@@ -1867,23 +1344,11 @@ class _RunState:
 # ---------------------------------------------------------------------------- main
 
 
-def _site_without_pth() -> None:
-    """What `site` gives a normal interpreter, minus running .pth files: site-packages on the
-    import path (candidates may import what is installed) and exit/quit/help/copyright."""
-    import site
-
-    sys.path.extend(p for p in site.getsitepackages() if os.path.isdir(p) and p not in sys.path)
-    site.setquit()
-    site.setcopyright()
-    site.sethelper()
-
-
 def main(config: str = "{}") -> None:
     """Run the server; `config` is the client's JSON (degrade, file_size_mb, rewriter)."""
     cfg = json.loads(config)
-    sys.argv = [""]  # what every child's program sees
     sys.dont_write_bytecode = True
-    _site_without_pth()
+    forker._site_without_pth()  # site-packages: pytest's rewriter, and the paths to expose
     # The protocol gets private fds; 0 and 1 become /dev/null so nothing stray corrupts it.
     try:
         os.fstat(2)
@@ -1894,19 +1359,10 @@ def main(config: str = "{}") -> None:
     os.dup2(null, 0)
     os.dup2(null, 1)
     os.close(null)
-    # The children's standard streams, made once here (stdout goes nowhere in the server): a
-    # child only moves its pipes under fds 1 and 2.
-    sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")
-    sys.stdout = io.TextIOWrapper(
-        io.FileIO(1, "w", closefd=False), encoding="utf-8", errors="backslashreplace", line_buffering=True
-    )
-    sys.stderr = io.TextIOWrapper(
-        io.FileIO(2, "w", closefd=False), encoding="utf-8", errors="backslashreplace", write_through=True
-    )
-    sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr
+    sys.stdout = sys.stderr
     # Dispositions and mask as in a fresh interpreter (nothing inherited as ignored or
-    # blocked), once here for every child. The server runs in a session of its own, so a
-    # terminal's Ctrl-C never reaches it.
+    # blocked), once here for the forker and every child. The server runs in a session of
+    # its own, so a terminal's Ctrl-C never reaches it.
     for sig in signal.valid_signals():
         if sig in (signal.SIGKILL, signal.SIGSTOP):
             continue
@@ -1921,11 +1377,6 @@ def main(config: str = "{}") -> None:
         except (OSError, ValueError, RuntimeError):
             pass
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
-    import builtins
-
-    PRISTINE_BUILTINS.update(vars(builtins))
-    if cfg.get("rewriter"):  # an explaining server: every rewritten test needs its helpers
-        import _pytest.assertion.rewrite  # noqa: F401
     try:
         server = Server(cfg, proto_in, proto_out)
     except Exception:  # a bug, not a missing capability (those are handled): say what broke

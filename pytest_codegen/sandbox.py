@@ -2,9 +2,10 @@
 
 `Sandbox()` starts one long-lived server process (`_sandbox_server.py`, a fresh interpreter
 started before any model is loaded) and `Sandbox.run` sends it one program and its tests at a
-time; the server forks a confined child per execution and answers with an `ExecutionResult`.
-The candidate never runs in the caller's process. See `_sandbox_server` for how the child is
-confined, how the verdict is protected and the known limits.
+time; the server has a confined child forked per execution (by its forker process,
+`_sandbox_forker.py`) and answers with an `ExecutionResult`. The candidate never runs in the
+caller's process. See `_sandbox_server` for how the child is confined, how the verdict is
+protected and the known limits.
 
     with Sandbox(Limits(wall_seconds=5)) as box:
         result = box.run(program, problem.tests, setup=problem.test_setup,

