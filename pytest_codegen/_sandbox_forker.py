@@ -28,7 +28,6 @@ import _signal  # signal.signal without the enum conversions (it runs in every c
 import _socket
 import ctypes
 import errno
-import fcntl
 import gc
 import io
 import marshal
@@ -42,11 +41,11 @@ import sys
 import typing
 
 # Pre-imported for the candidates: their imports of these are a dict lookup after the fork.
-import bisect  # noqa: F401,E402
+# (Not bisect or heapq: each extension module maps five more regions that every fork copies
+# and every exit unmaps, for an import few candidates make.)
 import collections  # noqa: F401,E402
 import copy  # noqa: F401,E402
 import functools  # noqa: F401,E402
-import heapq  # noqa: F401,E402
 import itertools  # noqa: F401,E402
 import math  # noqa: F401,E402
 import operator  # noqa: F401,E402
@@ -129,18 +128,22 @@ def write_frame(fd: int, payload: bytes) -> None:
     _write_all(fd, _HEADER.pack(len(payload)) + payload)
 
 
+_HARD_LIMITS: dict[int, int] = {}  # the forker's, which its children inherit: no getrlimit each
+
+
+def _hard_limit(which: int) -> int:
+    hard = _HARD_LIMITS.get(which)
+    return resource.getrlimit(which)[1] if hard is None else hard
+
+
 def _setrlimit(which: int, value: int) -> None:
     """Set soft and hard limit to `value` (or to the current hard limit if that is lower)."""
-    _soft, hard = resource.getrlimit(which)
+    hard = _hard_limit(which)
     if hard != resource.RLIM_INFINITY and value > hard:
         value = hard
     resource.setrlimit(which, (value, value))
 
 
-def _dup_high(fd: int) -> int:
-    import fcntl
-
-    return fcntl.fcntl(fd, fcntl.F_DUPFD, 100)
 
 
 # ------------------------------------------------------------------------- harness
@@ -434,6 +437,8 @@ class Forker:
             # limits that are the same for every child, set once here for all of them
             for which, value in ((resource.RLIMIT_CORE, 0), (resource.RLIMIT_NOFILE, 256)):
                 _setrlimit(which, value)
+            for which in (resource.RLIMIT_CPU, resource.RLIMIT_AS, resource.RLIMIT_FSIZE, resource.RLIMIT_NPROC):
+                _HARD_LIMITS[which] = resource.getrlimit(which)[1]
             sigchld_r, sigchld_w = os.pipe()
             os.set_blocking(sigchld_r, False)
             os.set_blocking(sigchld_w, False)
@@ -441,24 +446,28 @@ class Forker:
             _signal.signal(_signal.SIGCHLD, lambda signo, frame: None)
             _warm_up()
             self.sock.send(b"H" + (b"1" if subreaper else b"0"))
+            # Between two forks this loop should write to as few pages as it can: each one
+            # written is copied while a zygote shares it.
+            watch = [self.sock, sigchld_r]
+            buffer = bytearray(4096)  # a command: b"S" and a path
             while True:
                 try:
-                    ready, _, _ = select.select([self.sock, sigchld_r], [], [])
+                    ready, _, _ = select.select(watch, (), ())
                 except InterruptedError:
                     continue
                 if sigchld_r in ready:
                     try:
-                        while os.read(sigchld_r, 4096):
+                        while os.read(sigchld_r, 64):
                             pass
                     except OSError:
                         pass
                     self._reap()
                 if self.sock in ready:
-                    command = self.sock.recv(4096)
-                    if not command:
+                    size = self.sock.recv_into(buffer)
+                    if not size:
                         break  # the server is gone
-                    if command[:1] == b"S":
-                        self._spawn(command[1:].decode() or None)
+                    if buffer[0] == ord("S"):
+                        self._spawn(buffer[1:size].decode() or None)
         except BaseException:
             try:
                 import traceback
@@ -508,11 +517,6 @@ class Forker:
                 fds.append(os.pidfd_open(pid))
             except OSError:
                 pass
-        for fd in (res_r, out_r):
-            try:
-                fcntl.fcntl(fd, 1031, 1 << 20)  # F_SETPIPE_SZ: fewer wake-ups for chatty programs
-            except OSError:
-                pass
         try:
             rights = struct.pack("%di" % len(fds), *fds)
             self.sock.sendmsg([_SPAWNED.pack(b"Z", pid)], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)])
@@ -529,8 +533,7 @@ class Forker:
         iso = self.iso
         setup_error = None
         # fds: results on 3, output on 1 and 2, /dev/null on 0, the job pipe on 4 until read
-        if min(req_r, res_w, out_w) < 5:
-            req_r, res_w, out_w = (_dup_high(fd) for fd in (req_r, res_w, out_w))
+        # (the pipes are above 4: main() keeps 3 and 4 taken in the forker)
         os.dup2(self.devnull, 0)
         os.dup2(out_w, 1)
         os.dup2(out_w, 2)
@@ -583,7 +586,7 @@ class Forker:
         lim = job["limits"]
         mb = 1 << 20
         cpu = max(1, int(-(-float(lim["cpu_seconds"]) // 1)))
-        _soft, cpu_hard = resource.getrlimit(resource.RLIMIT_CPU)
+        cpu_hard = _hard_limit(resource.RLIMIT_CPU)
         if cpu_hard == resource.RLIM_INFINITY or cpu_hard > cpu + 1:
             cpu_hard = cpu + 1  # SIGXCPU at the soft limit, SIGKILL a second later
         resource.setrlimit(resource.RLIMIT_CPU, (min(cpu, cpu_hard), cpu_hard))
@@ -647,4 +650,9 @@ def main(config: str) -> None:
     iso = Confinement(cfg["uid"], cfg["gid"], cfg["userns"], cfg["scratch"], cfg["work"])
     sock = _socket.socket(fileno=cfg["sock"])
     devnull = os.open("/dev/null", os.O_RDWR)
+    for fd in (3, 4):  # taken, so that every pipe made here lies above a child's fds 0-4
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.dup2(devnull, fd)
     Forker(cfg["server_pid"], iso, devnull, sock).loop()

@@ -93,6 +93,7 @@ from __future__ import annotations
 
 import _socket
 import ctypes
+import fcntl
 import json
 import marshal
 import os
@@ -642,6 +643,11 @@ class Server:
         elif data[:1] == b"Z" and len(data) == _SPAWNED.size and len(fds) in (3, 4) and self.zygote_requested:
             _, pid = _SPAWNED.unpack(data)
             pidfd = fds[3] if len(fds) == 4 else None
+            for fd in fds[1:3]:
+                try:
+                    fcntl.fcntl(fd, 1031, 1 << 20)  # F_SETPIPE_SZ: fewer wake-ups for chatty programs
+                except OSError:
+                    pass
             self.zygote = Zygote(pid, fds[0], fds[1], fds[2], pidfd, self.zygote_work.pop(0))
             self.zygote_requested = False
         else:

@@ -271,7 +271,7 @@ def test_cpu_limit(box):
 
 
 def test_imports_work_inside(box):
-    program = "import statistics, decimal, encodings.idna, fractions, json, csv\ndef f(x):\n    return x + 1\n"
+    program = "import statistics, decimal, encodings.idna, fractions, json, csv, heapq, bisect, hashlib, random\ndef f(x):\n    return x + 1\n"
     assert run(box, program).passed
 
 
