@@ -24,7 +24,6 @@ in every child, `socket` adds ~0.4 MB of enums (`_socket` does the job), and hea
 from __future__ import annotations
 
 import _json
-import _signal  # signal.signal without the enum conversions (it runs in every child)
 import _socket
 import ctypes
 import errno
@@ -418,14 +417,15 @@ _EXITED = struct.Struct("<ciiddq")  # b"X", pid, wait status, utime, stime, maxr
 class Forker:
     """The forker's loop (see the module's docstring), and what runs in each zygote.
 
-    Command from the server: b"S" + work dir (may be empty): fork a zygote and send back its
-    pipes and pidfd (`_SPAWNED`). Unasked, on each zygote's exit: `_EXITED`.
+    Commands from the server: b"S" + work dir (may be empty): fork a zygote and send back its
+    pipes and pidfd (`_SPAWNED`); b"R": reap what has exited (orphans the server waits for).
+    Unasked, on each zygote's exit: `_EXITED`.
     """
 
     def __init__(self, server_pid: int, iso: Confinement, devnull: int, sock: _socket.socket) -> None:
         self.server_pid, self.iso, self.devnull, self.sock = server_pid, iso, devnull, sock
         self.pid = os.getpid()
-        self.zygotes: set[int] = set()
+        self.zygotes: dict[int, int | None] = {}  # pid -> this process's pidfd for it
 
     def loop(self) -> None:
         """Runs in the forker process; never returns."""
@@ -439,28 +439,21 @@ class Forker:
                 _setrlimit(which, value)
             for which in (resource.RLIMIT_CPU, resource.RLIMIT_AS, resource.RLIMIT_FSIZE, resource.RLIMIT_NPROC):
                 _HARD_LIMITS[which] = resource.getrlimit(which)[1]
-            sigchld_r, sigchld_w = os.pipe()
-            os.set_blocking(sigchld_r, False)
-            os.set_blocking(sigchld_w, False)
-            signal.set_wakeup_fd(sigchld_w, warn_on_full_buffer=False)
-            _signal.signal(_signal.SIGCHLD, lambda signo, frame: None)
+            _prctl(PR_SET_NO_NEW_PRIVS, 1)  # inherited by every child, and never needed here
             _warm_up()
             self.sock.send(b"H" + (b"1" if subreaper else b"0"))
-            # Between two forks this loop should write to as few pages as it can: each one
-            # written is copied while a zygote shares it.
-            watch = [self.sock, sigchld_r]
-            buffer = bytearray(4096)  # a command: b"S" and a path
+            # Exits are seen through pidfds, not SIGCHLD: no signal handler or wake-up fd for
+            # each child to reset. Between two forks this loop should write to as few pages
+            # as it can: each one written is copied while a zygote shares it.
+            buffer = bytearray(4096)  # a command: b"S" and a path, or b"R"
+            polling = not hasattr(os, "pidfd_open")  # kernels before 5.3: look every 10 ms
             while True:
                 try:
-                    ready, _, _ = select.select(watch, (), ())
+                    watch = [self.sock, *(fd for fd in self.zygotes.values() if fd is not None)]
+                    ready, _, _ = select.select(watch, (), (), 0.01 if polling else None)
                 except InterruptedError:
                     continue
-                if sigchld_r in ready:
-                    try:
-                        while os.read(sigchld_r, 64):
-                            pass
-                    except OSError:
-                        pass
+                if polling or len(ready) > 1 or self.sock not in ready:
                     self._reap()
                 if self.sock in ready:
                     size = self.sock.recv_into(buffer)
@@ -468,6 +461,8 @@ class Forker:
                         break  # the server is gone
                     if buffer[0] == ord("S"):
                         self._spawn(buffer[1:size].decode() or None)
+                    elif buffer[0] == ord("R"):
+                        self._reap()
         except BaseException:
             try:
                 import traceback
@@ -478,6 +473,7 @@ class Forker:
         os._exit(0)
 
     def _reap(self) -> None:
+        """Reap every child that has exited (zygotes and orphans); report the zygotes."""
         while True:
             try:
                 pid, status, ru = os.wait4(-1, os.WNOHANG)
@@ -488,7 +484,9 @@ class Forker:
             if pid == 0:
                 return
             if pid in self.zygotes:
-                self.zygotes.discard(pid)
+                pidfd = self.zygotes.pop(pid)
+                if pidfd is not None:
+                    os.close(pidfd)
                 self.sock.send(_EXITED.pack(b"X", pid, status, ru.ru_utime, ru.ru_stime, ru.ru_maxrss))
 
     def _spawn(self, work: str | None) -> None:
@@ -508,15 +506,17 @@ class Forker:
                     pass
             finally:
                 os._exit(70)
-        self.zygotes.add(pid)
         for fd in (req_r, res_w, out_w):
             os.close(fd)
         fds = [req_w, res_r, out_r]
+        pidfd = None
         if hasattr(os, "pidfd_open"):
             try:
-                fds.append(os.pidfd_open(pid))
+                pidfd = os.pidfd_open(pid)
+                fds.append(os.dup(pidfd))  # the server's
             except OSError:
                 pass
+        self.zygotes[pid] = pidfd
         try:
             rights = struct.pack("%di" % len(fds), *fds)
             self.sock.sendmsg([_SPAWNED.pack(b"Z", pid)], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)])
@@ -543,8 +543,6 @@ class Forker:
         req_fd = 4
         prepared: list = []
         try:
-            signal.set_wakeup_fd(-1)
-            _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)  # the C function: signal.signal's enums cost
             prepared = prepare_harness()
         except Exception as e:  # reported with the job: a sandbox failure, not the candidate's
             setup_error = f"preparing the child failed: {type(e).__name__}: {e}"
@@ -605,8 +603,7 @@ class Forker:
                 raise OSError(errno.EPERM, "setresuid did not take")
         elif iso.userns or os.geteuid() == 0:
             _drop_capabilities()
-        _prctl(PR_SET_NO_NEW_PRIVS, 1)
-        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # a uid change clears it
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # a uid change clears it (NO_NEW_PRIVS: the forker's)
         if os.getppid() != self.pid:
             os._exit(0)
 

@@ -656,6 +656,13 @@ class Server:
             raise _Broken(f"unexpected message from the forker: {data[:16]!r}")
         return True
 
+    def _nudge_forker(self) -> None:
+        """Have the forker reap: it learns of its zygotes' exits, not of orphans'."""
+        try:
+            self.sock.send(b"R")
+        except OSError as e:
+            raise _Broken(f"the forker is gone: {e}") from e
+
     def _drain_forker(self) -> None:
         while self._receive(0.0):
             pass
@@ -775,6 +782,7 @@ class Server:
                     return False
                 retried, deadline = True, time.monotonic() + timeout
                 self._kill_uid()
+            self._nudge_forker()
             self._receive(delay)
             delay = min(delay * 2, 0.01)
         return True
@@ -798,6 +806,7 @@ class Server:
                         os.kill(pid, signal.SIGKILL)
                     except OSError:
                         pass
+            self._nudge_forker()
             self._receive(delay)
             delay = min(delay * 2, 0.02)
         return True
