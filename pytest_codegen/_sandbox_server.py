@@ -576,6 +576,7 @@ class Server:
         if self.iso.uid is not None and not self._kill_uid():  # also clears a dead namesake's leftovers
             self.iso.notes.append("could not switch to the sandbox uid")
             self.iso.uid = self.iso.gid = None
+        self.clean_scratch: list[tuple[int, ...]] | None = None  # the scratch space, emptied
         if self.iso.scratch:
             self._empty_scratch()
         self.forker_pid, self.sock, self.subreaper = self._start_forker()
@@ -614,15 +615,18 @@ class Server:
 
     def _receive(self, timeout: float | None) -> bool:
         """Take one message from the forker if one comes within `timeout`; False if none did."""
-        if timeout is not None:
+        if timeout is not None and timeout > 0:
             try:
-                ready, _, _ = select.select([self.sock], [], [], max(timeout, 0.0))
+                ready, _, _ = select.select([self.sock], [], [], timeout)
             except InterruptedError:
                 return True
             if not ready:
                 return False
         try:
-            data, ancillary, flags, _addr = self.sock.recvmsg(64, _socket.CMSG_SPACE(4 * 4))
+            flags = _socket.MSG_DONTWAIT if timeout is not None else 0
+            data, ancillary, flags, _addr = self.sock.recvmsg(64, _socket.CMSG_SPACE(4 * 4), flags)
+        except BlockingIOError:
+            return False
         except InterruptedError:
             return True
         except OSError as e:
@@ -698,13 +702,25 @@ class Server:
 
     # --- the scratch space ----------------------------------------------------------
 
+    def _scratch_state(self) -> list[tuple[int, ...]] | None:
+        try:
+            dirs = [os.stat(d) for d in (*self.iso.scratch_dirs, self.iso.work)]
+        except OSError:
+            return None
+        work = dirs[-1]
+        return [(st.st_size,) for st in dirs[:-1]] + [(work.st_ino, work.st_size, work.st_mode, work.st_uid, work.st_gid)]
+
     def _empty_scratch(self) -> None:
         """Empty the writable directories and make a fresh work dir, between two runs.
 
         Called only once every process of the previous run is gone (reaped), so nothing can
         write there any more; the next run sees what a fresh tmpfs would show. (Cheaper than
         a mount namespace with fresh tmpfs mounts per child: no namespace copy and teardown.)
+        Mostly a run leaves nothing: tmpfs counts a directory's entries in its size, so when
+        every size (and the work dir's identity and mode) is as it was, there is nothing to do.
         """
+        if self.clean_scratch is not None and self._scratch_state() == self.clean_scratch:
+            return
         iso = self.iso
         for d in iso.scratch_dirs:
             try:
@@ -727,6 +743,7 @@ class Server:
         os.mkdir(iso.work, 0o700)
         if iso.uid is not None:
             os.chown(iso.work, iso.uid, iso.gid)
+        self.clean_scratch = self._scratch_state()
 
     def _size_scratch(self, size_mb: int) -> None:
         """Resize the scratch tmpfs mounts for a run that asks for another file size limit."""

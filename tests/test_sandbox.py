@@ -581,8 +581,11 @@ def test_scratch_space_is_empty_for_the_next_run(box):
         f"import os\nprint('LEFT', sorted((d, n) for d in {dirs} if os.path.isdir(d) for n in os.listdir(d)))\n"
         "print('WORK', oct(os.stat('.').st_mode & 0o777), os.stat('.').st_uid)\n" + FAIL_LAST
     )
-    for _ in range(3):
-        assert run(box, program).passed
+    # and what a run did to the work dir itself is undone: its mode, or a new one in its place
+    chmod = "import os\nos.chmod('.', 0o777)\ndef f(x):\n    return x + 1\n"
+    replace = "import os\nos.chdir('/tmp')\nos.rmdir('work')\nos.mkdir('work', 0o700)\ndef f(x):\n    return x + 1\n"
+    for before in (program, program, chmod, replace, program):
+        assert run(box, before).passed
         r = run(box, look)
         left = eval(r.output.split("LEFT ")[1].splitlines()[0])
         assert not [entry for entry in left if entry[1] != "work" or entry[0] != "/tmp"], left
