@@ -177,9 +177,10 @@ def prepare_harness() -> list[tuple[dict, bytes]]:
     return [(pristine, bytes(2 << 20))]
 
 
-def run_harness(job: dict, mypid: int, kill_all: bool, prepared: list[tuple[dict, bytes]]) -> None:
-    """Define the candidate and run the tests, reporting each on RESULT_FD. Never returns."""
-    # --- everything used below is bound here, before any candidate code runs ---
+def _make_harness() -> typing.Callable[[dict, int, bool, list], None]:
+    """Build, once in the forker, the harness every child runs: every reference it uses is
+    bound here, before any candidate code runs anywhere, and its helpers are made here; a child
+    only fills in its job (`run`). What a child does not touch, it does not copy."""
     import builtins
 
     _write, _exit, _getpid, _kill = os.write, os._exit, os.getpid, os.kill
@@ -194,19 +195,13 @@ def run_harness(job: dict, mypid: int, kill_all: bool, prepared: list[tuple[dict
     _BaseException, _MemoryError, _SyntaxError = BaseException, MemoryError, SyntaxError
     _OSError = OSError
     _stdout, _stderr = sys.stdout, sys.stderr
-    _fd, _token = RESULT_FD, job["token"]
-    pristine, ballast = prepared.pop()  # ballast: freed on MemoryError so the report can be built
-    program, setup_code, entry = job["program"], job["setup"], job["entry_point"]
-    tests = job["tests"]  # [name, filename, source, code or None, compile error or None]
-    sources = {"<candidate>": program, "<setup>": job["setup_source"]}  # split only on failure
-    for t in tests:
-        sources[t[1]] = t[2]
-    split_sources: dict = {}
+    _fd = RESULT_FD
+    run: dict = {}  # this child's: pid, token, kill_all, sources (split only on failure)
 
     def send(body: str) -> None:
-        if _getpid() != mypid:  # a fork of the candidate wandered back into the harness
+        if _getpid() != run["pid"]:  # a fork of the candidate wandered back into the harness
             _exit(0)
-        data = ('{"t":"%s",%s}\n' % (_token, body)).encode()
+        data = ('{"t":"%s",%s}\n' % (run["token"], body)).encode()
         while data:
             try:
                 n = _write(_fd, data)
@@ -219,6 +214,7 @@ def run_harness(job: dict, mypid: int, kill_all: bool, prepared: list[tuple[dict
         return s if _len(s) <= limit else s[:limit] + "... [%d more characters]" % (_len(s) - limit)
 
     def source_line(filename: str, lineno: object) -> str:
+        sources, split_sources = run["sources"], run["split"]
         lines = split_sources.get(filename)
         if lines is None and filename in sources:
             lines = split_sources[filename] = sources[filename].splitlines()
@@ -260,6 +256,7 @@ def run_harness(job: dict, mypid: int, kill_all: bool, prepared: list[tuple[dict
             text = "<exception str() failed>"
         message = cut("%s: %s" % (name, text)) if text else name
         frames = []
+        sources = run["sources"]
         while tb is not None:
             co = tb.tb_frame.f_code
             if co.co_filename in sources:
@@ -327,7 +324,7 @@ def run_harness(job: dict, mypid: int, kill_all: bool, prepared: list[tuple[dict
                 stream.flush()
             except _BaseException:
                 pass
-        if kill_all:
+        if run["kill_all"]:
             try:
                 # No process of the uid may fork any more (not even a thread of this one,
                 # and the hard limit cannot be raised again), then kill every other one.
@@ -338,62 +335,77 @@ def run_harness(job: dict, mypid: int, kill_all: bool, prepared: list[tuple[dict
         send('"k":"end"')
         _exit(0)
 
-    # --- define the candidate ---
-    ns = {"__name__": "__candidate__", "__builtins__": builtins}
-    try:
-        code = _compile(program, "<candidate>", "exec", dont_inherit=True)
-        _exec(code, ns)
-        before = _dict(ns)
-        if setup_code is not None:
-            _exec(setup_code, ns)
-        elif job["setup_error"] is not None:
-            raise _SyntaxError(job["setup_error"]["msg"])
-    except _BaseException as e:
-        if _isinstance(e, _MemoryError):
-            ballast = None  # noqa: F841
-        info = describe("<define>")
+    def harness(job: dict, mypid: int, kill_all: bool, prepared: list[tuple[dict, bytes]]) -> None:
+        """Define the candidate and run the tests, reporting each on RESULT_FD. Never returns."""
+        pristine, ballast = prepared.pop()  # ballast: freed on MemoryError so the report can be built
+        program, setup_code, entry = job["program"], job["setup"], job["entry_point"]
+        tests = job["tests"]  # [name, filename, source, code or None, compile error or None]
+        sources = {"<candidate>": program, "<setup>": job["setup_source"]}
+        for t in tests:
+            sources[t[1]] = t[2]
+        run.update(pid=mypid, token=job["token"], kill_all=kill_all, sources=sources, split={})
+
+        # --- define the candidate ---
+        ns = {"__name__": "__candidate__", "__builtins__": builtins}
+        try:
+            code = _compile(program, "<candidate>", "exec", dont_inherit=True)
+            _exec(code, ns)
+            before = _dict(ns)
+            if setup_code is not None:
+                _exec(setup_code, ns)
+            elif job["setup_error"] is not None:
+                raise _SyntaxError(job["setup_error"]["msg"])
+        except _BaseException as e:
+            if _isinstance(e, _MemoryError):
+                ballast = None  # noqa: F841
+            info = describe("<define>")
+            if _getpid() != mypid:
+                _exit(0)
+            send(failure("define", "", info))
+            finish()
         if _getpid() != mypid:
             _exit(0)
-        send(failure("define", "", info))
+        send('"k":"define","ok":true')
+
+        # --- the tests' namespace: the program's names (minus shadowed builtins), pristine builtins ---
+        setup_names = {k for k, v in ns.items() if k not in before or before[k] is not v}
+        tns = {}
+        for k, v in ns.items():
+            if k not in pristine or k == entry or k in setup_names:
+                tns[k] = v
+        tns["__builtins__"] = pristine  # this process's own copy: the program cannot reach it by name
+        tns["__name__"] = "__test__"
+        if entry:
+            if entry in ns:
+                tns["candidate"] = ns[entry]
+            else:
+                tns.pop("candidate", None)
+
+        for i in _range(_len(tests)):
+            _name, filename, _src, tcode, terr = tests[i]
+            if tcode is None:
+                send(failure("result", ',"i":%d' % i, (terr["et"], terr["msg"], terr["line"], "")))
+                continue
+            _settrace(None)
+            _setprofile(None)
+            try:
+                _exec(tcode, tns)
+            except _BaseException as e:
+                fatal = _isinstance(e, _MemoryError)
+                if fatal:
+                    ballast = None  # noqa: F841
+                info = describe(filename)
+                send(failure("result", ',"i":%d' % i, info))
+                if fatal:
+                    finish()
+            else:
+                send('"k":"result","i":%d,"ok":true' % i)
         finish()
-    if _getpid() != mypid:
-        _exit(0)
-    send('"k":"define","ok":true')
 
-    # --- the tests' namespace: the program's names (minus shadowed builtins), pristine builtins ---
-    setup_names = {k for k, v in ns.items() if k not in before or before[k] is not v}
-    tns = {}
-    for k, v in ns.items():
-        if k not in pristine or k == entry or k in setup_names:
-            tns[k] = v
-    tns["__builtins__"] = pristine  # this process's own copy: the program cannot reach it by name
-    tns["__name__"] = "__test__"
-    if entry:
-        if entry in ns:
-            tns["candidate"] = ns[entry]
-        else:
-            tns.pop("candidate", None)
+    return harness
 
-    for i in _range(_len(tests)):
-        _name, filename, _src, tcode, terr = tests[i]
-        if tcode is None:
-            send(failure("result", ',"i":%d' % i, (terr["et"], terr["msg"], terr["line"], "")))
-            continue
-        _settrace(None)
-        _setprofile(None)
-        try:
-            _exec(tcode, tns)
-        except _BaseException as e:
-            fatal = _isinstance(e, _MemoryError)
-            if fatal:
-                ballast = None  # noqa: F841
-            info = describe(filename)
-            send(failure("result", ',"i":%d' % i, info))
-            if fatal:
-                finish()
-        else:
-            send('"k":"result","i":%d,"ok":true' % i)
-    finish()
+
+run_harness = _make_harness()
 
 
 # -------------------------------------------------------------------------- forker
