@@ -573,7 +573,7 @@ class Forker:
             self._confine(job, work or (iso.work if iso.scratch else None))
         except Exception as e:
             self._child_report(job["token"], f"could not confine the child: {type(e).__name__}: {e}")
-        run_harness(job, os.getpid(), kill_all=iso.uid is not None, prepared=prepared)
+        run_harness(job, os.getpid(), iso.uid is not None, prepared)
 
     @staticmethod
     def _child_report(token: str, text: str) -> None:
@@ -623,12 +623,13 @@ class Forker:
 # ---------------------------------------------------------------------------- main
 
 
-def _site_without_pth() -> None:
-    """What `site` gives a normal interpreter, minus running .pth files: site-packages on the
-    import path (candidates may import what is installed) and exit/quit/help/copyright."""
+def _site_without_pth(site_packages: list[str]) -> None:
+    """What `site` gives a normal interpreter, minus running .pth files: the caller's
+    site-packages on the import path (candidates may import what is installed; under -S an
+    interpreter may not even know its venv) and exit/quit/help/copyright."""
     import site
 
-    sys.path.extend(p for p in site.getsitepackages() if os.path.isdir(p) and p not in sys.path)
+    sys.path.extend(p for p in site_packages if os.path.isdir(p) and p not in sys.path)
     site.setquit()
     site.setcopyright()
     site.sethelper()
@@ -636,11 +637,12 @@ def _site_without_pth() -> None:
 
 def main(config: str) -> None:
     """Run the forker; `config` is the server's marshal-dumped dict, hex-encoded: the server's
-    pid, the socket's fd, the `Confinement` fields and whether to preload pytest's rewriter."""
+    pid, the socket's fd, the `Confinement` fields, the client's site-packages and whether to
+    preload pytest's rewriter."""
     cfg = marshal.loads(bytes.fromhex(config))
     sys.argv = [""]  # what every child's program sees
     sys.dont_write_bytecode = True
-    _site_without_pth()
+    _site_without_pth(cfg["site_packages"])
     # The children's standard streams, made once here (0 and 1 are /dev/null, from the
     # server): a child only moves its pipes under fds 1 and 2.
     sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")

@@ -589,6 +589,7 @@ class Server:
         iso = self.iso
         config = {
             "server_pid": self.pid, "sock": theirs.fileno(), "rewriter": bool(self.cfg.get("rewriter")),
+            "site_packages": list(self.cfg.get("site_packages", [])),
             "uid": iso.uid, "gid": iso.gid, "userns": iso.userns, "scratch": iso.scratch, "work": iso.work,
         }
         directory, filename = os.path.split(forker.__file__)
@@ -1377,10 +1378,11 @@ class _RunState:
 
 
 def main(config: str = "{}") -> None:
-    """Run the server; `config` is the client's JSON (degrade, file_size_mb, rewriter)."""
+    """Run the server; `config` is the client's JSON (degrade, file_size_mb, rewriter,
+    site_packages)."""
     cfg = json.loads(config)
     sys.dont_write_bytecode = True
-    forker._site_without_pth()  # site-packages: pytest's rewriter, and the paths to expose
+    forker._site_without_pth(cfg.get("site_packages", []))  # pytest's rewriter; paths to expose
     # The protocol gets private fds; 0 and 1 become /dev/null so nothing stray corrupts it.
     try:
         os.fstat(2)

@@ -20,6 +20,7 @@ import dataclasses
 import json
 import os
 import select
+import site
 import struct
 import subprocess
 import sys
@@ -61,6 +62,13 @@ class Limits:
         """From a run's `exec_timeout` (wall clock and CPU) and `exec_memory_mb`."""
         return cls(wall_seconds=settings.exec_timeout, cpu_seconds=settings.exec_timeout,
                    memory_mb=settings.exec_memory_mb)
+
+
+def _site_packages() -> list[str]:
+    """This interpreter's site-packages directories (venv-aware: `site` has run here)."""
+    found = [p for p in sys.path if os.path.basename(p) in ("site-packages", "dist-packages")]
+    found += getattr(site, "getsitepackages", list)()
+    return [p for p in dict.fromkeys(found) if os.path.isdir(p)]
 
 
 class SandboxError(RuntimeError):
@@ -109,7 +117,13 @@ class Sandbox:
     # --- lifecycle -----------------------------------------------------------------------
 
     def _start(self) -> None:
-        cfg = {"degrade": self._degrade, "file_size_mb": self.limits.file_size_mb, "rewriter": self._explaining}
+        cfg = {
+            "degrade": self._degrade,
+            "file_size_mb": self.limits.file_size_mb,
+            "rewriter": self._explaining,
+            # the server runs without `site` (-S): it takes this interpreter's site-packages
+            "site_packages": _site_packages(),
+        }
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": os.environ.get("LANG", "C.UTF-8")}
         directory, filename = os.path.split(_SERVER)
         bootstrap = _BOOTSTRAP.format(module=os.path.splitext(filename)[0])
