@@ -566,8 +566,10 @@ def test_hostile_writes_stay_inside(box, tmp_path):
 @needs_root
 def test_scratch_space_is_empty_for_the_next_run(box):
     # A thread keeps creating files after the tests passed, right up to the harness's exit;
-    # the next run still starts with empty scratch directories and a fresh work dir.
-    dirs = "('/tmp', '/var/tmp', '/dev/shm', '/run/lock', '.')"
+    # the next run still starts with empty scratch directories and a fresh work dir. (The
+    # scratch space: the writable ones of these; /tmp stays read-only when the interpreter or
+    # this checkout lives under it, and the work dir then is /run/sandbox/work.)
+    dirs = "('/tmp', '/var/tmp', '/dev/shm', '/run/lock', '/run/sandbox', '.')"
     program = (
         "import itertools, os, threading\n"
         "def spam():\n    for i in itertools.count():\n"
@@ -578,17 +580,24 @@ def test_scratch_space_is_empty_for_the_next_run(box):
         "import time\ntime.sleep(0.05)\ndef f(x):\n    return x + 1\n"
     )
     look = (
-        f"import os\nprint('LEFT', sorted((d, n) for d in {dirs} if os.path.isdir(d) for n in os.listdir(d)))\n"
+        f"import os\nwritable = [d for d in {dirs} if os.path.isdir(d) and os.access(d, os.W_OK)]\n"
+        "print('LEFT', sorted((os.path.realpath(d), n) for d in writable for n in os.listdir(d)))\n"
+        "print('CWD', os.getcwd())\n"
         "print('WORK', oct(os.stat('.').st_mode & 0o777), os.stat('.').st_uid)\n" + FAIL_LAST
     )
     # and what a run did to the work dir itself is undone: its mode, or a new one in its place
     chmod = "import os\nos.chmod('.', 0o777)\ndef f(x):\n    return x + 1\n"
-    replace = "import os\nos.chdir('/tmp')\nos.rmdir('work')\nos.mkdir('work', 0o700)\ndef f(x):\n    return x + 1\n"
+    replace = (  # where the work dir's parent lets it (/tmp, sticky, does; /run/sandbox not)
+        "import os\nwork = os.getcwd()\nos.chdir('..')\ntry:\n    os.rmdir(work)\n    os.mkdir(work, 0o700)\n"
+        "except PermissionError:\n    pass\ndef f(x):\n    return x + 1\n"
+    )
     for before in (program, program, chmod, replace, program):
         assert run(box, before).passed
         r = run(box, look)
+        work = r.output.split("CWD ")[1].split()[0]
+        assert work in ("/tmp/work", "/run/sandbox/work")
         left = eval(r.output.split("LEFT ")[1].splitlines()[0])
-        assert not [entry for entry in left if entry[1] != "work" or entry[0] != "/tmp"], left
+        assert not [entry for entry in left if entry != (os.path.dirname(work), "work")], left
         assert f"WORK 0o700 {box.sandbox_uid}" in r.output
 
 
