@@ -13,8 +13,9 @@ down. A server forking for itself pays that on the ~300 pages its own work per r
 on everything it ever loaded (the protocol, compiled tests, the verdict code). This process
 loads only what the children need (the harness, libc calls, the modules candidates commonly
 import), runs a warm-up program once so the compiler's first-use set-up is shared, and
-between forks does little but fork. It is also the zygotes' parent and subreaper: it reaps
-them and their orphans and reports each zygote's exit (wait status and resource use).
+between forks does little but fork. It is also the zygotes' parent and subreaper: it sees their
+exits through pidfds, reaps them and their orphans and reports each zygote's exit (wait status
+and resource use).
 
 Imports stay few on purpose: `threading` and `random` would register at-fork handlers that run
 in every child, `socket` adds ~0.4 MB of enums (`_socket` does the job), and heavier modules
@@ -169,7 +170,7 @@ def _warm_up() -> None:
 
 def prepare_harness() -> list[tuple[dict, bytes]]:
     """Done in the zygote before the job arrives: the pristine builtins (the snapshot the
-    server took at start; after the fork this process's own copy, and the module attribute
+    forker took at start; after the fork this process's own copy, and the module attribute
     is rebound so that no name leads to it) and the memory ballast. Returned in a list the
     harness empties, so that nothing else keeps the ballast alive."""
     global PRISTINE_BUILTINS
