@@ -453,14 +453,18 @@ class Forker:
             for which in (resource.RLIMIT_CPU, resource.RLIMIT_AS, resource.RLIMIT_FSIZE, resource.RLIMIT_NPROC):
                 _HARD_LIMITS[which] = resource.getrlimit(which)[1]
             _prctl(PR_SET_NO_NEW_PRIVS, 1)  # inherited by every child, and never needed here
+            # Not dumpable (inherited too): in a user namespace the candidates run as this
+            # process's uid, and could otherwise write its memory through /proc/PID/mem.
+            _prctl(PR_SET_DUMPABLE, 0)
             _warm_up()
             self.sock.send(b"H" + (b"1" if subreaper else b"0"))
             # Exits are seen through pidfds, not SIGCHLD: no signal handler or wake-up fd for
             # each child to reset. Between two forks this loop should write to as few pages
             # as it can: each one written is copied while a zygote shares it.
             buffer = bytearray(4096)  # a command: b"S" and a path, or b"R"
-            polling = not hasattr(os, "pidfd_open")  # kernels before 5.3: look every 10 ms
             while True:
+                # a zygote without a pidfd (kernels before 5.3): look every 10 ms
+                polling = None in self.zygotes.values()
                 try:
                     watch = [self.sock, *(fd for fd in self.zygotes.values() if fd is not None)]
                     ready, _, _ = select.select(watch, (), (), 0.01 if polling else None)
@@ -541,7 +545,7 @@ class Forker:
 
     def _zygote_main(self, req_r: int, res_w: int, out_w: int, work: str | None) -> None:
         """The forked child, still privileged: everything that does not depend on the job.
-        (Should the forker die meanwhile, reading the job gets end-of-file, and it exits.)"""
+        (Should the server die meanwhile, reading the job gets end-of-file, and it exits.)"""
         os.setsid()
         iso = self.iso
         setup_error = None

@@ -9,7 +9,8 @@ model backend pulls in: forking after llama.cpp (or any threaded library) has ru
 Three kinds of process
 ----------------------
 * This server: isolation set-up, the protocol, compiling tests, watching each run, verdicts,
-  clean-up. It never forks per run (only a rare killer), so its own work costs no page copies.
+  clean-up. It does not fork per run (only a killer after a run that did not end cleanly), so
+  its own work costs no page copies.
 * The forker (`_sandbox_forker`, a fresh interpreter this server starts once, inside its
   namespaces): forks the zygotes, reaps them and reports their exits. It loads only what the
   children need, so every fork and every child's exit handles a small image.
@@ -28,8 +29,10 @@ How one execution runs
   - not root: the same namespaces inside an unprivileged user namespace if the kernel allows it
     (no uid change then), otherwise nothing but rlimits and process-group/descendant killing.
   The writable places (/tmp, /var/tmp, /dev/shm, /run/lock) form the *scratch space*, with the
-  work dir /tmp/work owned by the sandbox uid; it is emptied after every run, once every
-  process of the run is gone, so each run starts with what fresh tmpfs mounts would show.
+  work dir /tmp/work owned by the sandbox uid; after every run, once every process of the run
+  is gone, it is emptied, the directories' modes restored, the work dir made anew and the
+  server's own SysV IPC objects removed (/run itself is read-only). A run whose processes
+  would not die ends the server instead: the client starts a new one.
 * A zygote is forked ahead of each job (as root: while the previous job runs; it stays root
   until its own job arrives, so nothing done as the sandbox uid can touch it). It starts its
   own session, puts stdout and stderr on an output pipe, the result channel on fd 3 and
@@ -37,7 +40,8 @@ How one execution runs
   mask are reset once, in the server, to those of a fresh interpreter.) With the job it enters
   the work dir, sets rlimits (AS, CPU, FSIZE, NPROC; NOFILE and CORE=0 come from the forker),
   drops to the sandbox uid (setgroups/setresgid/setresuid; or drops every capability in the
-  user-namespace mode), sets NO_NEW_PRIVS and PDEATHSIG and runs the harness.
+  user-namespace mode), sets PDEATHSIG and runs the harness (NO_NEW_PRIVS and not being
+  dumpable it has from the forker).
 * Tests (and the setup) are compiled by the server before the job is handed to the child
   (cached by source: every further sample of a problem reuses them): as written for the verdict,
   or through pytest's assertion rewriting on an *explaining* server, which `Sandbox.run` uses to
@@ -140,7 +144,7 @@ MS_REC = 0x4000
 MS_PRIVATE = 0x40000
 MS_RELATIME = 0x200000
 
-TMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")  # fresh tmpfs for every execution (+ /run/lock)
+TMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")  # the scratch space (with /run/lock): tmpfs, emptied per run
 MAX_RESULT_BYTES = 8 << 20
 # Reads from the children's pipes: under glibc's mmap threshold, so each read is not an
 # mmap/munmap pair (which also raises the threshold and leaves the heap bigger for every fork)
@@ -406,6 +410,15 @@ def _setup_mounts(iso: Isolation, file_size_mb: int, root: bool) -> None:
                     _expose(iso, needed)
                 except OSError as e:
                     iso.notes.append(f"could not expose the interpreter: {e}")
+    if "/run" in overlay:
+        # /run itself read-only (the sandbox's uid owns it in a user namespace), its scratch
+        # subdirectories still writable: bound onto themselves, they are mounts of their own
+        try:
+            for sub in ("/run/lock", "/run/sandbox"):
+                _mount(sub, sub, None, MS_BIND)
+            _mount(None, "/run", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+        except OSError as e:
+            iso.notes.append(f"/run stays writable: {e}")
     iso.scratch_dirs = [d for d in (*TMP_DIRS, "/run/lock") if d in overlay or (d == "/run/lock" and "/run" in overlay)]
     if "/tmp" in overlay:
         iso.work = "/tmp/work"
@@ -577,6 +590,8 @@ class Server:
             self.iso.notes.append("could not switch to the sandbox uid")
             self.iso.uid = self.iso.gid = None
         self.clean_scratch: list[tuple[int, ...]] | None = None  # the scratch space, emptied
+        self.scratch_modes = {d: os.stat(d).st_mode & 0o7777 for d in self.iso.scratch_dirs}
+        self.tainted = False  # a run left processes that would not die: stop after replying
         if self.iso.scratch:
             self._empty_scratch()
         self.forker_pid, self.sock, self.subreaper = self._start_forker()
@@ -697,6 +712,8 @@ class Server:
         children = self._children(self.forker_pid)
         if children is None:
             children = set(_descendants(self.forker_pid))
+        # and the server's own children but the forker: orphans, should the forker have died
+        children |= (self._children(self.pid) or set()) - {self.forker_pid}
         if self.zygote is not None:
             children.discard(self.zygote.pid)
         return children
@@ -704,25 +721,29 @@ class Server:
     # --- the scratch space ----------------------------------------------------------
 
     def _scratch_state(self) -> list[tuple[int, ...]] | None:
+        """Per scratch directory (the work dir last): size (tmpfs counts entries in it), mode
+        and owner."""
         try:
             dirs = [os.stat(d) for d in (*self.iso.scratch_dirs, self.iso.work)]
         except OSError:
             return None
-        work = dirs[-1]
-        return [(st.st_size,) for st in dirs[:-1]] + [(work.st_ino, work.st_size, work.st_mode, work.st_uid, work.st_gid)]
+        return [(st.st_size, st.st_mode, st.st_uid, st.st_gid) for st in dirs]
 
     def _empty_scratch(self) -> None:
         """Empty the writable directories and make a fresh work dir, between two runs.
 
         Called only once every process of the previous run is gone (reaped), so nothing can
-        write there any more; the next run sees what a fresh tmpfs would show. (Cheaper than
-        a mount namespace with fresh tmpfs mounts per child: no namespace copy and teardown.)
+        write there any more. (Cheaper than a mount namespace with fresh tmpfs mounts per
+        child: no namespace copy and teardown.)
         Mostly a run leaves nothing: tmpfs counts a directory's entries in its size, so when
-        every size (and the work dir's identity and mode) is as it was, there is nothing to do.
+        every size, mode and owner is as it was, only the work dir is made anew (its own
+        timestamps and extended attributes go with it).
         """
-        if self.clean_scratch is not None and self._scratch_state() == self.clean_scratch:
-            return
         iso = self.iso
+        if self.clean_scratch is not None and self._scratch_state() == self.clean_scratch:
+            os.rmdir(iso.work)
+            self._make_work_dir()
+            return
         for d in iso.scratch_dirs:
             try:
                 entries = list(os.scandir(d))
@@ -741,11 +762,38 @@ class Server:
                         shutil.rmtree(entry.path)  # never follows symlinks out of the tmpfs
                 except OSError:
                     pass
-        os.mkdir(iso.work, 0o700)
-        if iso.uid is not None:
-            os.chown(iso.work, iso.uid, iso.gid)
+        for d, mode in self.scratch_modes.items():  # the scratch dirs' own: a user-namespace
+            try:  # sandbox owns them and may have changed them
+                if os.stat(d).st_mode & 0o7777 != mode:
+                    os.chmod(d, mode)
+            except OSError:
+                pass
+        self._make_work_dir()
         self.clean_scratch = self._scratch_state()
 
+    def _make_work_dir(self) -> None:
+        os.mkdir(self.iso.work, 0o700)
+        if self.iso.uid is not None:
+            os.chown(self.iso.work, self.iso.uid, self.iso.gid)
+
+    def _empty_sysv_ipc(self) -> None:
+        """Remove the SysV message queues, semaphores and shared memory a run left: the IPC
+        namespace is this server's alone (never the host's: only with "ipc" unshared)."""
+        if "ipc" not in self.iso.namespaces:
+            return
+        for kind, remove in (("shm", _libc.shmctl), ("msg", _libc.msgctl), ("sem", _libc.semctl)):
+            try:
+                with open(f"/proc/sysvipc/{kind}") as f:
+                    rows = f.read().splitlines()[1:]
+            except OSError:
+                continue
+            for row in rows:
+                fields = row.split()
+                if len(fields) > 1 and fields[1].isdigit():
+                    if kind == "sem":
+                        remove(int(fields[1]), 0, 0)  # IPC_RMID
+                    else:
+                        remove(int(fields[1]), 0, None)
     def _size_scratch(self, size_mb: int) -> None:
         """Resize the scratch tmpfs mounts for a run that asks for another file size limit."""
         size_mb = max(size_mb, 1)
@@ -817,9 +865,9 @@ class Server:
                     os.killpg(pgid, signal.SIGKILL)
                 except OSError:
                     pass
-            spare = self.zygote.pid if self.zygote is not None else None
-            for pid in _descendants(self.forker_pid):
-                if pid != spare:
+            spare = {self.forker_pid, self.zygote.pid if self.zygote is not None else 0}
+            for pid in _descendants(self.pid):
+                if pid not in spare:
                     try:
                         os.kill(pid, signal.SIGKILL)
                     except OSError:
@@ -926,6 +974,8 @@ class Server:
         }
         payload = marshal.dumps(job)
         self._reap_pending(wait=True)  # the scratch space is emptied only once they are gone
+        if self.tainted:
+            raise _Broken("a finished run left processes that would not die")
         if self.iso.scratch:
             self._size_scratch(int(lim["file_size_mb"]))
         z = self._zygote_ready()
@@ -997,7 +1047,8 @@ class Server:
         while block and z.pid not in self.exits:
             if time.monotonic() >= deadline:
                 raise _Broken("the forker never reported a child's exit")
-            self._receive(deadline - time.monotonic())
+            if not self._receive(min(0.05, deadline - time.monotonic())):
+                self._nudge_forker()  # it may not have seen the exit (no pidfd for this child)
         if z.pid not in self.exits:
             return False
         status, usage = self.exits.pop(z.pid)
@@ -1065,8 +1116,14 @@ class Server:
             st.leftovers = not self._cleanup_by_tree(z.pid)
         if forced:
             self._drain(st, int(st.req["limits"]["output_bytes"]), budget=1.0)
-        if self.iso.scratch:
-            self._empty_scratch()
+        if st.leftovers:
+            # Something of the run survived SIGKILL: it must not meet the next run. Stop after
+            # this reply; the client starts a new server (with a new uid and namespaces).
+            self.tainted = True
+        else:
+            self._empty_sysv_ipc()
+            if self.iso.scratch:
+                self._empty_scratch()
         z.close_fds()
         if z.work and self.iso.run_dir:
             import shutil
@@ -1113,7 +1170,7 @@ class Server:
             self._shut_down()
 
     def _serve(self) -> None:
-        while True:
+        while not self.tainted:
             # a clean run's child is waited for (or forced) a second after its end
             try:
                 ready, _, _ = select.select([self.proto_in, self.sock], [], [], 1.0 if self.pending else None)
@@ -1159,6 +1216,27 @@ class Server:
                     self._stop(st, clean=True)
             self.spawn_zygote()
 
+    def _kill_descendants(self, timeout: float = 5.0) -> None:
+        """Without a sandbox uid, last: SIGKILL and reap whatever still descends from here
+        (orphans of a forker that died come back to this subreaper)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            left = _descendants(self.pid)
+            if not left:
+                return
+            for pid in left:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            while True:
+                try:
+                    if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                        break
+                except ChildProcessError:
+                    break
+            time.sleep(0.005)
+
     def _end_every_run(self) -> None:
         if self.iso.uid is not None:
             self._kill_uid()
@@ -1167,12 +1245,11 @@ class Server:
             self._cleanup_by_tree(None)
 
     def _shut_down(self) -> None:
-        try:
-            self._reap_pending(force=True)
-            self._discard_zygote()
-            self._end_every_run()
-        except _Broken:
-            pass
+        for step in (lambda: self._reap_pending(force=True), self._discard_zygote, self._end_every_run):
+            try:
+                step()
+            except (_Broken, OSError):
+                pass  # the forker is gone: what it left is swept up below
         self.sock.close()  # the forker exits, and its zygote with it (PDEATHSIG)
         try:
             os.waitpid(self.forker_pid, 0)
@@ -1180,6 +1257,8 @@ class Server:
             pass
         if self.iso.uid is not None:
             self._kill_uid()
+        else:
+            self._kill_descendants()
         if self.iso.run_dir:
             import shutil
 

@@ -23,6 +23,7 @@ from pytest_codegen.sandbox import Limits, Sandbox, SandboxError
 
 LIMITS = Limits(wall_seconds=2.0, cpu_seconds=2.0, memory_mb=256)
 IS_ROOT = os.geteuid() == 0
+NOBODY = 65534
 REPO = Path(__file__).resolve().parents[1]
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="namespaces and a sandbox uid need root")
 
@@ -601,6 +602,40 @@ def test_scratch_space_is_empty_for_the_next_run(box):
         assert f"WORK 0o700 {box.sandbox_uid}" in r.output
 
 
+LEAVE_STATE = (
+    "import ctypes, os\n"
+    "def attempt(f):\n    try:\n        f()\n    except OSError:\n        pass\n"
+    "attempt(lambda: os.setxattr('.', 'user.leak', b'secret'))\n"
+    "attempt(lambda: os.utime('.', (123456789, 987654321)))\n"
+    "ctypes.CDLL(None).shmget(4242, 4096, 0o1666)\n"
+    "attempt(lambda: os.chmod(os.path.dirname(os.getcwd()), 0o555))\n"
+    "attempt(lambda: open('/run/leak', 'w').close())\n"
+    "def f(x):\n    return x + 1\n"
+)
+FIND_STATE = (
+    "import ctypes, os\ntry:\n    os.getxattr('.', 'user.leak')\n    print('XATTR found')\n"
+    "except OSError:\n    pass\n"
+    "print('MTIME', int(os.stat('.').st_mtime), 'SHM', ctypes.CDLL(None).shmget(4242, 0, 0))\n"
+    "print('PARENT', oct(os.stat(os.path.dirname(os.getcwd())).st_mode & 0o7777), 'RUN', os.path.exists('/run/leak'))\n"
+    + FAIL_LAST
+)
+
+
+def assert_no_state_left(box: Sandbox) -> None:
+    assert run(box, LEAVE_STATE).passed
+    r = run(box, FIND_STATE)
+    assert "XATTR found" not in r.output and "MTIME 987654321" not in r.output
+    assert "SHM -1" in r.output  # its SysV segment is gone with it
+    assert "RUN False" in r.output and ("PARENT 0o1777" in r.output or "PARENT 0o755" in r.output), r.output
+
+
+@needs_root
+def test_a_run_leaves_no_state_for_the_next(box):
+    # what the old per-run tmpfs mounts dropped by themselves: attributes of the work dir,
+    # SysV IPC objects, the scratch directories' modes, /run
+    assert_no_state_left(box)
+
+
 @needs_root
 def test_hostile_deletes_nothing_outside(box, tmp_path):
     victim = tmp_path / "victim"
@@ -725,6 +760,48 @@ def test_degraded_daemon_and_fork_bomb_are_killed(degraded):
         time.sleep(0.05)
     assert len([p for p in _descendants(degraded.server_pid) if _alive(p)]) <= 2
     assert_still_healthy(degraded)
+
+
+def test_degraded_candidates_cannot_reach_the_forker(degraded):
+    # Same uid as the forker here: it is not dumpable, so its memory is out of reach.
+    program = (
+        "import os\ntry:\n    open('/proc/%d/mem' % os.getppid(), 'r+b')\n    print('MEM open')\n"
+        "except OSError as e:\n    print('MEM', type(e).__name__)\n" + FAIL_LAST
+    )
+    assert "MEM PermissionError" in run(degraded, program).output
+
+
+@needs_root
+def test_degraded_killing_the_forker_leaves_nothing(degraded):
+    # Killing its parent costs the candidate's server (the client starts another); what it
+    # started must not outlive that server. (Degraded servers run as nobody when root.)
+    before = {p for p, _state in _proc_uid_states(NOBODY)}
+    sleeper = (
+        "import os, time\n"
+        "if os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        time.sleep(300)\n    os._exit(0)\n"
+        "time.sleep(0.2)\nos.kill(os.getppid(), 9)\ntime.sleep(1)\n" + FAIL_LAST
+    )
+    with pytest.raises(SandboxError):  # it kills the forker of both servers it is given
+        run(degraded, sleeper)
+    deadline = time.monotonic() + 5
+    while True:
+        # the live servers' own processes (the explaining one's too) do not count
+        servers = set()
+        for box in (degraded, degraded._explainer):
+            if box is not None and box.server_pid is not None:
+                servers |= {box.server_pid, *_descendants(box.server_pid)}
+        left = {p for p, state in _proc_uid_states(NOBODY) if state[0] != "Z"} - before - servers
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert not left
+    assert_still_healthy(degraded)
+
+
+def test_degraded_userns_leaves_no_state(degraded):
+    if degraded.mode != "userns":
+        pytest.skip("without namespaces runs share the caller's files and IPC")
+    assert_no_state_left(degraded)
 
 
 def test_degraded_userns_blocks_network_and_writes(degraded, tmp_path):
