@@ -591,6 +591,13 @@ class Server:
             self.iso.uid = self.iso.gid = None
         self.clean_scratch: list[tuple[int, ...]] | None = None  # the scratch space, emptied
         self.scratch_modes = {d: os.stat(d).st_mode & 0o7777 for d in self.iso.scratch_dirs}
+        self.sysvipc: dict[str, int] = {}  # listings of this server's own IPC namespace, kept open
+        if "ipc" in self.iso.namespaces:
+            for kind in ("shm", "msg", "sem"):
+                try:
+                    self.sysvipc[kind] = os.open(f"/proc/sysvipc/{kind}", os.O_RDONLY)
+                except OSError:
+                    pass
         self.tainted = False  # a run left processes that would not die: stop after replying
         if self.iso.scratch:
             self._empty_scratch()
@@ -779,14 +786,16 @@ class Server:
     def _empty_sysv_ipc(self) -> None:
         """Remove the SysV message queues, semaphores and shared memory a run left: the IPC
         namespace is this server's alone (never the host's: only with "ipc" unshared)."""
-        if "ipc" not in self.iso.namespaces:
-            return
-        for kind, remove in (("shm", _libc.shmctl), ("msg", _libc.msgctl), ("sem", _libc.semctl)):
+        for kind, fd in self.sysvipc.items():
             try:
-                with open(f"/proc/sysvipc/{kind}") as f:
-                    rows = f.read().splitlines()[1:]
+                os.lseek(fd, 0, os.SEEK_SET)  # a fresh listing, read to its end
+                chunks = [os.read(fd, READ_SIZE)]
+                while chunks[-1]:
+                    chunks.append(os.read(fd, READ_SIZE))
             except OSError:
                 continue
+            rows = b"".join(chunks).decode().splitlines()[1:]
+            remove = {"shm": _libc.shmctl, "msg": _libc.msgctl, "sem": _libc.semctl}[kind]
             for row in rows:
                 fields = row.split()
                 if len(fields) > 1 and fields[1].isdigit():
@@ -794,6 +803,7 @@ class Server:
                         remove(int(fields[1]), 0, 0)  # IPC_RMID
                     else:
                         remove(int(fields[1]), 0, None)
+
     def _size_scratch(self, size_mb: int) -> None:
         """Resize the scratch tmpfs mounts for a run that asks for another file size limit."""
         size_mb = max(size_mb, 1)

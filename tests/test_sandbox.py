@@ -607,7 +607,8 @@ LEAVE_STATE = (
     "def attempt(f):\n    try:\n        f()\n    except OSError:\n        pass\n"
     "attempt(lambda: os.setxattr('.', 'user.leak', b'secret'))\n"
     "attempt(lambda: os.utime('.', (123456789, 987654321)))\n"
-    "ctypes.CDLL(None).shmget(4242, 4096, 0o1666)\n"
+    "libc = ctypes.CDLL(None)\n[libc.shmget(0, 4096, 0o1600) for _ in range(300)]  # a listing of pages\n"
+    "libc.shmget(4242, 4096, 0o1666)\n"
     "attempt(lambda: os.chmod(os.path.dirname(os.getcwd()), 0o555))\n"
     "attempt(lambda: open('/run/leak', 'w').close())\n"
     "def f(x):\n    return x + 1\n"
@@ -616,6 +617,7 @@ FIND_STATE = (
     "import ctypes, os\ntry:\n    os.getxattr('.', 'user.leak')\n    print('XATTR found')\n"
     "except OSError:\n    pass\n"
     "print('MTIME', int(os.stat('.').st_mtime), 'SHM', ctypes.CDLL(None).shmget(4242, 0, 0))\n"
+    "print('SEGMENTS', len(open('/proc/sysvipc/shm').read().splitlines()) - 1)\n"
     "print('PARENT', oct(os.stat(os.path.dirname(os.getcwd())).st_mode & 0o7777), 'RUN', os.path.exists('/run/leak'))\n"
     + FAIL_LAST
 )
@@ -625,7 +627,7 @@ def assert_no_state_left(box: Sandbox) -> None:
     assert run(box, LEAVE_STATE).passed
     r = run(box, FIND_STATE)
     assert "XATTR found" not in r.output and "MTIME 987654321" not in r.output
-    assert "SHM -1" in r.output  # its SysV segment is gone with it
+    assert "SHM -1" in r.output and "SEGMENTS 0" in r.output  # its SysV segments are gone with it
     assert "RUN False" in r.output and ("PARENT 0o1777" in r.output or "PARENT 0o755" in r.output), r.output
 
 
