@@ -1468,8 +1468,13 @@ class _RunState:
 
 def main(config: str = "{}") -> None:
     """Run the server; `config` is the client's JSON (degrade, file_size_mb, rewriter,
-    site_packages)."""
+    site_packages, cpu)."""
     cfg = json.loads(config)
+    if cfg.get("cpu") is not None:  # inherited by the forker and every child
+        try:
+            os.sched_setaffinity(0, {int(cfg["cpu"])})
+        except OSError:
+            pass  # a CPU this process may not use: run anywhere
     sys.dont_write_bytecode = True
     forker._site_without_pth(cfg.get("site_packages", []))  # pytest's rewriter; paths to expose
     # The protocol gets private fds; 0 and 1 become /dev/null so nothing stray corrupts it.

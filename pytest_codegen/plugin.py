@@ -152,12 +152,13 @@ class CodegenState:
     # (collected, then deselected because they are done): only those count in its tables.
     done: dict[str, dict] = field(default_factory=dict)
     resumed: set[str] = field(default_factory=set)
+    sandbox_cpu: int | None = None  # see `_sandbox_cpu`
 
     def get_sandbox(self) -> Sandbox:
         if self.sandbox is None:
             from .sandbox import Limits, Sandbox
 
-            self.sandbox = Sandbox(Limits.from_settings(self.settings))
+            self.sandbox = Sandbox(Limits.from_settings(self.settings), cpu=self.sandbox_cpu)
         return self.sandbox
 
     def get_models(self) -> ModelPool:
@@ -195,6 +196,21 @@ def _is_xdist_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
 
 
+def _sandbox_cpu(config: pytest.Config) -> int | None:
+    """The CPU for this xdist worker's sandbox: worker N's, when there are at least as many
+    workers as CPUs (`-n auto`). Then every CPU is busy, and a sandbox that keeps to one CPU
+    hands work between its processes without cross-CPU wake-ups (about 15% faster per problem
+    with two workers on two cores); with spare CPUs, a free sandbox overlaps its own steps."""
+    workerinput = getattr(config, "workerinput", None)
+    if not workerinput:
+        return None
+    try:
+        index, count = int(str(workerinput["workerid"]).lstrip("gw")), int(workerinput["workercount"])
+    except (KeyError, ValueError):
+        return None
+    return index if count >= len(os.sched_getaffinity(0)) else None
+
+
 def _state(config: pytest.Config) -> CodegenState:
     return config.stash[STATE_KEY]
 
@@ -213,6 +229,7 @@ def pytest_configure(config: pytest.Config) -> None:
     state = CodegenState(
         settings=settings, rootdir=config.rootpath, genome=genome,
         run_key=run_key(settings, genome.to_dict() if genome else None),
+        sandbox_cpu=_sandbox_cpu(config),
     )
     config.stash[STATE_KEY] = state
     results = config.getoption("codegen_results")

@@ -71,6 +71,14 @@ def _site_packages() -> list[str]:
     return [p for p in dict.fromkeys(found) if os.path.isdir(p)]
 
 
+def _cpu_id(index: int | None) -> int | None:
+    """The CPU number for a CPU index (wrapping around the CPUs this process may use)."""
+    if index is None:
+        return None
+    allowed = sorted(os.sched_getaffinity(0))
+    return allowed[index % len(allowed)]
+
+
 class SandboxError(RuntimeError):
     """The sandbox itself broke (the server died, the protocol failed), not the candidate."""
 
@@ -89,14 +97,28 @@ class Sandbox:
     start; `run` starts one of those on the first failed assert, so that the rewriter (which
     brings threading along, and its at-fork handler into every child) never slows down the
     forks that decide verdicts.
+
+    `cpu` (an index into the CPUs this process may run on, wrapping around) keeps the server,
+    its forker and every child on that one CPU. Servers fed in parallel (xdist workers) then
+    each keep to a CPU of their own: a run hands work between four processes, and wake-ups and
+    TLB shoot-downs across CPUs cost more than the handing over itself (measured: about 15%
+    of the time per problem with two servers on two cores).
     """
 
-    def __init__(self, limits: Limits = Limits(), *, degrade: str | None = None, explaining: bool = False) -> None:
+    def __init__(
+        self,
+        limits: Limits = Limits(),
+        *,
+        degrade: str | None = None,
+        explaining: bool = False,
+        cpu: int | None = None,
+    ) -> None:
         if degrade not in (None, "userns", "none"):
             raise ValueError(f"degrade must be None, 'userns' or 'none', not {degrade!r}")
         self.limits = limits
         self._degrade = degrade
         self._explaining = explaining
+        self._cpu = cpu
         self._explainer: Sandbox | None = None
         self._lock = threading.RLock()
         self._proc: subprocess.Popen[bytes] | None = None
@@ -123,6 +145,7 @@ class Sandbox:
             "rewriter": self._explaining,
             # the server runs without `site` (-S): it takes this interpreter's site-packages
             "site_packages": _site_packages(),
+            "cpu": _cpu_id(self._cpu),
         }
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": os.environ.get("LANG", "C.UTF-8")}
         directory, filename = os.path.split(_SERVER)
@@ -296,7 +319,7 @@ class Sandbox:
         )
         with self._lock:
             if self._explainer is None or os.getpid() != self._explainer._owner_pid:
-                self._explainer = Sandbox(self.limits, degrade=self._degrade, explaining=True)
+                self._explainer = Sandbox(self.limits, degrade=self._degrade, explaining=True, cpu=self._cpu)
             explainer = self._explainer
         explained = explainer._exchange(
             {**request, "explain": True, "limits": dataclasses.asdict(quick),

@@ -1,6 +1,7 @@
 """The pytest plugin end to end, in subprocesses as users run it (pytester), with and without xdist."""
 
 import json
+import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -281,3 +282,17 @@ def test_header_states_isolation_only_when_the_plugin_is_asked_for(suite):
     suite.makepyfile(test_plain="def test_plain():\n    pass\n")
     unasked = suite.runpytest_subprocess("test_plain.py")
     assert "codegen:" not in unasked.stdout.str()
+
+
+def test_xdist_workers_keep_their_sandbox_to_a_cpu_when_they_fill_the_machine():
+    from types import SimpleNamespace
+
+    from pytest_codegen.plugin import _sandbox_cpu
+
+    cpus = len(os.sched_getaffinity(0))
+    worker = lambda n, count: SimpleNamespace(workerinput={"workerid": f"gw{n}", "workercount": count})  # noqa: E731
+    assert _sandbox_cpu(worker(1, cpus)) == 1
+    assert _sandbox_cpu(worker(3, cpus + 2)) == 3
+    if cpus > 1:
+        assert _sandbox_cpu(worker(0, cpus - 1)) is None  # spare CPUs: let the sandbox float
+    assert _sandbox_cpu(SimpleNamespace()) is None  # not a worker

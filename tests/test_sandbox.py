@@ -293,6 +293,16 @@ def test_children_start_from_a_lean_image(box):
     assert draw(first) != draw(second)
 
 
+def test_a_server_keeps_to_its_cpu():
+    cpus = sorted(os.sched_getaffinity(0))
+    with Sandbox(LIMITS, cpu=len(cpus) + 1) as b:  # an index, wrapping around
+        r = run(b, "import os\nprint('CPUS', sorted(os.sched_getaffinity(0)))\ndef f(x):\n    return x + 1\n")
+        assert r.passed and f"CPUS [{cpus[1 % len(cpus)]}]" in r.output
+        assert os.sched_getaffinity(b.server_pid) == {cpus[1 % len(cpus)]}
+    with Sandbox(LIMITS) as b:  # by default, anywhere
+        assert os.sched_getaffinity(b.server_pid) == set(cpus)
+
+
 def test_output_is_captured_and_capped(box):
     r = run(box, "import sys\nprint('hello')\nsys.stderr.write('err\\n')\ndef f(x):\n    return x + 1\n")
     assert r.passed and "hello" in r.output and "err" in r.output

