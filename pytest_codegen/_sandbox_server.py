@@ -15,6 +15,8 @@ Three kinds of process
   namespaces): forks the zygotes, reaps them and reports their exits. It loads only what the
   children need, so every fork and every child's exit handles a small image.
 * Zygotes: children forked ahead of a job that confine themselves and run the harness.
+Given a CPU (`Sandbox(cpu=...)`; the plugin does so when xdist workers fill the machine), the
+server keeps itself, and so the forker and every child, to it.
 
 How one execution runs
 ----------------------
