@@ -998,11 +998,15 @@ class Server:
             pass  # it died; the monitor sees that
         os.close(z.req_w)
         z.req_w = None  # type: ignore[assignment]
-        if self.iso.uid is not None:
-            # Fork the next zygote while this job runs: it stays root until its own job
-            # arrives, so nothing this run's clean-up does as the sandbox uid can touch it.
-            self.spawn_zygote()
-        self._monitor(st, float(lim["wall_seconds"]))
+        try:
+            if self.iso.uid is not None:
+                # Fork the next zygote while this job runs: it stays root until its own job
+                # arrives, so nothing this run's clean-up does as the sandbox uid can touch it.
+                self.spawn_zygote()
+            self._monitor(st, float(lim["wall_seconds"]))
+        except Exception:
+            self._stop(st, clean=False)  # a bug here must not leave the run's child or fds
+            raise
         clean = st.end and not st.corrupt and not st.timed_out
         if not clean:
             self._stop(st, clean=False)
