@@ -1,8 +1,8 @@
 """The forker: the process that forks a sandbox server's children, and the harness they run.
 
-A sandbox server (`_sandbox_server`) starts this file in a fresh interpreter (`python -I -S
--c BOOTSTRAP`, after the server has set up its namespaces and mounts, so this process shares
-them) and asks it over a unix socket for *zygotes*: children forked ahead of a job, confined as
+A sandbox server (`_sandbox_server`) starts this file in a fresh interpreter (see
+`_sandbox_bootstrap`), after it has set up its namespaces and mounts, so this process shares
+them, and asks it over a unix socket for *zygotes*: children forked ahead of a job, confined as
 far as possible without knowing it, that wait for the job on a pipe, confine themselves further
 (limits, the sandbox uid), and run `run_harness`.
 
@@ -18,8 +18,9 @@ exits through pidfds, reaps them and their orphans and reports each zygote's exi
 and resource use).
 
 Imports stay few on purpose: `threading` and `random` would register at-fork handlers that run
-in every child, `socket` adds ~0.4 MB of enums (`_socket` does the job), and heavier modules
-(dataclasses, hashlib, fractions) are left for the rare candidate that imports them.
+in every child, `socket` adds a few hundred kB of enums and modules (`_socket` does the job),
+and heavier modules (dataclasses, hashlib, fractions) are left for the candidates that import
+them.
 """
 
 from __future__ import annotations

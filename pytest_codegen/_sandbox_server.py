@@ -1,8 +1,8 @@
 """The sandbox server: a long-lived process that runs candidate programs in forked children.
 
-`pytest_codegen.sandbox.Sandbox` starts a fresh interpreter (`python -I -S -c BOOTSTRAP`) that
-imports this file by name from its directory (not as part of the package, from its cached
-bytecode) and calls `main`, before any model is loaded, and talks to it over its stdin/stdout
+`pytest_codegen.sandbox.Sandbox` starts a fresh interpreter that imports this file by name
+from its directory (not as part of the package, from its cached bytecode; see
+`_sandbox_bootstrap`) and calls `main`, before any model is loaded, and talks to it over its stdin/stdout
 with length-prefixed JSON. Nothing here imports `pytest_codegen/__init__.py` or anything a
 model backend pulls in: forking after llama.cpp (or any threaded library) has run hangs.
 
@@ -111,8 +111,10 @@ import sys
 import time
 import typing
 
-# A sibling file, imported the way the bootstrap imports this one (by name, not through the
-# package): the forker's module, with the harness, the libc calls and the framing both use.
+# Sibling files, imported the way the bootstrap imports this one (by name, not through the
+# package): how sandbox processes start, and the forker's module, with the harness, the libc
+# calls and the framing both use.
+import _sandbox_bootstrap  # type: ignore[import-not-found]
 import _sandbox_forker as forker  # type: ignore[import-not-found]
 from _sandbox_forker import (  # type: ignore[import-not-found]
     _EXITED,
@@ -616,17 +618,10 @@ class Server:
             "site_packages": list(self.cfg.get("site_packages", [])),
             "uid": iso.uid, "gid": iso.gid, "userns": iso.userns, "scratch": iso.scratch, "work": iso.work,
         }
-        directory, filename = os.path.split(forker.__file__)
-        bootstrap = (
-            "import sys; sys.path.insert(0, sys.argv[1]); import {} as forker; "
-            "del sys.path[0], sys.modules[forker.__name__]; forker.main(sys.argv[2])"
-        ).format(os.path.splitext(filename)[0])
         os.set_inheritable(theirs.fileno(), True)
         try:
             pid = os.posix_spawn(
-                sys.executable,
-                [sys.executable, "-I", "-S", "-c", bootstrap, directory, marshal.dumps(config).hex()],
-                dict(os.environ),
+                sys.executable, _sandbox_bootstrap.command(forker.__file__, marshal.dumps(config).hex()), dict(os.environ)
             )
         finally:
             theirs.close()
@@ -721,8 +716,6 @@ class Server:
         children = self._children(self.forker_pid)
         if children is None:
             children = set(_descendants(self.forker_pid))
-        # and the server's own children but the forker: orphans, should the forker have died
-        children |= (self._children(self.pid) or set()) - {self.forker_pid}
         if self.zygote is not None:
             children.discard(self.zygote.pid)
         return children

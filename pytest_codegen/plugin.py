@@ -197,10 +197,7 @@ def _is_xdist_worker(config: pytest.Config) -> bool:
 
 
 def _sandbox_cpu(config: pytest.Config) -> int | None:
-    """The CPU for this xdist worker's sandbox: worker N's, when there are at least as many
-    workers as CPUs (`-n auto`). Then every CPU is busy, and a sandbox that keeps to one CPU
-    hands work between its processes without cross-CPU wake-ups (about 15% faster per problem
-    with two workers on two cores); with spare CPUs, a free sandbox overlaps its own steps."""
+    """The `cpu` of this xdist worker's sandbox (see `sandbox.cpu_for_server`)."""
     workerinput = getattr(config, "workerinput", None)
     if not workerinput:
         return None
@@ -208,7 +205,9 @@ def _sandbox_cpu(config: pytest.Config) -> int | None:
         index, count = int(str(workerinput["workerid"]).lstrip("gw")), int(workerinput["workercount"])
     except (KeyError, ValueError):
         return None
-    return index if count >= len(os.sched_getaffinity(0)) else None
+    from .sandbox import cpu_for_server
+
+    return cpu_for_server(index, count)
 
 
 def _state(config: pytest.Config) -> CodegenState:

@@ -29,20 +29,13 @@ import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from pytest_codegen._sandbox_bootstrap import command
 from pytest_codegen.outcome import FAILED, TEST, ExecutionResult
 from pytest_codegen.problems import TestCase
 
 __all__ = ["Limits", "Sandbox", "SandboxError"]
 
 _SERVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_sandbox_server.py")
-# The server is imported, not run as a script: from its cached bytecode, so compiling 1,700
-# lines does not leave ~4 MB in the image every fork copies and every exit tears down. It is
-# imported by file name, outside the package (no pytest_codegen/__init__, nothing a model
-# backend pulls in), and its directory leaves the import path again at once.
-_BOOTSTRAP = (
-    "import sys; sys.path.insert(0, sys.argv[1]); import {module} as server; "
-    "del sys.path[0], sys.modules[server.__name__]; server.main(sys.argv[2])"
-)
 _HEADER = struct.Struct(">I")
 _START_TIMEOUT = 60.0
 _REPLY_MARGIN = 30.0  # on top of the wall limit: compile, kill, reap
@@ -69,6 +62,16 @@ def _site_packages() -> list[str]:
     found = [p for p in sys.path if os.path.basename(p) in ("site-packages", "dist-packages")]
     found += getattr(site, "getsitepackages", list)()
     return [p for p in dict.fromkeys(found) if os.path.isdir(p)]
+
+
+def cpu_for_server(index: int, servers: int) -> int | None:
+    """The `cpu` for server `index` of `servers` fed side by side (xdist workers, a benchmark's
+    threads): a CPU of its own when they are at least as many as the CPUs. Then every CPU is
+    busy, and a server kept to one CPU hands work between its processes (client, server,
+    forker, child) without cross-CPU wake-ups and TLB shoot-downs, which cost more than the
+    handing over (15-20% of the time per problem, two servers on two cores). With spare CPUs,
+    None: a free server is faster, as it overlaps its own steps on several CPUs."""
+    return index if servers >= len(os.sched_getaffinity(0)) else None
 
 
 def _cpu_id(index: int | None) -> int | None:
@@ -99,10 +102,7 @@ class Sandbox:
     forks that decide verdicts.
 
     `cpu` (an index into the CPUs this process may run on, wrapping around) keeps the server,
-    its forker and every child on that one CPU. Servers fed in parallel (xdist workers) then
-    each keep to a CPU of their own: a run hands work between four processes, and wake-ups and
-    TLB shoot-downs across CPUs cost more than the handing over itself (measured: about 15%
-    of the time per problem with two servers on two cores).
+    its forker and every child on that one CPU; `cpu_for_server` says when that pays.
     """
 
     def __init__(
@@ -148,13 +148,11 @@ class Sandbox:
             "cpu": _cpu_id(self._cpu),
         }
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": os.environ.get("LANG", "C.UTF-8")}
-        directory, filename = os.path.split(_SERVER)
-        bootstrap = _BOOTSTRAP.format(module=os.path.splitext(filename)[0])
         try:
             proc = subprocess.Popen(
                 # -S: no .pth files run in the server (they import threading and friends,
                 # whose at-fork handlers would run in every child); it adds site-packages itself
-                [sys.executable, "-I", "-S", "-c", bootstrap, directory, json.dumps(cfg)],
+                command(_SERVER, json.dumps(cfg)),
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 close_fds=True,

@@ -46,7 +46,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 
 from pytest_codegen.problems import TestCase  # noqa: E402
-from pytest_codegen.sandbox import Limits, Sandbox  # noqa: E402
+from pytest_codegen.sandbox import Limits, Sandbox, cpu_for_server  # noqa: E402
 
 # Upstream has it at column 0 as "#" + spaces + "exec(...)": turning the "#" into a space keeps
 # the statement's column, which is deeper than the `with time_limit(...)` it belongs to.
@@ -91,9 +91,7 @@ def run_sequential(box: Sandbox, jobs: list, limits: Limits) -> tuple[float, dic
 
 def run_parallel(n: int, jobs: list, limits: Limits) -> tuple[float, dict, float]:
     t_start = time.perf_counter()
-    # each on a CPU of its own when they fill the machine, as the plugin does under -n auto
-    pin = n >= len(os.sched_getaffinity(0))
-    boxes = [Sandbox(limits, cpu=i if pin else None) for i in range(n)]
+    boxes = [Sandbox(limits, cpu=cpu_for_server(i, n)) for i in range(n)]  # as the plugin's workers
     startup = time.perf_counter() - t_start
     results: dict = {}
     queue = list(jobs)

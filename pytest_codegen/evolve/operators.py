@@ -79,6 +79,15 @@ def complexity_penalty(genome: Genome, per_node: float = 0.02) -> float:
     return round(per_node * node_count(genome), 10)
 
 
+def mean_rate(rates: Sequence[float]) -> float:
+    return sum(rates) / len(rates)
+
+
+def penalized_fitness(rates: Sequence[float], penalty: float) -> float:
+    """Mean pass rate minus the complexity penalty, rounded so that equal scores compare equal."""
+    return round(mean_rate(rates) - penalty, 10)
+
+
 def baseline_genome(model: str) -> Genome:
     """The plain refine loop: generator + one stage of 3 iterations, no analyzer, one model."""
     return Genome(

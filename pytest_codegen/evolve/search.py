@@ -28,7 +28,8 @@ from ..settings import RunSettings
 from .errors import EvolveError
 from .evaluate import EvalJob, Evaluator, ModelsFactory, canonical, evaluation_seed, plain
 from .operators import (
-    InnovationCounter, MutationRates, complexity_penalty, initial_population, node_count,
+    InnovationCounter, MutationRates, complexity_penalty, initial_population, mean_rate, node_count,
+    penalized_fitness,
 )
 from .reproduce import ReproductionRules, reproduce
 from .species import ThresholdRule, adjusted_fitness, next_representatives, speciate
@@ -118,11 +119,11 @@ class Scored:
 
     @property
     def mean(self) -> float:
-        return sum(self.rates) / len(self.rates)
+        return mean_rate(self.rates)
 
     @property
     def fitness(self) -> float:
-        return round(self.mean - self.penalty, 10)
+        return penalized_fitness(self.rates, self.penalty)
 
 
 @dataclass

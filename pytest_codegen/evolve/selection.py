@@ -24,7 +24,7 @@ from ..pipelines.genome import Genome, genome_from_dict
 from ..problems import Problem
 from ..stats import BenchmarkComparison, Comparison, compare, render_comparison
 from .evaluate import EvalJob, EvalResult, Evaluator, canonical, evaluation_seed, plain
-from .operators import baseline_genome, complexity_penalty, node_count
+from .operators import baseline_genome, complexity_penalty, mean_rate, node_count, penalized_fitness
 
 if TYPE_CHECKING:
     from .search import SearchConfig, SearchState
@@ -48,19 +48,19 @@ class Assessment:
 
     @property
     def search_pass(self) -> float:
-        return sum(self.search_rates) / len(self.search_rates)
+        return mean_rate(self.search_rates)
 
     @property
     def holdout_pass(self) -> float:
-        return sum(self.holdout_rates) / len(self.holdout_rates)
+        return mean_rate(self.holdout_rates)
 
     @property
     def search_fitness(self) -> float:
-        return round(self.search_pass - self.penalty, 10)
+        return penalized_fitness(self.search_rates, self.penalty)
 
     @property
     def holdout_fitness(self) -> float:
-        return round(self.holdout_pass - self.penalty, 10)
+        return penalized_fitness(self.holdout_rates, self.penalty)
 
     @property
     def inflation(self) -> float:
