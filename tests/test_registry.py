@@ -45,7 +45,8 @@ def hf_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     cache = tmp_path / "hf-cache"
     cache.mkdir()
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT", "HF_HUB_ETAG_TIMEOUT"):
+    monkeypatch.setenv("CODEGEN_MODEL_DIR", str(tmp_path / "models"))
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT", "HF_HUB_ETAG_TIMEOUT", "CODEGEN_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     return cache
@@ -204,7 +205,7 @@ def test_builtin_hub_aliases(alias: str, repo_id: str, filename: str) -> None:
     spec = Registry().resolve(alias)
     assert (spec.alias, spec.mode, spec.repo_id, spec.filename) == (alias, "chat", repo_id, filename)
     assert spec.kind == "hf"
-    assert spec.source == f"hf://{repo_id}/{filename}"
+    assert spec.sources[0] == f"hf://{repo_id}/{filename}"
 
 
 def test_gemma_270m_is_the_packaged_base_model() -> None:

