@@ -296,14 +296,64 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ---------------------------------------------------------------------- study
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    items = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not items:
+        raise argparse.ArgumentTypeError("expected a comma-separated list")
+    return items
+
+
+@subcommand(
+    "study",
+    help="run the study's matrix of configurations (resumable) and write its report",
+    description=(
+        "Runs each cell (model x benchmark x row) as the plain pytest command it prints, with a\n"
+        "results file under OUT/runs/; a cell already finished is answered from its results file\n"
+        "and the generation cache. After each cell, OUT/README.md is rewritten from every results\n"
+        "file present. Without --models/--benchmarks/--rows, the built-in plan runs (the required\n"
+        "coverage first)."
+    ),
+    arguments=[
+        argument("--out", type=Path, default=Path("docs/results"), help="report directory (docs/results)"),
+        argument("--models", type=_csv, metavar="A,B", help="models (default: the built-in plan)"),
+        argument("--benchmarks", type=_csv, default=("humaneval", "mbpp"), metavar="humaneval,mbpp"),
+        argument("--rows", type=_csv, metavar="single,refine,...", help="rows (default: all)"),
+        argument("--big", default="qwen-coder-1.5b", help="the refiner of the `split` row (qwen-coder-1.5b)"),
+        argument("--dry-run", action="store_true", help="print the commands only"),
+        argument("--report-only", action="store_true", help="write the report from the results present"),
+        argument("pytest_args", nargs="*", metavar="-- PYTEST_ARGS", help="extra pytest options for every cell"),
+    ],
+)
+def cmd_study(args: argparse.Namespace) -> int:
+    from pytest_codegen.study import ROWS, STUDY_PLAN, cells_for, compress_results, render_report, run_cells
+
+    if args.models or args.rows:
+        rows = args.rows or tuple(ROWS)
+        unknown = [r for r in rows if r not in ROWS]
+        if unknown:
+            raise CLIError(f"unknown row(s) {', '.join(unknown)}; rows: {', '.join(ROWS)}")
+        cells = cells_for(args.models or ("qwen-coder-0.5b",), args.benchmarks, rows, big=args.big)
+    else:
+        cells = [c for c in STUDY_PLAN if c.benchmark in args.benchmarks]
+    out: Path = args.out
+
+    def write_report() -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "README.md").write_text(render_report(out, cells))
+        compress_results(cells, out)
+
+    if not args.report_only:
+        run_cells(cells, out, extra=args.pytest_args, dry_run=args.dry_run, after_each=write_report)
+    if not args.dry_run:
+        write_report()
+        print(f"wrote {out / 'README.md'}")
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------------- evolve
-
-
-def _model_list(text: str) -> tuple[str, ...]:
-    names = tuple(name.strip() for name in text.split(",") if name.strip())
-    if not names:
-        raise argparse.ArgumentTypeError("name at least one model")
-    return names
 
 
 @subcommand(
@@ -327,7 +377,7 @@ def _model_list(text: str) -> tuple[str, ...]:
         argument("--evaluations", type=int, default=3, metavar="K", help="evaluations (seeds) per genome (3)"),
         argument("--holdout-evaluations", type=int, default=3, metavar="K",
                  help="fresh evaluations of champion and baseline on the held-out problems (3)"),
-        argument("--models", type=_model_list, default=("gemma-270m",), metavar="A,B,...",
+        argument("--models", type=_csv, default=("gemma-270m",), metavar="A,B,...",
                  help="the model pool; the first is the baseline's (default gemma-270m)"),
         argument("--seed", type=int, default=0),
         argument("--out", type=Path, required=True, metavar="DIR",

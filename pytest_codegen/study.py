@@ -1,0 +1,307 @@
+"""The study's experiment as a named matrix of runs, each an ordinary pytest command.
+
+A *cell* is one configuration (a row of the study's table) of one model on one benchmark. Its
+command is the plain ``pytest benchmarks/BENCH ...`` a user could type, writing a results file
+under the study's directory; re-running it resumes from that file and answers every finished
+generation from the generation cache, so the whole matrix can be stopped and restarted at will.
+`run_cells` runs the missing ones; `render_report` turns whatever results exist into the
+markdown report (pass@1 with a bootstrap interval, Δ against `single` with exact McNemar, error
+transitions and fix rates, cost per solved problem, and the single-pass failure breakdown).
+
+Every cell is greedy (temperature 0): the first attempt of every refinement row is then the
+`single` row's program, so the Δ columns are paired comparisons of the same first programs.
+"""
+
+from __future__ import annotations
+
+import gzip
+import shlex
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Cell", "ROWS", "Row", "STUDY_PLAN", "cells_for", "compress_results", "render_report", "restore_results", "run_cells"]
+
+
+@dataclass(frozen=True)
+class Row:
+    """A configuration: the pytest options that make it, with `{model}` and `{big}` filled in."""
+
+    name: str
+    description: str
+    options: tuple[str, ...]
+    baseline: str | None = "single"  # the row this one is compared with (same model)
+
+
+ROWS: dict[str, Row] = {row.name: row for row in (
+    Row("single", "one generation, no execution feedback", ("--pipeline=single", "--model={model}"), None),
+    Row("refine", "generate → execute → refine, 3 rounds, early stop, visible tests only",
+        ("--pipeline=refine", "--model={model}", "--rounds=3", "--feedback=visible")),
+    Row("refine-hidden", "as refine, but the refiner sees the scoring tests (the study's oracle feedback)",
+        ("--pipeline=refine", "--model={model}", "--rounds=3", "--feedback=hidden")),
+    Row("refine-analyzer", "as refine, with an analyzer diagnosing each failure for the refiner",
+        ("--pipeline=refine", "--model={model}", "--analyzer={model}", "--rounds=3", "--feedback=visible")),
+    Row("text-critic", "a critic reviews the program without executing it; the refiner fixes",
+        ("--pipeline=text", "--model={model}", "--rounds=3")),
+    Row("refine-no-early-stop", "as refine, every round runs even after a pass (per-round net effect)",
+        ("--pipeline=refine", "--model={model}", "--rounds=3", "--feedback=visible", "--no-early-stop")),
+    Row("split", "{model} generates, {big} refines (the role split), visible tests",
+        ("--pipeline=refine", "--generator={model}", "--refiner={big}", "--rounds=3", "--feedback=visible"),
+        "refine@big"),
+)}
+
+COMMON_OPTIONS = ("--temperature=0", "-p", "no:cacheprovider", "-q")
+
+
+@dataclass(frozen=True)
+class Cell:
+    model: str
+    benchmark: str
+    row: str
+    big: str | None = None  # the larger model of a role split
+
+    @property
+    def label(self) -> str:
+        return self.row if self.row != "split" else f"split→{self.big}"
+
+    def results_path(self, out: Path) -> Path:
+        name = self.row if self.row != "split" else f"split-{self.big}"
+        return out / "runs" / self.model / f"{self.benchmark}-{name}.jsonl"
+
+    def command(self, out: Path, extra: Sequence[str] = ()) -> list[str]:
+        fill = {"model": self.model, "big": self.big or ""}
+        options = [option.format(**fill) for option in ROWS[self.row].options]
+        return ["pytest", f"benchmarks/{self.benchmark}", *options, *COMMON_OPTIONS,
+                f"--codegen-results={self.results_path(out)}", *extra]
+
+
+def cells_for(models: Iterable[str], benchmarks: Iterable[str], rows: Iterable[str], big: str | None = None) -> list[Cell]:
+    cells = []
+    for model in models:
+        for benchmark in benchmarks:
+            for row in rows:
+                if row not in ROWS:
+                    raise ValueError(f"unknown study row {row!r}; rows: {', '.join(ROWS)}")
+                if row == "split" and (big is None or big == model):
+                    continue
+                cells.append(Cell(model, benchmark, row, big if row == "split" else None))
+    return cells
+
+
+# The required coverage first, in an order where each cell reuses the cache of those before it.
+_ZERO_FIVE = "qwen-coder-0.5b"
+_ONE_FIVE = "qwen-coder-1.5b"
+STUDY_PLAN: tuple[Cell, ...] = (
+    *cells_for([_ZERO_FIVE], ["humaneval"], ["single", "refine", "refine-hidden"]),
+    *cells_for([_ONE_FIVE], ["humaneval"], ["single", "refine", "refine-hidden"]),
+    *cells_for([_ZERO_FIVE], ["humaneval"], ["split"], big=_ONE_FIVE),
+    *cells_for([_ZERO_FIVE], ["humaneval"], ["refine-analyzer", "text-critic", "refine-no-early-stop"]),
+    *cells_for([_ZERO_FIVE], ["mbpp"], ["single", "refine", "refine-hidden", "refine-analyzer",
+                                       "text-critic", "refine-no-early-stop"]),
+    *cells_for([_ZERO_FIVE], ["mbpp"], ["split"], big=_ONE_FIVE),
+    *cells_for([_ONE_FIVE], ["mbpp"], ["single", "refine"]),
+)
+
+
+def run_cells(cells: Sequence[Cell], out: Path, *, extra: Sequence[str] = (), dry_run: bool = False,
+              python: str = sys.executable, after_each: Any = None) -> list[tuple[Cell, int]]:
+    """Run each cell's pytest command in turn (resuming from its results file); returns the
+    exit status of each. pytest exits 1 when items fail, which is a finished run here."""
+    statuses = []
+    for index, cell in enumerate(cells, 1):
+        command = cell.command(out, extra)
+        print(f"[{index}/{len(cells)}] {shlex.join(command)}", flush=True)
+        if dry_run:
+            continue
+        restore_results(cell.results_path(out))
+        status = subprocess.run([python, "-m", *command], check=False).returncode
+        statuses.append((cell, status))
+        if status not in (0, 1):
+            print(f"    exit status {status}: this cell did not finish", flush=True)
+        if after_each is not None:
+            after_each()
+    return statuses
+
+
+def compressed(path: Path) -> Path:
+    return path.with_name(path.name + ".gz")
+
+
+def restore_results(path: Path) -> None:
+    """A results file is committed gzipped: a fresh checkout resumes from that copy."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists() and compressed(path).is_file():
+        with gzip.open(compressed(path), "rb") as source, path.open("wb") as target:
+            shutil.copyfileobj(source, target)
+
+
+def compress_results(cells: Iterable[Cell], out: Path) -> None:
+    """Refresh the gzipped copy (the one to commit) of every results file present; mtime 0
+    keeps an unchanged file's bytes unchanged."""
+    for cell in cells:
+        path = cell.results_path(out)
+        if path.is_file():
+            with path.open("rb") as source, gzip.GzipFile(compressed(path), "wb", mtime=0) as target:
+                shutil.copyfileobj(source, target)
+
+
+# ---------------------------------------------------------------------- the report
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    from .results import read_records
+
+    restore_results(path)
+    return list(read_records(path)) if path.is_file() else []
+
+
+def _passed(record: Mapping[str, Any]) -> bool:
+    return record.get("passed") is True
+
+
+def _first_class(record: Mapping[str, Any]) -> str:
+    return (record.get("round_outcomes") or [record.get("outcome_class") or "unknown"])[0]
+
+
+def _cost(records: Sequence[Mapping[str, Any]]) -> tuple[str, str]:
+    """Generated tokens and generation+execution seconds per solved problem (cached rounds
+    count with the time they took when generated)."""
+    solved = sum(_passed(r) for r in records)
+    if not solved:
+        return "n/a", "n/a"
+    tokens = sum(int(r.get("tokens") or 0) for r in records)
+    seconds = sum(sum(float(v) for v in (r.get("timing") or {}).values()) for r in records)
+    return f"{tokens / solved:,.0f}", f"{seconds / solved:,.1f}"
+
+
+def _fix_rates(records: Sequence[Mapping[str, Any]]) -> str:
+    """`NameError 3/4, AssertionError 5/40`: fixed / failing first attempts, per first class."""
+    firsts = Counter(_first_class(r) for r in records if _first_class(r) != "passed")
+    fixed = Counter(_first_class(r) for r in records if _first_class(r) != "passed" and _passed(r))
+    return ", ".join(f"{name} {fixed[name]}/{n}" for name, n in firsts.most_common())
+
+
+BREAKDOWN = (
+    "passed", "no code extracted", "truncated at max tokens", "entry point missing or misnamed",
+    "syntax error", "NameError (undefined helper or import)", "wrong answer (AssertionError)",
+)
+
+
+def failure_breakdown(records: Sequence[Mapping[str, Any]], entry_points: Mapping[str, str],
+                      max_tokens: int = 512) -> Counter[str]:
+    """Why single attempts failed, separating what can be the harness's fault (no code found,
+    output cut at max tokens, the function under another name) from wrong programs."""
+    reasons: Counter[str] = Counter()
+    for record in records:
+        if _passed(record):
+            reasons["passed"] += 1
+            continue
+        first = (record.get("rounds") or [{}])[0]
+        outcome = record.get("outcome_class")
+        message = record.get("message") or ""
+        entry = entry_points.get(record.get("problem_id", ""), "")
+        if outcome == "no code":
+            reasons["no code extracted"] += 1
+        elif int(first.get("completion_tokens") or 0) >= max_tokens:
+            reasons["truncated at max tokens"] += 1
+        elif outcome == "NameError" and entry and f"'{entry}'" in message:
+            reasons["entry point missing or misnamed"] += 1
+        elif outcome in ("SyntaxError", "IndentationError"):
+            reasons["syntax error"] += 1
+        elif outcome == "NameError":
+            reasons["NameError (undefined helper or import)"] += 1
+        elif outcome == "AssertionError":
+            reasons["wrong answer (AssertionError)"] += 1
+        else:
+            reasons[f"runtime error / limit ({outcome})"] += 1
+    return reasons
+
+
+def _entry_points(benchmark: str) -> dict[str, str]:
+    from .datasets import humaneval, mbpp
+
+    try:
+        problems = humaneval.load_problems() if benchmark == "humaneval" else mbpp.load_problems()
+    except Exception:  # the breakdown then files misnamed functions under NameError
+        return {}
+    return {p.id: p.entry_point for p in problems}
+
+
+def _breakdown_section(cells: Sequence[Cell], loaded: Mapping[Cell, list[dict[str, Any]]]) -> list[str]:
+    from tabulate import tabulate
+
+    singles = [c for c in cells if c.row == "single" and c in loaded]
+    if not singles:
+        return []
+    columns = {c: failure_breakdown(loaded[c], _entry_points(c.benchmark)) for c in singles}
+    reasons = list(BREAKDOWN) + sorted({r for counts in columns.values() for r in counts} - set(BREAKDOWN))
+    rows = [[reason, *(columns[c][reason] for c in singles)] for reason in reasons]
+    return ["## Single-pass outcomes, broken down", "",
+            "What became of each `single` program. The first four lines are where a harness can be at "
+            "fault (extraction, a token budget, naming); the rest are the model's programs failing.", "",
+            tabulate(rows, tablefmt="github", disable_numparse=True, headers=["outcome", *(f"{c.model} {c.benchmark}" for c in singles)]), ""]
+
+
+def render_report(out: Path, cells: Sequence[Cell], commands_prefix: str = "") -> str:
+    """The markdown report of every cell whose results file exists."""
+    from tabulate import tabulate
+
+    from .stats import ComparisonError, compare, pass1_summary
+
+    loaded = {cell: _records(cell.results_path(out)) for cell in cells}
+    loaded = {cell: records for cell, records in loaded.items() if records}
+    parts = ["# Study results", "",
+             "Greedy decoding (temperature 0), one sample per problem, feedback as stated per row. "
+             "Δ and McNemar compare each row with the `single` row of the same model (paired: the "
+             "same first program). z = (c − b)/√(b + c) is the paired normal statistic; the study's "
+             "σ = Δ/√(SD₁² + SD₂²) needs several samples per run (use `--samples`).", ""]
+    for benchmark in sorted({c.benchmark for c in loaded}):
+        rows = []
+        for cell in (c for c in cells if c in loaded and c.benchmark == benchmark):
+            records = loaded[cell]
+            summary = pass1_summary(records)[benchmark]
+            base_cell = _baseline(cell, loaded)
+            delta = p = z = "–"
+            if base_cell is not None:
+                try:
+                    comparison = compare(loaded[base_cell], records, restrict_to_common=True).benchmarks[0]
+                    delta = f"{comparison.delta:+.0f} ({comparison.delta_pass1:+.3f})"
+                    p = f"{comparison.p_value:.2g}"
+                    discordant = comparison.b + comparison.c
+                    z = f"{(comparison.c - comparison.b) / discordant ** 0.5:+.1f}" if discordant else "0"
+                    if comparison.problems != summary.problems or comparison.problems != len(loaded[base_cell]):
+                        delta += f" on {comparison.problems}"
+                except ComparisonError as error:
+                    delta = f"not comparable: {error}"
+            tokens, seconds = _cost(records)
+            rows.append([
+                cell.model, cell.label, summary.problems,
+                f"{summary.mean:.3f} [{summary.ci[0]:.3f}, {summary.ci[1]:.3f}]",
+                delta, p, z, _fix_rates(records) if cell.row != "single" else "", tokens, seconds,
+            ])
+        parts += [f"## {benchmark}", "", tabulate(rows, tablefmt="github", disable_numparse=True, headers=[
+            "model", "row", "problems", "pass@1 [95% CI]", "Δ solved vs baseline", "McNemar p", "z",
+            "fixed/failing first attempts, by class", "tokens/solved", "s/solved"]), ""]
+    parts += _breakdown_section(cells, loaded)
+    parts += ["## Commands", "", "Each row is one command (run from the repository root); running it again "
+              "resumes from its results file and answers finished generations from the cache.", ""]
+    for cell in cells:
+        mark = "" if cell in loaded else "  # not run yet"
+        parts.append(f"    {commands_prefix}{shlex.join(cell.command(out))}{mark}")
+    return "\n".join(parts) + "\n"
+
+
+def _baseline(cell: Cell, loaded: Mapping[Cell, Any]) -> Cell | None:
+    base = ROWS[cell.row].baseline
+    if base is None:
+        return None
+    if base == "refine@big":
+        candidate = Cell(cell.big or "", cell.benchmark, "refine")
+    else:
+        candidate = Cell(cell.model, cell.benchmark, base)
+    return candidate if candidate in loaded else None

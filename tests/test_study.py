@@ -1,0 +1,115 @@
+"""`pytest-codegen study`: the matrix of cells, their commands, resuming from committed copies,
+and the report computed from results files."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from pytest_codegen.cli import main
+from pytest_codegen.study import (
+    Cell, STUDY_PLAN, cells_for, compress_results, failure_breakdown, render_report, restore_results,
+)
+
+
+def record(problem: str, rounds: list[str], *, tokens: int = 100, first_tokens: int = 80, message: str = "",
+           feedback: str = "visible") -> dict:
+    final = rounds[-1]
+    return {
+        "nodeid": f"x::test[{problem}]", "run_key": "k", "benchmark": "humaneval", "problem_id": problem,
+        "sample": 0, "pipeline": "refine", "passed": final == "passed", "outcome_class": final,
+        "round_outcomes": rounds, "message": message, "tokens": tokens, "feedback": feedback,
+        "rounds": [{"index": 0, "completion_tokens": first_tokens}],
+        "timing": {"exec_seconds": 0.5, "gen_seconds": 9.5},
+    }
+
+
+def write(path: Path, records: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_plan_covers_the_required_cells() -> None:
+    plan = set(STUDY_PLAN)
+    rows = ["single", "refine", "refine-hidden", "refine-analyzer", "text-critic", "refine-no-early-stop"]
+    for benchmark in ("humaneval", "mbpp"):
+        assert set(cells_for(["qwen-coder-0.5b"], [benchmark], rows)) <= plan
+        assert Cell("qwen-coder-0.5b", benchmark, "split", "qwen-coder-1.5b") in plan
+    assert set(cells_for(["qwen-coder-1.5b"], ["humaneval"], ["single", "refine", "refine-hidden"])) <= plan
+    assert len(plan) == len(STUDY_PLAN)
+
+
+def test_commands_are_plain_greedy_pytest_commands(tmp_path: Path) -> None:
+    cell = Cell("m", "mbpp", "refine-hidden")
+    command = cell.command(tmp_path)
+    assert command[:2] == ["pytest", "benchmarks/mbpp"]
+    assert {"--pipeline=refine", "--model=m", "--feedback=hidden", "--temperature=0"} <= set(command)
+    assert f"--codegen-results={tmp_path}/runs/m/mbpp-refine-hidden.jsonl" in command
+    split = Cell("small", "humaneval", "split", "big").command(tmp_path)
+    assert {"--generator=small", "--refiner=big"} <= set(split)
+    with pytest.raises(ValueError, match="unknown study row"):
+        cells_for(["m"], ["mbpp"], ["nope"])
+
+
+def test_report_pairs_each_row_with_single(tmp_path: Path) -> None:
+    single = [record(f"HumanEval/{i}", ["passed" if i < 4 else "AssertionError"]) for i in range(10)]
+    single[9] = record("HumanEval/9", ["NameError"], message="name 'f' is not defined")
+    refine = [record(f"HumanEval/{i}", ["passed"] if i < 4 else ["AssertionError", "passed"] if i < 6
+                     else ["AssertionError", "AssertionError"]) for i in range(9)]
+    refine.append(record("HumanEval/9", ["NameError", "passed"]))
+    cells = [Cell("m", "humaneval", "single"), Cell("m", "humaneval", "refine"), Cell("m", "humaneval", "refine-hidden")]
+    write(cells[0].results_path(tmp_path), single)
+    write(cells[1].results_path(tmp_path), refine)
+    text = render_report(tmp_path, cells)
+    lines = {line.split("|")[2].strip(): line for line in text.splitlines() if line.startswith("| m ")}
+    assert "0.400" in lines["single"] and "0.700" in lines["refine"]
+    assert "+3 (+0.300)" in lines["refine"]
+    assert "AssertionError 2/5, NameError 1/1" in lines["refine"]
+    assert "0.25" in lines["refine"]  # exact McNemar p for 3 discordant pairs all one way
+    assert "refine-hidden" not in lines  # no results yet: listed with its command only
+    assert "not run yet" in text and "--feedback=hidden" in text
+    # 10 items x 10 s over 4 / 7 solved; 100 tokens each.
+    assert "| 250 " in lines["single"] and "| 25.0 " in lines["single"]
+
+
+def test_breakdown_separates_harness_faults_from_wrong_answers() -> None:
+    records = [
+        record("a", ["passed"]),
+        record("b", ["no code"]),
+        record("c", ["SyntaxError"], first_tokens=512),
+        record("d", ["NameError"], message="NameError: name 'solve' is not defined"),
+        record("e", ["NameError"], message="NameError: name 'math' is not defined"),
+        record("f", ["AssertionError"]),
+    ]
+    counts = failure_breakdown(records, {"d": "solve", "e": "solve"})
+    assert counts == {"passed": 1, "no code extracted": 1, "truncated at max tokens": 1,
+                      "entry point missing or misnamed": 1, "NameError (undefined helper or import)": 1,
+                      "wrong answer (AssertionError)": 1}
+
+
+def test_results_travel_compressed_and_resume(tmp_path: Path) -> None:
+    cell = Cell("m", "humaneval", "single")
+    path = cell.results_path(tmp_path)
+    write(path, [record("HumanEval/0", ["passed"])])
+    compress_results([cell], tmp_path)
+    first = path.with_name(path.name + ".gz").read_bytes()
+    compress_results([cell], tmp_path)
+    assert path.with_name(path.name + ".gz").read_bytes() == first  # byte-stable: no churn in git
+    original = path.read_bytes()
+    path.unlink()
+    restore_results(path)  # a fresh checkout has only the .gz
+    assert path.read_bytes() == original == gzip.decompress(first)
+
+
+def test_cli_dry_run_and_report_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["study", "--out", str(tmp_path), "--models", "m", "--benchmarks", "mbpp", "--rows", "single,refine", "--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 and out[0].startswith("[1/2] pytest benchmarks/mbpp --pipeline=single --model=m")
+    assert not (tmp_path / "README.md").exists()
+    assert main(["study", "--out", str(tmp_path), "--rows", "nope"]) == 2
+    assert "unknown row(s) nope" in capsys.readouterr().err
+    assert main(["study", "--out", str(tmp_path), "--models", "m", "--rows", "single", "--report-only"]) == 0
+    assert "# Study results" in (tmp_path / "README.md").read_text()
