@@ -15,6 +15,7 @@ Every cell is greedy (temperature 0): the first attempt of every refinement row 
 from __future__ import annotations
 
 import gzip
+import json
 import shlex
 import shutil
 import subprocess
@@ -119,6 +120,7 @@ def run_cells(cells: Sequence[Cell], out: Path, *, extra: Sequence[str] = (), dr
         if dry_run:
             continue
         restore_results(cell.results_path(out))
+        record_machine(cell.results_path(out))
         status = subprocess.run([python, "-m", *command], check=False).returncode
         statuses.append((cell, status))
         if status not in (0, 1):
@@ -126,6 +128,44 @@ def run_cells(cells: Sequence[Cell], out: Path, *, extra: Sequence[str] = (), dr
         if after_each is not None:
             after_each()
     return statuses
+
+
+def machine_facts() -> dict[str, Any]:
+    """What the numbers of a run depend on beyond its settings: CPU, cores, llama.cpp build."""
+    import os
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        build = "llama-cpp-python " + version("llama-cpp-python")
+    except PackageNotFoundError:
+        build = "llama-cpp-python not installed"
+    try:
+        import llama_cpp
+
+        features = llama_cpp.llama_print_system_info().decode().strip()
+    except Exception:  # noqa: BLE001 - a report must not fail on a missing backend
+        features = ""
+    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "build": build, "features": features}
+
+
+def _machines_path(results: Path) -> Path:
+    return results.with_name(results.name.removesuffix(".jsonl") + ".machines.json")
+
+
+def record_machine(results: Path) -> None:
+    """Adds this machine to the list of machines a cell ran on (a resumed cell may have moved)."""
+    path = _machines_path(results)
+    machines = json.loads(path.read_text()) if path.is_file() else []
+    facts = machine_facts()
+    if facts not in machines:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(machines + [facts], indent=1) + "\n")
 
 
 def compressed(path: Path) -> Path:
@@ -288,12 +328,50 @@ def render_report(out: Path, cells: Sequence[Cell], commands_prefix: str = "") -
             "model", "row", "problems", "pass@1 [95% CI]", "Δ solved vs baseline", "McNemar p", "z",
             "fixed/failing first attempts, by class", "tokens/solved", "s/solved"]), ""]
     parts += _breakdown_section(cells, loaded)
+    parts += _machines_section(cells, loaded, out)
+    parts += _figures_section(cells, loaded, out)
     parts += ["## Commands", "", "Each row is one command (run from the repository root); running it again "
               "resumes from its results file and answers finished generations from the cache.", ""]
     for cell in cells:
         mark = "" if cell in loaded else "  # not run yet"
         parts.append(f"    {commands_prefix}{shlex.join(cell.command(out))}{mark}")
     return "\n".join(parts) + "\n"
+
+
+def _machines_section(cells: Sequence[Cell], loaded: Mapping[Cell, Any], out: Path) -> list[str]:
+    seen: dict[str, list[str]] = {}
+    for cell in cells:
+        path = _machines_path(cell.results_path(out))
+        if cell in loaded and path.is_file():
+            for machine in json.loads(path.read_text()):
+                key = f"{machine['cpu']}, {machine['cores']} cores, {machine['build']} ({machine['features']})"
+                seen.setdefault(key, []).append(f"{cell.model} {cell.benchmark} {cell.label}")
+    if not seen:
+        return []
+    lines = ["## Machines and build", ""]
+    for machine, which in seen.items():
+        lines.append(f"- {machine}: {', '.join(which)}")
+    return lines + [""]
+
+
+def _figures_section(cells: Sequence[Cell], loaded: Mapping[Cell, list[dict[str, Any]]], out: Path) -> list[str]:
+    """`pytest-codegen report --plot` figures of every refinement cell."""
+    try:
+        from .figures import PlotUnavailable, write_figures
+    except ImportError:
+        return []
+    lines = []
+    for cell in cells:
+        if cell not in loaded or cell.row == "single":
+            continue
+        directory = out / "figures" / f"{cell.model}-{cell.benchmark}-{cell.results_path(out).stem.split('-', 1)[1]}"
+        try:
+            paths = write_figures(loaded[cell], directory)
+        except (PlotUnavailable, ValueError):
+            return []
+        links = ", ".join(f"[{p.stem}]({p.relative_to(out)})" for p in paths)
+        lines.append(f"- {cell.model} {cell.benchmark} {cell.label}: {links}")
+    return ["## Figures", "", *lines, ""] if lines else []
 
 
 def _baseline(cell: Cell, loaded: Mapping[Cell, Any]) -> Cell | None:

@@ -113,3 +113,20 @@ def test_cli_dry_run_and_report_only(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "unknown row(s) nope" in capsys.readouterr().err
     assert main(["study", "--out", str(tmp_path), "--models", "m", "--rows", "single", "--report-only"]) == 0
     assert "# Study results" in (tmp_path / "README.md").read_text()
+
+
+def test_report_names_the_machine_and_links_figures(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib", reason="figures need the [plot] extra")
+    from pytest_codegen.study import machine_facts, record_machine
+
+    cells = [Cell("m", "humaneval", "single"), Cell("m", "humaneval", "refine")]
+    write(cells[0].results_path(tmp_path), [record("HumanEval/0", ["AssertionError"])])
+    write(cells[1].results_path(tmp_path), [record("HumanEval/0", ["AssertionError", "passed"])])
+    record_machine(cells[1].results_path(tmp_path))
+    record_machine(cells[1].results_path(tmp_path))  # the same machine is listed once
+    text = render_report(tmp_path, cells)
+    facts = machine_facts()
+    assert f"- {facts['cpu']}, {facts['cores']} cores, {facts['build']}" in text
+    assert text.count(facts["build"]) == 1
+    figures = sorted((tmp_path / "figures" / "m-humaneval-refine").glob("*.png"))
+    assert len(figures) == 3 and all(f"({f.relative_to(tmp_path)})" in text for f in figures)
