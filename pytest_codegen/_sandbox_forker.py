@@ -99,6 +99,59 @@ def _drop_capabilities() -> None:
     _check(_libc.capset(ctypes.byref(header), ctypes.byref(data)), "capset")
 
 
+# Kernel keyrings outlive processes. The children would share the session keyring they inherit
+# (the forker's): the forker joins a fresh one that no child may change. What a run stores in
+# its uid's user, user-session or persistent keyring, the server sees in /proc/key-users, and the
+# next child empties those (`fresh_keyrings` in its job) before any candidate code runs.
+_KEYCTL = {"x86_64": 250, "aarch64": 219}.get(os.uname().machine)  # keyctl(2); elsewhere: not done
+KEYCTL_GET_KEYRING_ID, KEYCTL_JOIN_SESSION_KEYRING, KEYCTL_SETPERM, KEYCTL_DESCRIBE = 0, 1, 5, 6
+KEYCTL_CLEAR, KEYCTL_LINK, KEYCTL_READ, KEYCTL_INVALIDATE, KEYCTL_GET_PERSISTENT = 7, 8, 11, 21, 22
+KEY_SPEC_SESSION_KEYRING, KEY_SPEC_USER_KEYRING, KEY_SPEC_USER_SESSION_KEYRING = -3, -4, -5
+KEY_POS_VIEW_SEARCH = 0x09000000  # the possessor may look, not add, link or change
+
+
+def _private_session_keyring() -> None:
+    """In the forker: a fresh session keyring for it and every child, read-only to them."""
+    if _KEYCTL is not None and _libc.syscall(_KEYCTL, KEYCTL_JOIN_SESSION_KEYRING, None) > 0:
+        ring, perm = ctypes.c_long(KEY_SPEC_SESSION_KEYRING), ctypes.c_long(KEY_POS_VIEW_SEARCH)
+        _libc.syscall(_KEYCTL, KEYCTL_SETPERM, ring, perm)
+
+
+def _fresh_keyrings() -> None:
+    """In a child that is the sandbox uid: invalidate every key the uid's user, user-session
+    and persistent keyrings hold (nested keyrings' too), and those keyrings themselves, so
+    that no later lookup, by name or by serial, finds them. (In a session keyring of its own,
+    where linking them makes what they hold its own to invalidate.) Errors are ignored."""
+    if _KEYCTL is None:
+        return
+    keyctl = _libc.syscall
+    keyctl(_KEYCTL, KEYCTL_JOIN_SESSION_KEYRING, None)
+    rings = [keyctl(_KEYCTL, KEYCTL_GET_KEYRING_ID, ctypes.c_long(spec), 0)
+             for spec in (KEY_SPEC_USER_KEYRING, KEY_SPEC_USER_SESSION_KEYRING)]
+    rings.append(keyctl(_KEYCTL, KEYCTL_GET_PERSISTENT, ctypes.c_long(-1), ctypes.c_long(KEY_SPEC_SESSION_KEYRING)))
+    rings = [ring for ring in rings if ring > 0]
+    for ring in rings:
+        keyctl(_KEYCTL, KEYCTL_LINK, ctypes.c_long(ring), ctypes.c_long(KEY_SPEC_SESSION_KEYRING))
+    members = (ctypes.c_int32 * 256)()
+    kind = ctypes.create_string_buffer(64)
+    todo, seen = list(rings), set(rings)
+    while todo and len(seen) < 4096:
+        ring = todo.pop()
+        size = keyctl(_KEYCTL, KEYCTL_READ, ctypes.c_long(ring), members, ctypes.c_long(ctypes.sizeof(members)))
+        for serial in members[: max(0, min(size, ctypes.sizeof(members)) // 4)]:
+            if serial in seen:
+                continue
+            seen.add(serial)
+            size_kind = ctypes.c_long(ctypes.sizeof(kind))
+            described = keyctl(_KEYCTL, KEYCTL_DESCRIBE, ctypes.c_long(serial), kind, size_kind)
+            if described > 0 and kind.raw.startswith(b"keyring;"):
+                todo.append(serial)  # its members first, then itself
+            else:
+                keyctl(_KEYCTL, KEYCTL_INVALIDATE, ctypes.c_long(serial))
+        keyctl(_KEYCTL, KEYCTL_CLEAR, ctypes.c_long(ring))
+        keyctl(_KEYCTL, KEYCTL_INVALIDATE, ctypes.c_long(ring))
+
+
 # ------------------------------------------------------------------------- framing
 
 
@@ -454,6 +507,7 @@ class Forker:
             for which in (resource.RLIMIT_CPU, resource.RLIMIT_AS, resource.RLIMIT_FSIZE, resource.RLIMIT_NPROC):
                 _HARD_LIMITS[which] = resource.getrlimit(which)[1]
             _prctl(PR_SET_NO_NEW_PRIVS, 1)  # inherited by every child, and never needed here
+            _private_session_keyring()
             # Not dumpable (inherited too): in a user namespace the candidates run as this
             # process's uid, and could otherwise write its memory through /proc/PID/mem.
             _prctl(PR_SET_DUMPABLE, 0)
@@ -619,6 +673,8 @@ class Forker:
             os.setresuid(iso.uid, iso.uid, iso.uid)
             if os.getresuid() != (iso.uid,) * 3:
                 raise OSError(errno.EPERM, "setresuid did not take")
+            if job.get("fresh_keyrings"):
+                _fresh_keyrings()
         elif iso.userns or os.geteuid() == 0:
             _drop_capabilities()
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # a uid change clears it (NO_NEW_PRIVS: the forker's)

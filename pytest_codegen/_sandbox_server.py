@@ -33,8 +33,10 @@ How one execution runs
   The writable places (/tmp, /var/tmp, /dev/shm, /run/lock) form the *scratch space*, with the
   work dir /tmp/work owned by the sandbox uid; after every run, once every process of the run
   is gone, it is emptied, the directories' modes restored, the work dir made anew and the
-  server's own SysV IPC objects removed (/run itself is read-only). A run whose processes
-  would not die ends the server instead: the client starts a new one.
+  server's own SysV IPC objects and POSIX message queues removed (/run itself is read-only); the
+  uid's kernel keyrings are emptied by the next child when /proc/key-users shows it has keys
+  (the session keyring the children inherit is the forker's own, read-only to them). A run
+  whose processes would not die ends the server instead: the client starts a new one.
 * A zygote is forked ahead of each job (as root: while the previous job runs; it stays root
   until its own job arrives, so nothing done as the sandbox uid can touch it). It starts its
   own session, puts stdout and stderr on an output pipe, the result channel on fd 3 and
@@ -50,8 +52,11 @@ How one execution runs
   explain asserts that failed (its forker preloads the rewriter; the verdict server never loads
   it, nor the threading it brings); the candidate program itself is compiled in the child,
   under the rlimits, so a hostile program cannot hurt the server's compiler.
-* The server enforces the wall clock (select over the result and output pipes and a pidfd,
-  with a deadline; output past the cap is drained and counted, never stored). When the harness
+* The server enforces the limits (select over the result and output pipes and a pidfd, with a
+  deadline; output past the cap is drained and counted, never stored): the CPU-time limit
+  decides (RLIMIT_CPU in the child, and the server's own reading of the child's CPU time once
+  the wall clock has passed the limit: `timeout (cpu)`), the wall clock is a backstop for
+  programs that wait (`timeout (wall)`). When the harness
   reported everything it has already, as the sandbox uid, set RLIMIT_NPROC to 0 (no process
   of the uid can fork any more) and sent SIGKILL to every other process of the uid with
   `kill(-1)`; otherwise (timeout, crash, early exit, garbage on the channel) the server kills
@@ -148,6 +153,7 @@ MS_REC = 0x4000
 MS_PRIVATE = 0x40000
 MS_RELATIME = 0x200000
 
+MQUEUE_DIR = "/run/.mqueue"
 TMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")  # the scratch space (with /run/lock): tmpfs, emptied per run
 MAX_RESULT_BYTES = 8 << 20
 # Reads from the children's pipes: under glibc's mmap threshold, so each read is not an
@@ -156,11 +162,15 @@ READ_SIZE = 64 * 1024
 MAX_TEXT, MAX_TB = forker.MAX_TEXT, forker.MAX_TB
 SANDBOX_UID_BASE = 200000
 NOBODY = 65534
+TIMEOUT_CPU, TIMEOUT_WALL = "timeout (cpu)", "timeout (wall)"  # a timeout's error type
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 # ------------------------------------------------------------------ libc via ctypes
 
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 _libc.unshare.argtypes = [ctypes.c_int]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+MNT_DETACH = 2
 
 
 def _unshare(flags: int) -> None:
@@ -170,6 +180,10 @@ def _unshare(flags: int) -> None:
 def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
     enc = lambda s: None if s is None else s.encode()  # noqa: E731
     _check(_libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)), f"mount {target}")
+
+
+def _umount(target: str) -> None:
+    _check(_libc.umount2(target.encode(), MNT_DETACH), f"umount {target}")
 
 
 def _mount_flags(path: str) -> int:
@@ -214,6 +228,92 @@ def _clean(s: object, limit: int = MAX_TEXT) -> str:
     return s.encode("utf-8", "replace").decode("utf-8")
 
 
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_MAX_DEPTH_FDS = 32
+
+
+def remove_tree(path: str) -> bool:
+    """Remove `path` and everything under it, at any depth; True if it is gone.
+
+    Unlike `shutil.rmtree` (one Python frame per level: a RecursionError past ~1000 levels,
+    which a program makes in a moment), this walks without recursion, through directory fds
+    (no path grows past PATH_MAX), never follows symlinks, and keeps at most
+    `_MAX_DEPTH_FDS` fds open: deeper directories are moved up to the top one first.
+    Entries it cannot remove are left (and the result says so); it never raises.
+    """
+    try:
+        top = os.open(path, _DIR_FLAGS)
+    except OSError:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        return not os.path.lexists(path)
+    stack, names, skip = [top], [""], [set()]
+    moved = 0
+    try:
+        while stack:
+            fd = stack[-1]
+            child = None
+            try:
+                with os.scandir(fd) as entries:
+                    for entry in entries:
+                        if entry.name in skip[-1]:
+                            continue
+                        try:
+                            if entry.is_dir(follow_symlinks=False):
+                                child = entry.name
+                                break
+                            os.unlink(entry.name, dir_fd=fd)
+                        except OSError:
+                            skip[-1].add(entry.name)
+            except OSError:
+                pass
+            if child is None:  # this level is as empty as it gets: up, and remove it
+                stack.pop()
+                name = names.pop()
+                skip.pop()
+                os.close(fd)
+                if stack:
+                    try:
+                        os.rmdir(name, dir_fd=stack[-1])
+                    except OSError:
+                        skip[-1].add(name)
+                continue
+            if len(stack) >= _MAX_DEPTH_FDS:  # flatten: move it up to the top directory
+                moved += 1
+                try:
+                    os.rename(child, f".up-{moved}", src_dir_fd=fd, dst_dir_fd=top)
+                except OSError:
+                    skip[-1].add(child)
+                continue
+            try:
+                sub = os.open(child, _DIR_FLAGS, dir_fd=fd)
+            except OSError:
+                try:  # a directory its owner made unreadable
+                    os.chmod(child, 0o700, dir_fd=fd)
+                    sub = os.open(child, _DIR_FLAGS, dir_fd=fd)
+                except (OSError, NotImplementedError):
+                    skip[-1].add(child)
+                    continue
+            stack.append(sub)
+            names.append(child)
+            skip.append(set())
+    except Exception:  # MemoryError and the like: leave the rest, say so
+        pass
+    finally:
+        for fd in stack:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
+    return not os.path.lexists(path)
+
+
 def _signal_name(signo: int) -> str:
     try:
         return signal.Signals(signo).name
@@ -245,6 +345,17 @@ def _descendants(root: int) -> list[int]:
             found.append(child)
             todo.append(child)
     return found
+
+
+def _proc_cpu(pid: int) -> float | None:
+    """The CPU time (user + system, seconds) of process `pid` so far; None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _uid_tasks(uid: int) -> int:
@@ -282,6 +393,8 @@ class Isolation:
         self.scratch_mb = 0
         self.run_dir: str | None = None  # parent of per-run work dirs when there is no scratch
         self.work = "/tmp/work"  # the child's work dir in the scratch space
+        self.hidden: list[str] = []  # closed directories covered but for the interpreter's parts
+        self.mqueue: str | None = None  # where this IPC namespace's POSIX message queues show
         self.notes: list[str] = []
 
     @property
@@ -300,6 +413,8 @@ class Isolation:
         parts.append("rlimits")
         if self.read_only_root:
             parts.append("read-only root + private tmpfs")
+        if self.hidden:
+            parts.append(f"{', '.join(self.hidden)} hidden but for the interpreter")
         if self.uid is None:
             parts.append("process group")
         line = " + ".join(parts)
@@ -321,6 +436,12 @@ def _interpreter_paths() -> list[str]:
     import path and the forker's own module."""
     paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
     paths.add(os.path.dirname(os.path.realpath(sys.executable)))
+    # The command the forker (and a candidate's own subprocess) starts: a venv's bin/python
+    # is a link that lies outside sys.prefix here (the server runs without `site`, so
+    # sys.prefix is the base interpreter's): the venv itself, when it is one.
+    bindir = os.path.dirname(os.path.abspath(sys.executable))
+    venv = os.path.dirname(bindir)
+    paths.add(venv if os.path.isfile(os.path.join(venv, "pyvenv.cfg")) else bindir)
     paths.add(os.path.dirname(os.path.abspath(forker.__file__)))
     paths.update(p for p in sys.path if p and os.path.isabs(p))
     real = sorted({os.path.realpath(p) for p in paths if os.path.isdir(p)}, key=len)
@@ -374,6 +495,7 @@ def _expose(iso: Isolation, needed: list[str]) -> None:
             os.rmdir(spot)
             _mount(None, p, None, MS_REMOUNT | MS_BIND | MS_RDONLY | _mount_flags(p))
         _mount(None, ancestor, None, MS_REMOUNT | MS_NOSUID | MS_NODEV | MS_RDONLY, "size=1m,mode=755")
+        iso.hidden.append(ancestor)
         iso.notes.append(f"{ancestor} hidden; exposed read-only: {', '.join(paths)}")
     os.rmdir(stage)
 
@@ -409,6 +531,13 @@ def _setup_mounts(iso: Isolation, file_size_mb: int, root: bool) -> None:
             for sub, mode in (("lock", 0o1777), ("sandbox", 0o755)):
                 os.makedirs(f"/run/{sub}", exist_ok=True)
                 os.chmod(f"/run/{sub}", mode)
+            # This IPC namespace's POSIX message queues, for the server to empty after each run
+            try:
+                os.makedirs(MQUEUE_DIR, mode=0o700, exist_ok=True)
+                _mount("mqueue", MQUEUE_DIR, "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+                iso.mqueue = MQUEUE_DIR
+            except OSError as e:
+                iso.notes.append(f"POSIX message queues are not emptied between runs: {e}")
             if root:
                 try:
                     _expose(iso, needed)
@@ -595,6 +724,7 @@ class Server:
             self.iso.uid = self.iso.gid = None
         self.clean_scratch: list[tuple[int, ...]] | None = None  # the scratch space, emptied
         self.scratch_modes = {d: os.stat(d).st_mode & 0o7777 for d in self.iso.scratch_dirs}
+        self.scratch_renewals = 0  # tmpfs mounts made anew because emptying failed
         self.sysvipc: dict[str, int] = {}  # listings of this server's own IPC namespace, kept open
         if "ipc" in self.iso.namespaces:
             for kind in ("shm", "msg", "sem"):
@@ -603,6 +733,14 @@ class Server:
                 except OSError:
                     pass
         self.tainted = False  # a run left processes that would not die: stop after replying
+        # Keys of the sandbox uid (a dead namesake's, or a run's): the next child clears them
+        self.key_users: int | None = None
+        if self.iso.uid is not None:
+            try:
+                self.key_users = os.open("/proc/key-users", os.O_RDONLY)
+            except OSError:
+                pass
+        self.keys_dirty = self._uid_has_keys()
         if self.iso.scratch:
             self._empty_scratch()
         self.forker_pid, self.sock, self.subreaper = self._start_forker()
@@ -740,47 +878,86 @@ class Server:
         Mostly a run leaves nothing: tmpfs counts a directory's entries in its size, so when
         every size, mode and owner is as it was, only the work dir is made anew (its own
         timestamps and extended attributes go with it).
+        Nothing of this fails a run: what cannot be emptied (a tree deeper than any recursion,
+        entries that will not go) is replaced by a fresh tmpfs (`_renew_scratch`).
         """
         iso = self.iso
         if self.clean_scratch is not None and self._scratch_state() == self.clean_scratch:
-            os.rmdir(iso.work)
-            self._make_work_dir()
-            return
-        for d in iso.scratch_dirs:
             try:
-                entries = list(os.scandir(d))
+                os.rmdir(iso.work)
+                self._make_work_dir()
+                return
             except OSError:
-                continue
-            for entry in entries:
-                try:
-                    if not entry.is_dir(follow_symlinks=False):
-                        os.unlink(entry.path)
-                        continue
-                    try:
-                        os.rmdir(entry.path)  # the work dir, mostly: empty
-                    except OSError:
-                        import shutil
-
-                        shutil.rmtree(entry.path)  # never follows symlinks out of the tmpfs
-                except OSError:
-                    pass
-        for d, mode in self.scratch_modes.items():  # the scratch dirs' own: a user-namespace
-            try:  # sandbox owns them and may have changed them
-                if os.stat(d).st_mode & 0o7777 != mode:
+                pass  # not what it seemed: the thorough way
+        try:
+            emptied = True
+            for d in iso.scratch_dirs:
+                with os.scandir(d) as found:
+                    entries = list(found)
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        emptied = remove_tree(entry.path) and emptied  # never leaves the tmpfs
+                    else:
+                        try:
+                            os.unlink(entry.path)
+                        except OSError:
+                            emptied = False
+            for d, mode in self.scratch_modes.items():  # the scratch dirs' own: a user-namespace
+                if os.stat(d).st_mode & 0o7777 != mode:  # sandbox owns them and may change them
                     os.chmod(d, mode)
-            except OSError:
-                pass
-        self._make_work_dir()
+            if not emptied:
+                raise OSError("the scratch space could not be emptied")
+            self._make_work_dir()
+        except Exception:  # OSError, MemoryError...: start over on fresh mounts
+            self._renew_scratch()
         self.clean_scratch = self._scratch_state()
+
+    def _renew_scratch(self) -> None:
+        """Replace every scratch directory's tmpfs by a fresh, empty one (the old one goes
+        once nothing uses it: every process of the run is gone), and make the work dir."""
+        size = f"size={max(self.iso.scratch_mb, 1)}m,nr_inodes=8192"
+        for d in self.iso.scratch_dirs:
+            mode = self.scratch_modes.get(d, 0o1777)
+            try:
+                _umount(d)
+            except OSError:
+                pass  # mounted over below all the same
+            _mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, f"{size},mode={mode:o}")
+            self.scratch_renewals += 1
+        self._make_work_dir()
 
     def _make_work_dir(self) -> None:
         os.mkdir(self.iso.work, 0o700)
         if self.iso.uid is not None:
             os.chown(self.iso.work, self.iso.uid, self.iso.gid)
 
+    def _uid_has_keys(self) -> bool:
+        """Does the sandbox uid own kernel keys (keyrings included)? From /proc/key-users,
+        kept open: one read per run; without it, assume so."""
+        if self.key_users is None:
+            return self.iso.uid is not None
+        try:
+            os.lseek(self.key_users, 0, os.SEEK_SET)
+            chunks = [os.read(self.key_users, READ_SIZE)]
+            while chunks[-1]:
+                chunks.append(os.read(self.key_users, READ_SIZE))
+        except OSError:
+            return True
+        return f"\n{self.iso.uid:5d}:".encode() in b"\n" + b"".join(chunks)
+
     def _empty_sysv_ipc(self) -> None:
-        """Remove the SysV message queues, semaphores and shared memory a run left: the IPC
-        namespace is this server's alone (never the host's: only with "ipc" unshared)."""
+        """Remove the SysV message queues, semaphores and shared memory and the POSIX message
+        queues a run left: the IPC namespace is this server's alone (never the host's: only
+        with "ipc" unshared). (Kernel keyrings: each child clears its uid's, see the forker.)"""
+        if self.iso.mqueue is not None:
+            try:
+                for name in os.listdir(self.iso.mqueue):
+                    try:
+                        os.unlink(os.path.join(self.iso.mqueue, name))
+                    except OSError:
+                        pass
+            except OSError:
+                pass
         for kind, fd in self.sysvipc.items():
             try:
                 os.lseek(fd, 0, os.SEEK_SET)  # a fresh listing, read to its end
@@ -932,9 +1109,7 @@ class Server:
                 self._receive(deadline - time.monotonic())
         z.close_fds()
         if z.work and self.iso.run_dir:
-            import shutil
-
-            shutil.rmtree(z.work, ignore_errors=True)
+            remove_tree(z.work)
 
     @staticmethod
     def _kill_child(z: Zygote) -> None:
@@ -977,10 +1152,12 @@ class Server:
             "limits": lim,
             "uid_tasks": _uid_tasks(os.getuid()) if self.iso.uid is None else 0,
         }
-        payload = marshal.dumps(job)
         self._reap_pending(wait=True)  # the scratch space is emptied only once they are gone
         if self.tainted:
             raise _Broken("a finished run left processes that would not die")
+        if self.keys_dirty:  # what earlier runs stored in the uid's keyrings goes first
+            job["fresh_keyrings"], self.keys_dirty = True, False
+        payload = marshal.dumps(job)
         if self.iso.scratch:
             self._size_scratch(int(lim["file_size_mb"]))
         z = self._zygote_ready()
@@ -996,20 +1173,26 @@ class Server:
                 # Fork the next zygote while this job runs: it stays root until its own job
                 # arrives, so nothing this run's clean-up does as the sandbox uid can touch it.
                 self.spawn_zygote()
-            self._monitor(st, float(lim["wall_seconds"]))
+            self._monitor(st, float(lim["wall_seconds"]), float(lim["cpu_seconds"]))
         except Exception:
             self._stop(st, clean=False)  # a bug here must not leave the run's child or fds
             raise
-        clean = st.end and not st.corrupt and not st.timed_out
+        clean = st.end and not st.corrupt and not st.timed_out and not st.cpu_timed_out
         if not clean:
             self._stop(st, clean=False)
         if st.sandbox_error:  # the child could not be confined: the sandbox broke, not the program
             return {"ok": False, "error": st.sandbox_error}, st, False
         return {"ok": True, "result": st.result(self.iso)}, st, clean
 
-    def _monitor(self, st: "_RunState", wall: float) -> None:
+    def _monitor(self, st: "_RunState", wall: float, cpu_limit: float) -> None:
+        """Watch the run until it ends, its CPU time reaches `cpu_limit` (the limit that
+        decides: independent of the machine's load) or the wall clock `wall` (a backstop for
+        programs that wait rather than compute). RLIMIT_CPU stops the child in whole seconds
+        by itself; the server's own look at its CPU time, once the wall clock has passed the
+        limit, makes fractional limits exact and costs a run that ends sooner nothing."""
         z = st.z
         deadline = st.t0 + wall
+        cpu_check = st.t0 + cpu_limit  # CPU time grows no faster than the wall clock (one thread)
         cap = int(st.req["limits"]["output_bytes"])
         open_fds = [z.res_r, z.out_r]
         while True:
@@ -1017,11 +1200,17 @@ class Server:
             if now >= deadline:
                 st.timed_out = True
                 break
+            if now >= cpu_check:
+                used = _proc_cpu(z.pid) if not z.reaped else None
+                if used is not None and used >= cpu_limit:
+                    st.cpu_timed_out, st.cpu_seen = True, used
+                    break
+                cpu_check = now + max(0.01, cpu_limit - used) if used is not None else now + 0.05
             watch = [*open_fds, self.sock]  # the forker reports the child's exit
             if z.pidfd is not None:
                 watch.append(z.pidfd)
             try:
-                ready, _, _ = select.select(watch, [], [], deadline - now)
+                ready, _, _ = select.select(watch, [], [], min(deadline, cpu_check) - now)
             except InterruptedError:
                 continue
             if self.sock in ready:
@@ -1043,6 +1232,8 @@ class Server:
                 self._wait_child(st, block=True)
                 break
         st.seconds = time.monotonic() - st.t0
+        if not z.reaped and st.cpu_seen is None:  # its CPU time, while /proc still has it
+            st.cpu_seen = _proc_cpu(z.pid)
         self._drain(st, cap, budget=0.0)  # what is already in the pipes belongs to this run
 
     def _wait_child(self, st: "_RunState", block: bool) -> bool:
@@ -1131,13 +1322,16 @@ class Server:
             self.tainted = True
         else:
             self._empty_sysv_ipc()
+            if self.iso.uid is not None:
+                self.keys_dirty = self.keys_dirty or self._uid_has_keys()
             if self.iso.scratch:
-                self._empty_scratch()
+                try:
+                    self._empty_scratch()
+                except Exception:  # not even fresh mounts: a new server takes over after this reply
+                    self.tainted = True
         z.close_fds()
         if z.work and self.iso.run_dir:
-            import shutil
-
-            shutil.rmtree(z.work, ignore_errors=True)
+            remove_tree(z.work)
 
     # --- main loop -------------------------------------------------------------------
 
@@ -1269,9 +1463,7 @@ class Server:
         else:
             self._kill_descendants()
         if self.iso.run_dir:
-            import shutil
-
-            shutil.rmtree(self.iso.run_dir, ignore_errors=True)
+            remove_tree(self.iso.run_dir)
 
 
 # ------------------------------------------------------------------------ run state
@@ -1287,7 +1479,9 @@ class _RunState:
         self.end = False
         self.corrupt: str | None = None
         self.sandbox_error: str | None = None
-        self.timed_out = False
+        self.timed_out = False  # the wall-clock backstop
+        self.cpu_timed_out = False  # the CPU limit, as the server measured it
+        self.cpu_seen: float | None = None  # the child's CPU time, read before it was reaped
         self.exit_status: int | None = None
         self.rusage = None
         self.output = b""
@@ -1351,6 +1545,10 @@ class _RunState:
     # --- the verdict ---
 
     def result(self, iso: Isolation) -> dict:
+        """The verdict. A pass needs every test's report and the end message. Otherwise the
+        class is the first failure in test order: the definition's, else the first failing
+        test's, else what stopped the run (a timeout, a kill, an exit) in the test it was
+        running; every test keeps its own class."""
         lim = self.req["limits"]
         names = [t[0] for t in self.tests]
         tests: list[dict] = []
@@ -1367,67 +1565,40 @@ class _RunState:
                 tests.append(test(i, False, _clean(r.get("et"), 200), r.get("msg"), r.get("line")))
         reported_failure = next((r for r in self.results if r.get("ok") is not True), None)
         define_failed = self.define is not None and self.define.get("ok") is not True
-        memory_report = (self.define if define_failed and self.define.get("et") == "MemoryError" else None) or next(
-            (r for r in self.results if r.get("et") == "MemoryError"), None
-        )
         in_define = self.define is None
         # the test in progress when it stopped: the first one not reported (results come in order)
         current = len(self.results) if self.define is not None and not self.end and len(self.results) < len(names) else None
         exit_desc, cpu, maxrss_mb = self._exit_info()
-        signo = os.WTERMSIG(self.exit_status) if self.exit_status is not None and os.WIFSIGNALED(self.exit_status) else None
-        mem_limit = float(lim["memory_mb"])
-        near_memory = mem_limit > 0 and maxrss_mb >= 0.9 * mem_limit
+        stop = None if self.end else self._stop_cause(lim, cpu, maxrss_mb, in_define, current, names)
 
+        first = None  # the first failure reported in order: the definition's or a test's
+        if define_failed:
+            first = self.define or {}
+        elif reported_failure is not None:
+            first = reported_failure
         if self.corrupt:
             status, error_type, message = "crashed", "corrupt result", self.corrupt
-        elif memory_report is not None:
-            status, error_type = "memory", "MemoryError"
-            message = _clean(memory_report.get("msg"))
-            traceback = _clean(memory_report.get("tb"), MAX_TB + 100)
+        elif first is not None:
+            memory = first.get("et") == "MemoryError"
+            status, error_type = ("memory", "MemoryError") if memory else ("failed", _clean(first.get("et"), 200))
             phase = "define" if define_failed else "test"
-        elif self.timed_out:
-            status, error_type = "timeout", "timeout"
-            message = f"wall-clock limit of {lim['wall_seconds']}s exceeded"
-        elif self.end:
-            if define_failed:
-                d = self.define or {}
-                status, error_type, phase = "failed", _clean(d.get("et"), 200), "define"
-                message, traceback = _clean(d.get("msg")), _clean(d.get("tb"), MAX_TB + 100)
-            elif reported_failure is not None:
-                status, error_type, phase = "failed", _clean(reported_failure.get("et"), 200), "test"
-                message, traceback = _clean(reported_failure.get("msg")), _clean(reported_failure.get("tb"), MAX_TB + 100)
-            else:
-                status = "passed"
-        elif signo is not None:
-            cpu_limit = float(lim["cpu_seconds"])
-            if signo == signal.SIGXCPU or (signo == signal.SIGKILL and cpu >= cpu_limit - 0.05):
-                status, error_type = "timeout", "timeout"
-                message = f"CPU limit of {lim['cpu_seconds']}s exceeded ({_signal_name(signo)})"
-            elif near_memory:
-                status, error_type = "memory", "MemoryError"
-                message = f"killed by {_signal_name(signo)} at {maxrss_mb:.0f} MB (limit {lim['memory_mb']} MB)"
-            else:
-                status, error_type = "crashed", _signal_name(signo)
-                message = f"killed by {_signal_name(signo)}"
+            message, traceback = _clean(first.get("msg")), _clean(first.get("tb"), MAX_TB + 100)
+        elif stop is not None:
+            status, error_type, message = stop
         else:
-            status, error_type = "crashed", "exit without result"
-            where = "while defining the program" if in_define else f"before reporting test {names[current]!r}" if current is not None and current < len(names) else "before finishing"
-            if self.exit_status is not None and os.WIFEXITED(self.exit_status):
-                message = f"the program exited with code {os.WEXITSTATUS(self.exit_status)} {where}"
-            else:
-                message = f"the program closed its result channel {where}"
+            status = "passed"
 
         if phase is None and status != "passed":
             phase = "define" if in_define or define_failed else "test"
-        if status == "failed" and define_failed:
+        if define_failed:
             d = self.define or {}
             tests = [test(i, False, error_type, "not run: the program failed to define (%s)" % _clean(d.get("msg"), 300)) for i in range(len(names))]
         elif status != "passed":
             for i in range(len(tests), len(names)):
-                if i == current and status != "failed":
-                    tests.append(test(i, False, error_type, message))
+                if i == current and stop is not None:  # what stopped it, in the test it was running
+                    tests.append(test(i, False, stop[1], stop[2]))
                 else:
-                    tests.append(test(i, False, None, f"not run ({status})"))
+                    tests.append(test(i, False, None, f"not run ({stop[0] if stop else status})"))
         output = self.output.decode("utf-8", "replace")
         detail = {
             "exit": exit_desc,
@@ -1437,6 +1608,8 @@ class _RunState:
             "output_truncated": self.output_total > len(self.output),
             "isolation": iso.mode,
         }
+        if stop is not None and stop[0] == "timeout":
+            detail["timeout"] = "cpu" if stop[1] == TIMEOUT_CPU else "wall"
         if self.leftovers:
             detail["leftover_processes"] = True
         return {
@@ -1451,12 +1624,44 @@ class _RunState:
             "detail": detail,
         }
 
+    def _stop_cause(self, lim: dict, cpu: float, maxrss_mb: float, in_define: bool, current: int | None,
+                    names: list[str]) -> tuple[str, str, str]:
+        """(status, error type, message) of a run that ended without its end message."""
+        cpu_limit = float(lim["cpu_seconds"])
+        signo = os.WTERMSIG(self.exit_status) if self.exit_status is not None and os.WIFSIGNALED(self.exit_status) else None
+        mem_limit = float(lim["memory_mb"])
+        if self.cpu_timed_out or signo == signal.SIGXCPU or (signo == signal.SIGKILL and cpu >= cpu_limit - 0.05):
+            how = f" ({_signal_name(signo)})" if signo is not None and not self.cpu_timed_out else ""
+            return "timeout", TIMEOUT_CPU, f"CPU limit of {lim['cpu_seconds']}s exceeded{how}"
+        if self.timed_out:
+            return "timeout", TIMEOUT_WALL, (
+                f"wall-clock limit of {lim['wall_seconds']}s exceeded (CPU used {cpu:.2f}s of {lim['cpu_seconds']}s: "
+                "waiting, sleeping or starved)"
+            )
+        if signo is not None:
+            if mem_limit > 0 and maxrss_mb >= 0.9 * mem_limit:
+                return "memory", "MemoryError", (
+                    f"killed by {_signal_name(signo)} at {maxrss_mb:.0f} MB (limit {lim['memory_mb']} MB)"
+                )
+            return "crashed", _signal_name(signo), f"killed by {_signal_name(signo)}"
+        where = (
+            "while defining the program" if in_define
+            else f"before reporting test {names[current]!r}" if current is not None and current < len(names)
+            else "before finishing"
+        )
+        if self.exit_status is not None and os.WIFEXITED(self.exit_status):
+            code = os.WEXITSTATUS(self.exit_status)
+            return "crashed", "exit without result", f"the program exited with code {code} {where}"
+        return "crashed", "exit without result", f"the program closed its result channel {where}"
+
     def _exit_info(self) -> tuple[str | None, float, float]:
-        if self.exit_status is None:
-            return None, 0.0, 0.0
+        """(exit, CPU seconds, peak RSS in MB): from the child's rusage once it is reaped,
+        else the CPU time read from /proc while it still existed."""
         ru = self.rusage
-        cpu = (ru.ru_utime + ru.ru_stime) if ru else 0.0
+        cpu = max((ru.ru_utime + ru.ru_stime) if ru else 0.0, self.cpu_seen or 0.0)
         rss = (ru.ru_maxrss / 1024.0) if ru else 0.0
+        if self.exit_status is None:
+            return None, cpu, rss
         if os.WIFSIGNALED(self.exit_status):
             return _signal_name(os.WTERMSIG(self.exit_status)), cpu, rss
         return f"code {os.WEXITSTATUS(self.exit_status)}", cpu, rss

@@ -6,6 +6,8 @@ server, xdist workers) and be written to JSON unchanged.
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -19,6 +21,12 @@ NO_CODE = "no code"
 # Not an execution outcome: the pipeline or harness raised before a verdict (the report counts
 # such items so that pass@1 never silently drops them).
 ERROR = "error"
+
+# Every class that is not an exception type's name. A failure's class is the exception type
+# the candidate raised, whose name the candidate chooses: one that reads like a reserved
+# class is marked as an exception (`passed (exception)`), never counted as one.
+STATUSES = (PASSED, FAILED, TIMEOUT, MEMORY, CRASHED, NO_CODE)
+RESERVED_CLASSES = frozenset((*STATUSES, ERROR, "unknown"))
 
 DEFINE = "define"  # raised while defining the candidate (running its top level)
 TEST = "test"  # raised while a test called into it
@@ -74,15 +82,43 @@ class ExecutionResult:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ExecutionResult:
         data = dict(data)
-        data["tests"] = tuple(TestResult(**t) for t in data.get("tests", ()))
+        tests = []
+        for t in data.get("tests", ()):
+            t = dict(t)
+            if t.get("error_type") is not None:  # named by the candidate: made printable
+                t["error_type"] = printable_name(t["error_type"])
+            tests.append(TestResult(**t))
+        data["tests"] = tuple(tests)
+        if data.get("error_type") is not None:
+            data["error_type"] = printable_name(data["error_type"])
         return cls(**data)
 
 
 def outcome_class(status: str, error_type: str | None) -> str:
-    """The class a report counts an outcome under: the exception type for failures."""
+    """The class a report counts an outcome under: the exception type for failures.
+
+    From a closed set: a status, or a failure's exception type name made printable
+    (`printable_name`) and kept apart from the statuses (an exception class named `passed`
+    is `passed (exception)`)."""
     if status == FAILED:
-        return error_type or "unknown"
-    return status
+        name = printable_name(error_type, default="")
+        if not name:
+            return "unknown"
+        return f"{name} (exception)" if name in RESERVED_CLASSES else name
+    return status if status in STATUSES else "unknown"
+
+
+_ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
+
+
+def printable_name(name: object, limit: int = 200, default: str = "unknown") -> str:
+    """`name` as a class name fit for a terminal and a table: escape sequences and control
+    or format characters removed, whitespace runs made one space; `default` if nothing is
+    left."""
+    text = _ANSI.sub("", name if isinstance(name, str) else "" if name is None else str(name))
+    text = "".join(" " if ch.isspace() else ch for ch in text if ch.isspace() or unicodedata.category(ch)[0] != "C")
+    text = " ".join(text.split())[:limit]
+    return text or default
 
 
 NO_CODE_RESULT = ExecutionResult(status=NO_CODE, message="the pipeline produced no code")

@@ -8,7 +8,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from .outcome import CRASHED, ERROR, MEMORY, NO_CODE, PASSED, TIMEOUT
+from .outcome import CRASHED, ERROR, MEMORY, NO_CODE, PASSED, TIMEOUT, printable_name
 
 # Non-exception classes are listed after the exception types, in this order.
 _TRAILING = (TIMEOUT, MEMORY, CRASHED, NO_CODE, ERROR)
@@ -24,17 +24,31 @@ def by_benchmark(records: Iterable[Mapping[str, Any]]) -> dict[str, list[Mapping
 def outcome_table(records: Iterable[Mapping[str, Any]]) -> str:
     """Per benchmark: items, passed, pass@1 and how many items fell in each outcome class."""
     grouped = by_benchmark(records)
-    counts = {name: Counter(r["outcome_class"] for r in rows) for name, rows in grouped.items()}
-    classes = sorted({c for counter in counts.values() for c in counter} - {PASSED, *_TRAILING})
+    # Passes counted from the `passed` flag only; the other items by their class (one that
+    # claims "passed" without the flag is a failure of unknown class).
+    counts = {
+        name: Counter(_failure_class(r) for r in rows if not _passed(r)) for name, rows in grouped.items()
+    }
+    classes = sorted({c for counter in counts.values() for c in counter} - {*_TRAILING})
     classes += [c for c in _TRAILING if any(c in counter for counter in counts.values())]
     rows = []
     for name, rows_of_benchmark in grouped.items():
         counter = counts[name]
+        passed = sum(_passed(r) for r in rows_of_benchmark)
         rows.append(
-            [name, len(rows_of_benchmark), counter[PASSED], f"{_pass_at_1(rows_of_benchmark):.3f}"]
+            [name, len(rows_of_benchmark), passed, f"{_pass_at_1(rows_of_benchmark):.3f}"]
             + [counter[c] for c in classes]
         )
     return tabulate(rows, headers=["benchmark", "items", "passed", "pass@1", *classes], disable_numparse=True)
+
+
+def _passed(record: Mapping[str, Any]) -> bool:
+    return record.get("passed") is True
+
+
+def _failure_class(record: Mapping[str, Any]) -> str:
+    name = printable_name(record.get("outcome_class"))
+    return "unknown" if name == PASSED else name
 
 
 def _pass_at_1(records: list[Mapping[str, Any]]) -> float:
@@ -42,7 +56,7 @@ def _pass_at_1(records: list[Mapping[str, Any]]) -> float:
     pass@1); equal to passed / items when every problem has the same number of samples."""
     per_problem: dict[str, list[bool]] = defaultdict(list)
     for record in records:
-        per_problem[record["problem_id"]].append(bool(record["passed"]))
+        per_problem[record["problem_id"]].append(_passed(record))
     return sum(sum(v) / len(v) for v in per_problem.values()) / len(per_problem)
 
 
@@ -66,7 +80,7 @@ def transition_table(records: Iterable[Mapping[str, Any]]) -> str:
     for record in records:
         first_classes[(record.get("round_outcomes") or [record["outcome_class"]])[0]].append(record)
     for first, group in sorted(first_classes.items(), key=lambda kv: (kv[0] == PASSED, kv[0])):
-        finals = Counter(r["outcome_class"] for r in group)
+        finals = Counter(PASSED if _passed(r) else _failure_class(r) for r in group)
         fixed = finals[PASSED] if first != PASSED else 0
         rate = f"{fixed / len(group):.2f}" if first != PASSED else "-"
         spread = ", ".join(f"{name}: {n}" for name, n in sorted(finals.items()))

@@ -9,6 +9,7 @@ from typing import IO, Any
 
 from .outcome import ExecutionResult
 from .pipelines.base import Solution
+from .stats import StatsError
 
 
 def build_record(
@@ -91,11 +92,35 @@ class ResultsWriter:
         self._file.close()
 
 
+class ResultsFileError(StatsError):
+    """A results file with a line that is no record (binary data, JSON that is not an object).
+
+    A `StatsError`, so that `pytest-codegen report` and `compare` say which file; the message
+    names the line, `path` the file."""
+
+    def __init__(self, path: Path, message: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
 def read_records(path: str | Path) -> Iterator[dict[str, Any]]:
-    """Records of a results file; a last line cut short by a killed run is skipped."""
-    with Path(path).open(encoding="utf-8") as lines:
-        for line in lines:
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
+    """Records of a results file; a line cut short by a killed run (the beginning of a JSON
+    object that does not parse) is skipped. Anything else that is not a JSON object (binary
+    data, a list, a number) raises `ResultsFileError`."""
+    path = Path(path)
+    with path.open("rb") as lines:
+        for number, raw in enumerate(lines, start=1):
+            if not raw.strip():
                 continue
+            line = raw.decode("utf-8", "replace")
+            try:
+                record = json.loads(line)
+            except ValueError:
+                if line.lstrip().startswith("{"):
+                    continue  # a record cut short
+                raise ResultsFileError(
+                    path, f"line {number} is not a JSON record (binary data or another format?)"
+                ) from None
+            if not isinstance(record, dict):
+                raise ResultsFileError(path, f"line {number} is not a JSON object but {type(record).__name__}")
+            yield record

@@ -41,9 +41,20 @@ _START_TIMEOUT = 60.0
 _REPLY_MARGIN = 30.0  # on top of the wall limit: compile, kill, reap
 
 
+def wall_backstop(cpu_seconds: float) -> float:
+    """The wall-clock limit that goes with a CPU-time limit: well above it, so that only a
+    program that waits (sleeps, blocks) rather than computes meets it, however loaded the
+    machine is."""
+    return 3 * cpu_seconds + 5
+
+
 @dataclass(frozen=True)
 class Limits:
-    wall_seconds: float = 10.0
+    """The limits of one execution. `cpu_seconds` decides a timeout (`timeout (cpu)`): CPU
+    time does not depend on the machine's load; `wall_seconds` is the backstop for programs
+    that wait instead (`timeout (wall)`)."""
+
+    wall_seconds: float = wall_backstop(10.0)
     cpu_seconds: float = 10.0
     memory_mb: int = 1024  # RLIMIT_AS
     output_bytes: int = 64 * 1024  # stdout+stderr kept; the rest is drained and counted, not stored
@@ -52,8 +63,9 @@ class Limits:
 
     @classmethod
     def from_settings(cls, settings: Any) -> Limits:
-        """From a run's `exec_timeout` (wall clock and CPU) and `exec_memory_mb`."""
-        return cls(wall_seconds=settings.exec_timeout, cpu_seconds=settings.exec_timeout,
+        """From a run's `exec_timeout` (the CPU-time limit; the wall clock gets its backstop)
+        and `exec_memory_mb`."""
+        return cls(wall_seconds=wall_backstop(settings.exec_timeout), cpu_seconds=settings.exec_timeout,
                    memory_mb=settings.exec_memory_mb)
 
 

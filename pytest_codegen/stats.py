@@ -70,10 +70,19 @@ def normalize(record: Record) -> dict[str, Any]:
         missing.append("passed (or outcome_class)")
     if missing:
         raise StatsError(f"record {where} lacks {', '.join(missing)}")
+    if "passed" in record and not isinstance(record["passed"], bool):
+        raise StatsError(f"record {where}: 'passed' must be true or false, not {record['passed']!r:.40}")
+    sample = record.get("sample") or 0
+    if isinstance(sample, bool) or not isinstance(sample, int) or sample < 0:
+        raise StatsError(f"record {where}: 'sample' must be a whole number >= 0, not {sample!r:.40}")
     out = dict(record)
-    out["sample"] = int(record.get("sample") or 0)
-    out["passed"] = bool(record["passed"]) if "passed" in record else record["outcome_class"] == PASSED
-    out.setdefault("outcome_class", PASSED if out["passed"] else "unknown")
+    out["sample"] = sample
+    out["passed"] = record["passed"] if "passed" in record else record["outcome_class"] == PASSED
+    # the class of a pass is "passed", of a failure never (see outcome.outcome_class)
+    if out["passed"]:
+        out["outcome_class"] = PASSED
+    elif out.get("outcome_class") in (None, PASSED) or not isinstance(out.get("outcome_class"), str):
+        out["outcome_class"] = "unknown"
     return out
 
 

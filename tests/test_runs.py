@@ -103,3 +103,55 @@ def test_resumed_tables_count_only_the_items_this_run_selected(pytester, mode):
     again.assert_outcomes(passed=1)
     again.stdout.fnmatch_lines(["humaneval * 2 * 2 * 1.000", "(1 items resumed from the results file)"])
     assert len(list(read_records(pytester.path / "r.jsonl"))) == 3
+
+
+KILLER = '''
+import os, signal
+
+def pytest_runtest_call(item):
+    """Kill this xdist worker, once, in the middle of the run."""
+    mark = os.path.join(os.environ["KILL_MARK_DIR"], "killed")
+    if item.nodeid.endswith("[%s]" % os.environ["KILL_AT"]) and not os.path.exists(mark):
+        open(mark, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+'''
+
+
+def test_killing_an_xdist_worker_loses_no_item(pytester, monkeypatch):
+    # The replacement worker must run exactly the items it is handed (not re-read the results
+    # file the others are writing), and the item its predecessor died in runs again.
+    pytester.makepyfile(codegen_killer=KILLER)
+    monkeypatch.setenv("KILL_MARK_DIR", str(pytester.path))
+    monkeypatch.setenv("KILL_AT", "HumanEval/20")
+    monkeypatch.setenv("PYTHONPATH", str(pytester.path) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    problems = ",".join(f"HumanEval/{i}" for i in range(40))
+    result = pytester.runpytest_subprocess(
+        HUMANEVAL, "--pipeline=reference", f"--problems={problems}", "-n", "2",
+        "-p", "codegen_killer", "--codegen-results=r.jsonl")
+    output = result.stdout.str()
+    assert (pytester.path / "killed").exists()
+    assert "replacing crashed worker" in output
+    records = list(read_records(pytester.path / "r.jsonl"))
+    assert sorted(r["problem_id"] for r in records) == sorted(problems.split(","))
+    result.stdout.fnmatch_lines(["humaneval * 40 * 40 * 1.000"])
+    assert result.ret == pytest.ExitCode.OK, output[-3000:]
+    assert " skipped" not in output
+
+
+def test_resume_after_a_killed_worker_is_decided_once_on_the_controller(pytester, monkeypatch):
+    # Half the items are in the results file already; a worker dies mid-run: every item is
+    # still counted exactly once, in the tables and in the file.
+    pytester.makepyfile(codegen_killer=KILLER)
+    monkeypatch.setenv("KILL_MARK_DIR", str(pytester.path))
+    monkeypatch.setenv("KILL_AT", "HumanEval/21")
+    monkeypatch.setenv("PYTHONPATH", str(pytester.path) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    first = ",".join(f"HumanEval/{i}" for i in range(0, 40, 2))
+    everything = ",".join(f"HumanEval/{i}" for i in range(40))
+    args = [HUMANEVAL, "--pipeline=reference", "--codegen-results=r.jsonl"]
+    pytester.runpytest_subprocess(*args, f"--problems={first}", "-p", "no:xdist").assert_outcomes(passed=20)
+    result = pytester.runpytest_subprocess(*args, f"--problems={everything}", "-n", "2", "-p", "codegen_killer")
+    assert (pytester.path / "killed").exists()
+    records = list(read_records(pytester.path / "r.jsonl"))
+    assert sorted(r["problem_id"] for r in records) == sorted(everything.split(","))
+    result.stdout.fnmatch_lines(["humaneval * 40 * 40 * 1.000", "(20 items resumed from the results file)"])
+    assert result.ret == pytest.ExitCode.OK

@@ -6,6 +6,7 @@ import json
 from collections import defaultdict
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from ..problems import Problem
 from .base import Round, Solution
@@ -78,10 +79,14 @@ def load_samples(path: Path) -> dict[str, list[dict]]:
 def _read_samples(path: Path, mtime_ns: int, size: int) -> dict[str, list[dict]]:
     del mtime_ns, size  # part of the cache key only: an edited file is read again
     samples: dict[str, list[dict]] = defaultdict(list)
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
+    with path.open("rb") as lines:
+        for number, raw in enumerate(lines, start=1):
+            if not raw.strip():
                 continue
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ReplayError(f"{path}:{number}: not UTF-8 text (a binary file?)") from None
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
@@ -95,3 +100,23 @@ def _read_samples(path: Path, mtime_ns: int, size: int) -> dict[str, list[dict]]
                 )
             samples[str(record["task_id"])].append(record)
     return dict(samples)
+
+
+def check_replay_matches(path: str | Path, metafunc: Any) -> int:
+    """The samples per task of replay file `path`, once it is known to hold samples for the
+    suite `metafunc` parametrizes over `problem`: a file whose task ids match none of the
+    suite's problems (another benchmark's file, a typo in the ids) is a ReplayError, not a
+    run of skipped items."""
+    samples = load_samples(Path(path))
+    calls = getattr(metafunc, "_calls", ())  # the `problem` parametrization, applied by now
+    ids: set[str] = {str(i) for i in (getattr(c.params.get("problem"), "id", None) for c in calls) if i is not None}
+    if ids and not ids & samples.keys():
+        suite = getattr(getattr(metafunc, "definition", None), "nodeid", "this suite")
+        if not samples:
+            raise ReplayError(f"--replay {path} holds no samples")
+        theirs = ", ".join(sorted(samples)[:3]) + (", ..." if len(samples) > 3 else "")
+        raise ReplayError(
+            f"--replay {path} has no sample for any problem of {suite} (such as "
+            f"{min(ids)}); its task ids are {theirs}: is it another benchmark's file?"
+        )
+    return max((len(s) for s in samples.values()), default=0)

@@ -1,0 +1,293 @@
+"""Sandbox integrity (issue 12): clean-up that never fails a run, outcome classes from a closed
+set, load-independent limits, a venv under a closed home. Real `Sandbox` servers, no mocks."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from pytest_codegen import outcome
+from pytest_codegen.problems import TestCase
+from pytest_codegen.sandbox import Limits, Sandbox
+
+LIMITS = Limits(wall_seconds=5.0, cpu_seconds=5.0, memory_mb=256)
+IS_ROOT = os.geteuid() == 0
+needs_root = pytest.mark.skipif(not IS_ROOT, reason="namespaces and a sandbox uid need root")
+FAIL_LAST = "\ndef f(x):\n    return -1\n"
+CHECK_F = [TestCase("one", "assert candidate(1) == 2"), TestCase("five", "assert candidate(5) == 6")]
+GOOD = "def f(x):\n    return x + 1\n"
+
+
+@pytest.fixture(scope="module")
+def box():
+    with Sandbox(LIMITS) as b:
+        yield b
+
+
+def run(box: Sandbox, program: str, tests=CHECK_F, **kw) -> outcome.ExecutionResult:
+    return box.run(program, tests, entry_point="f", **kw)
+
+
+# ------------------------------------------------------------------ scratch clean-up
+
+# A tree deeper than any recursive removal goes (shutil.rmtree: ~1000 levels), made with
+# relative steps so no path grows past PATH_MAX, in the work dir and in /tmp.
+DEEP_TREE = (
+    "import os\n"
+    "def deep(where, levels=2500):\n"
+    "    try:\n        os.chdir(where)\n    except OSError:\n        return\n"
+    "    for _ in range(levels):\n"
+    "        try:\n            os.mkdir('d')\n            os.chdir('d')\n        except OSError:\n            break\n"
+    "    open('leaf', 'w').close()\n"
+    "start = os.getcwd()\n"
+    "for where in (start, '/tmp', '/dev/shm'):\n    deep(where)\n"
+    "os.chdir(start)\n"
+)
+
+
+@pytest.mark.parametrize("ending", ["passes", "times out"])
+def test_a_deep_directory_tree_gets_a_verdict_and_the_next_run_is_fine(box, ending):
+    server = box.server_pid
+    if ending == "passes":
+        r = run(box, DEEP_TREE + GOOD)
+        assert r.passed, r
+    else:
+        r = run(box, DEEP_TREE + "while True:\n    pass\n", limits=Limits(wall_seconds=3, cpu_seconds=1))
+        assert r.status == outcome.TIMEOUT, r
+    look = (
+        "import os\nprint('LEFT', sorted(os.listdir('.')), sorted(n for n in os.listdir('/tmp') if n != 'work'))\n"
+        + GOOD
+    )
+    after = run(box, look)
+    assert after.passed, after
+    assert "LEFT [] []" in after.output
+    assert box.server_pid == server  # the same server: nothing broke
+
+
+def test_remove_tree_goes_any_depth_without_recursion(tmp_path):
+    sys.path.insert(0, str(Path(outcome.__file__).parent))
+    try:
+        import _sandbox_server
+    finally:
+        sys.path.pop(0)
+    top = tmp_path / "top"
+    top.mkdir()
+    here = os.getcwd()
+    try:
+        os.chdir(top)
+        for _ in range(1500):
+            os.mkdir("d")
+            os.chdir("d")
+        Path("leaf").write_text("x")
+        os.symlink(str(tmp_path / "outside"), "link")
+        os.chdir(here)
+        (tmp_path / "outside").mkdir()
+        (tmp_path / "outside" / "keep").write_text("keep")
+        assert _sandbox_server.remove_tree(str(top))
+        assert not top.exists()
+        assert (tmp_path / "outside" / "keep").read_text() == "keep"  # the link is not followed
+    finally:
+        os.chdir(here)
+        if top.exists():  # pytest's own clean-up of tmp_path would hit the recursion limit
+            os.system(f"rm -rf {str(top)!r}")
+
+
+@needs_root
+def test_scratch_filled_to_its_inode_limit_is_clean_for_the_next_run(box):
+    program = (
+        "import os\nn = 0\n"
+        "for d in ('.', '/tmp', '/dev/shm'):\n"
+        "    try:\n        os.chdir(d)\n    except OSError:\n        continue\n"
+        "    while n < 20000:\n"
+        "        try:\n            os.mkdir('x%d' % n)\n            n += 1\n"
+        "        except OSError:\n            break\n"
+        + GOOD
+    )
+    assert run(box, program).passed
+    r = run(box, "import os\nprint('LEFT', os.listdir('.'))\nos.mkdir('fresh')\n" + GOOD)
+    assert r.passed, r
+    assert "LEFT []" in r.output
+
+
+# ------------------------------------------------------------------ outcome classes
+
+
+def test_an_exception_named_passed_is_not_a_pass(box):
+    program = "passed = type('passed', (Exception,), {})\ndef f(x):\n    raise passed()\n"
+    r = run(box, program)
+    assert not r.passed and r.status == outcome.FAILED
+    assert r.outcome_class == "passed (exception)"
+    for name in ("timeout", "memory", "crashed", "no code", "error", "unknown"):
+        assert outcome.outcome_class(outcome.FAILED, name) == f"{name} (exception)"
+
+
+def test_control_characters_and_ansi_are_stripped_from_class_names(box):
+    program = (
+        "E = type('\\x1b[31mRed\\x1b[0m\\u202eError\\x07', (Exception,), {})\n"
+        "def f(x):\n    raise E()\n"
+    )
+    r = run(box, program)
+    assert r.outcome_class == "RedError"
+    assert r.error_type == "RedError"
+    assert all(t.error_type == "RedError" for t in r.tests)
+
+
+def test_tables_count_passes_from_the_passed_flag_only():
+    from pytest_codegen.report import outcome_table, pass_at_1
+
+    records = [
+        {"benchmark": "b", "problem_id": "p1", "passed": True, "outcome_class": "passed"},
+        {"benchmark": "b", "problem_id": "p2", "passed": False, "outcome_class": "passed"},
+        {"benchmark": "b", "problem_id": "p3", "passed": False, "outcome_class": "\x1b[31mX"},
+    ]
+    table = outcome_table(records).splitlines()
+    assert table[0].split() == ["benchmark", "items", "passed", "pass@1", "X", "unknown"]
+    assert table[2].split() == ["b", "3", "1", "0.333", "1", "1"]
+    assert pass_at_1(records) == {"b": pytest.approx(1 / 3)}
+
+
+# ------------------------------------------------------------------ a venv under a closed home
+
+SANDBOX_FROM_VENV = """
+import sys
+from pytest_codegen.problems import TestCase
+from pytest_codegen.sandbox import Limits, Sandbox
+with Sandbox(Limits(wall_seconds=5, cpu_seconds=5)) as box:
+    r = box.run("import os\\ndef f(x):\\n    return x + 1\\n", [TestCase("t", "assert candidate(1) == 2")],
+                entry_point="f")
+    print("STATUS", r.status)
+    print("ISOLATION", box.isolation)
+"""
+
+
+@needs_root
+def test_a_venv_under_a_closed_directory_runs_the_sandbox(tmp_path):
+    # As root with the venv in /root/.cache (a closed home): the venv's bin/python lies under
+    # the directory the sandbox hides; the server must still start its forker from it.
+    import subprocess
+
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    venv = home / ".cache" / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = [p for p in sys.path if p.endswith("site-packages")]
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+           "PYTHONPATH": os.pathsep.join([str(Path(outcome.__file__).parents[1]), *site])}
+    done = subprocess.run([str(venv / "bin" / "python"), "-c", SANDBOX_FROM_VENV], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert "STATUS passed" in done.stdout, done.stdout + done.stderr
+    assert "hidden but for the interpreter" in done.stdout
+
+
+# ------------------------------------------------------------------ load-independent limits
+
+
+def test_an_infinite_loop_is_a_cpu_timeout_and_a_sleep_a_wall_timeout(box):
+    spin = run(box, "while True:\n    pass\n", limits=Limits(wall_seconds=10, cpu_seconds=0.5))
+    assert (spin.status, spin.error_type, spin.detail["timeout"]) == ("timeout", "timeout (cpu)", "cpu")
+    assert spin.detail["cpu_seconds"] >= 0.45 and spin.seconds < 5  # the fraction counts
+    assert spin.outcome_class == "timeout"
+    sleep = run(box, "import time\ntime.sleep(100)\n", limits=Limits(wall_seconds=0.5, cpu_seconds=5))
+    assert (sleep.status, sleep.error_type, sleep.detail["timeout"]) == ("timeout", "timeout (wall)", "wall")
+    assert "wall-clock" in sleep.message
+
+
+def test_cpu_seconds_are_filled_for_a_cpu_bound_run_that_passes(box):
+    program = "import time\nwhile time.process_time() < 0.6:\n    pass\n" + GOOD
+    r = run(box, program)
+    assert r.passed
+    assert 0.55 <= r.detail["cpu_seconds"] < 3
+
+
+def test_the_outcome_class_is_the_first_failing_tests(box):
+    tests = [TestCase("ok", "assert candidate(1) == 2"), TestCase("wrong", "assert candidate(2) == 99"),
+             TestCase("hangs", "candidate(-1)"), TestCase("later", "assert candidate(3) == 4")]
+    program = "def f(x):\n    while x < 0:\n        pass\n    return x + 1\n"
+    r = box.run(program, tests, entry_point="f", limits=Limits(wall_seconds=10, cpu_seconds=0.5), explain=False)
+    assert (r.status, r.error_type, r.phase) == ("failed", "AssertionError", "test")
+    assert r.outcome_class == "AssertionError"
+    assert [t.error_type for t in r.tests] == [None, "AssertionError", "timeout (cpu)", None]
+    assert r.tests[3].message == "not run (timeout)"
+    crash = box.run("import os\ndef f(x):\n    if x < 0:\n        os._exit(3)\n    return x + 1\n", tests,
+                    entry_point="f", explain=False)
+    assert (crash.status, crash.error_type) == ("failed", "AssertionError")
+    assert crash.tests[2].error_type == "exit without result"
+    memory = box.run("def f(x):\n    if x < 0:\n        return bytearray(10**10)\n    return x + 1\n", tests,
+                     entry_point="f", explain=False)
+    assert (memory.status, memory.error_type) == ("failed", "AssertionError")
+    assert memory.tests[2].error_type == "MemoryError"
+
+
+def test_limits_from_settings_judge_by_cpu_time_under_load():
+    # Every core busy with a CPU hog (two per core): a program that needs 1.2 s of CPU within
+    # a 2 s limit still passes, though it takes far more than 2 s of wall clock.
+    import subprocess
+
+    from pytest_codegen.settings import RunSettings
+
+    limits = Limits.from_settings(RunSettings(exec_timeout=2.0, exec_memory_mb=256))
+    assert limits.cpu_seconds == 2.0 and limits.wall_seconds >= 3 * 2.0
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True:\n    pass\n"])
+            for _ in range(2 * len(os.sched_getaffinity(0)))]
+    try:
+        with Sandbox(limits) as loaded:
+            program = "import time\nwhile time.process_time() < 1.2:\n    pass\n" + GOOD
+            r = run(loaded, program, explain=False)
+            assert r.passed, r
+            spin = run(loaded, "while True:\n    pass\n", explain=False)
+            assert (spin.status, spin.error_type) == ("timeout", "timeout (cpu)")
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+
+
+# ------------------------------------------------------------------ state between runs
+
+KEYCTL = {"x86_64": 250, "aarch64": 219}.get(os.uname().machine)
+LEAVE_KEY = (
+    "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+    "serial = libc.syscall(248, b'user', b'leak', b'secret', 6, ctypes.c_long(-4))  # add_key, user keyring\n"
+    "nested = libc.syscall(248, b'keyring', b'box', None, 0, ctypes.c_long(-3))  # in the session keyring\n"
+    "inner = libc.syscall(248, b'user', b'inner', b'secret', 6, ctypes.c_long(nested))\n"
+    f"libc.syscall({KEYCTL}, 8, ctypes.c_long(nested), ctypes.c_long(-4))  # KEYCTL_LINK into the user keyring\n"
+    "print('KEYS', serial, inner)\n"
+    "print('SESSION', libc.syscall(248, b'user', b'shared', b'secret', 6, ctypes.c_long(-3)))  # the inherited one\n"
+    "import os\nfd = os.open('/', os.O_RDONLY)\n"
+    "mq = libc.mq_open(b'/leak', os.O_CREAT | os.O_RDWR, 0o666, None)\n"
+    "print('MQ', mq)\n" + GOOD
+)
+
+
+def find_keys(serials: list[int]) -> str:
+    return (
+        "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\nbuf = ctypes.create_string_buffer(64)\n"
+        f"for ring in (-4, -5):  # what the uid's keyrings hold becomes this process's to read\n"
+        f"    libc.syscall({KEYCTL}, 8, ctypes.c_long(ring), ctypes.c_long(-3))  # KEYCTL_LINK\n"
+        f"for serial in {serials!r}:\n"
+        f"    n = libc.syscall({KEYCTL}, 11, ctypes.c_long(serial), buf, ctypes.c_long(64))  # KEYCTL_READ\n"
+        "    print('READ', serial, n, buf.raw[:max(n, 0)])\n"
+        f"print('USER', libc.syscall({KEYCTL}, 11, ctypes.c_long(-4), buf, ctypes.c_long(64)))\n"
+        "print('MQOPEN', libc.mq_open(b'/leak', os.O_RDWR, 0, None))\n" + FAIL_LAST
+    )
+
+
+@needs_root
+@pytest.mark.skipif(KEYCTL is None, reason="keyctl's syscall number is known here for x86_64 and aarch64 only")
+def test_keyrings_and_message_queues_do_not_survive_to_the_next_run(box):
+    left = run(box, LEAVE_KEY)
+    assert left.passed, left
+    serials = [int(s) for s in left.output.split("KEYS ")[1].split()[:2]]
+    if min(serials) <= 0:
+        pytest.skip("no kernel keyrings here")
+    assert int(left.output.split("MQ ")[1].split()[0]) >= 0, left.output
+    assert "SESSION -1" in left.output  # the session keyring the children share is read-only
+    found = run(box, find_keys(serials))
+    assert "secret" not in found.output, found.output
+    for serial in serials:
+        assert f"READ {serial} -1" in found.output
+    assert "USER 0" in found.output
+    assert "MQOPEN -1" in found.output, found.output
