@@ -576,9 +576,7 @@ def _free_names(node: ast.stmt) -> set[str]:
             bound.add(n.name)
         elif isinstance(n, (ast.Import, ast.ImportFrom)) and n is not node:
             bound |= _import_names(n)
-        elif isinstance(n, ast.ExceptHandler) and n.name:
-            bound.add(n.name)
-        elif isinstance(n, (ast.MatchAs, ast.MatchStar)) and n.name:
+        elif isinstance(n, (ast.ExceptHandler, ast.MatchAs, ast.MatchStar)) and n.name:
             bound.add(n.name)
         elif isinstance(n, ast.MatchMapping) and n.rest:
             bound.add(n.rest)

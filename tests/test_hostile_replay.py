@@ -4,6 +4,8 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
 from test_sandbox import HOSTILE
 
 SUITE = '''
@@ -36,6 +38,7 @@ def processes_of(uids: set[int]) -> list[int]:
     return found
 
 
+@pytest.mark.slow  # a pytest subprocess over the whole hostile corpus
 def test_hostile_corpus_through_replay_never_passes(pytester, tmp_path):
     sentinel = tmp_path / "sentinel.txt"
     sentinel.write_text("untouched")

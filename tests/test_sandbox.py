@@ -142,7 +142,8 @@ def test_assertion_failure_shows_values_in_line(box):
 
 
 def test_assertion_inside_helper_function(box):
-    test = tc("def check(candidate):\n    assert candidate(1) == 2\n    assert candidate(3) == 7\n\ncheck(f)\n", "check")
+    test = tc("def check(candidate):\n    assert candidate(1) == 2\n    assert candidate(3) == 7\n\ncheck(f)\n",
+              "check")
     r = run(box, "def f(x):\n    return x + 1\n", [test])
     assert r.error_type == "AssertionError"
     assert "assert candidate(3) == 7" in r.tests[0].line
@@ -200,7 +201,8 @@ def test_recursion_error(box):
 
 
 def test_per_test_results(box):
-    tests = [tc("assert candidate(1) == 2", "a"), tc("assert candidate(2) == 99", "b"), tc("assert candidate(3) == 4", "c")]
+    tests = [tc("assert candidate(1) == 2", "a"), tc("assert candidate(2) == 99", "b"),
+             tc("assert candidate(3) == 4", "c")]
     r = run(box, "def f(x):\n    return x + 1\n", tests)
     assert r.status == outcome.FAILED
     assert [t.passed for t in r.tests] == [True, False, True]
@@ -234,7 +236,8 @@ def test_system_exit_in_a_test_fails_only_that_test(box):
 
 
 def test_broken_test_source_is_reported_and_others_run(box):
-    r = run(box, "def f(x):\n    return x + 1\n", [tc("assert candidate(1) ==", "broken"), tc("assert candidate(1) == 2", "ok")])
+    r = run(box, "def f(x):\n    return x + 1\n",
+            [tc("assert candidate(1) ==", "broken"), tc("assert candidate(1) == 2", "ok")])
     assert r.tests[0].error_type == "SyntaxError" and r.tests[1].passed
 
 
@@ -261,7 +264,8 @@ def test_memory_error_stops_the_tests(box):
 
 
 def test_per_run_limits(box):
-    r = run(box, "import time\ndef f(x):\n    time.sleep(0.6)\n    return x + 1\n", limits=Limits(wall_seconds=0.3, cpu_seconds=1))
+    r = run(box, "import time\ndef f(x):\n    time.sleep(0.6)\n    return x + 1\n",
+            limits=Limits(wall_seconds=0.3, cpu_seconds=1))
     assert r.status == outcome.TIMEOUT
     assert run(box, "def f(x):\n    return x + 1\n", limits=Limits(wall_seconds=5, file_size_mb=4)).passed
 
@@ -272,7 +276,8 @@ def test_cpu_limit(box):
 
 
 def test_imports_work_inside(box):
-    program = "import statistics, decimal, encodings.idna, fractions, json, csv, heapq, bisect, hashlib, random\ndef f(x):\n    return x + 1\n"
+    program = ("import statistics, decimal, encodings.idna, fractions, json, csv, heapq, bisect, hashlib, random\n"
+               "def f(x):\n    return x + 1\n")
     assert run(box, program).passed
 
 
@@ -394,7 +399,8 @@ HOSTILE = {
     "busy test": ("def f(x):\n    while True:\n        x += 1\n", {"timeout"}),
     "memory bomb at once": ("x = bytearray(10**10)\n" + FAIL_LAST, {"memory"}),
     "memory bomb growing": ("chunks = []\nwhile True:\n    chunks.append(bytearray(10**6))\n", {"memory"}),
-    "fork bomb": ("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n", {"timeout", "crashed"}),
+    "fork bomb": ("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n",
+                  {"timeout", "crashed"}),
     "os._exit before tests": ("import os\nos._exit(0)\n", {"crashed"}),
     "sys.exit before tests": ("import sys\nsys.exit(0)\n", {"failed"}),
     "exit() before tests": ("exit()\n", {"failed"}),
@@ -424,7 +430,8 @@ HOSTILE = {
     ),
     "close every fd": ("import os\nos.closerange(0, 1024)\n" + FAIL_LAST, {"crashed"}),
     "close fds then reopen": (
-        "import os\nos.closerange(0, 1024)\nfd = os.open('x.txt', os.O_WRONLY | os.O_CREAT)\ndef f(x):\n    return x + 1\n",
+        "import os\nos.closerange(0, 1024)\nfd = os.open('x.txt', os.O_WRONLY | os.O_CREAT)\n"
+        "def f(x):\n    return x + 1\n",
         {"crashed"},
     ),
     "forge messages on the result fd": (
@@ -433,7 +440,8 @@ HOSTILE = {
         "    except OSError:\n        pass\nos._exit(0)\n",
         {"crashed"},
     ),
-    "close stdout and stderr": ("import sys, os\nsys.stdout.close()\nos.close(1)\nos.close(2)\n" + FAIL_LAST, {"failed"}),
+    "close stdout and stderr": ("import sys, os\nsys.stdout.close()\nos.close(1)\nos.close(2)\n" + FAIL_LAST,
+                                {"failed"}),
     "replace builtins": (
         "import builtins\nclass Fake(Exception):\n    pass\n"
         "builtins.AssertionError = Fake\nbuiltins.isinstance = lambda *a: True\nbuiltins.abs = lambda x: 0\n"
@@ -472,7 +480,8 @@ HOSTILE = {
         "sys.modules['_pytest.assertion.rewrite'] = None\n" + FAIL_LAST,
         {"failed"},
     ),
-    "100 MB of output": ("import sys\nfor _ in range(100):\n    sys.stdout.write('x' * 10**6)\n" + FAIL_LAST, {"failed"}),
+    "100 MB of output": ("import sys\nfor _ in range(100):\n    sys.stdout.write('x' * 10**6)\n" + FAIL_LAST,
+                         {"failed"}),
     "raise SystemExit in test": ("def f(x):\n    raise SystemExit(0)\n", {"failed"}),
 }
 
@@ -671,6 +680,7 @@ def test_hostile_deletes_nothing_outside(box, tmp_path):
     assert "done" not in r.output
 
 
+@pytest.mark.slow  # waits out connection attempts
 @needs_root
 def test_hostile_network_is_unreachable(box):
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -744,6 +754,7 @@ def test_degraded_isolation_line(degraded):
     assert degraded.mode in ("userns", "none")
 
 
+@pytest.mark.slow  # a degraded sandbox server per mode, and memory/timeout limits hit
 def test_degraded_outcomes(degraded):
     assert run(degraded, "def f(x):\n    return x + 1\n").passed
     r = run(degraded, "def f(x):\n    return x * 2\n", [tc("assert candidate(2) == 5")])
@@ -753,6 +764,7 @@ def test_degraded_outcomes(degraded):
     assert run(degraded, "import os\nos._exit(0)\n").error_type == "exit without result"
 
 
+@pytest.mark.slow
 def test_degraded_daemon_and_fork_bomb_are_killed(degraded):
     program = (
         "import os, time\nr, w = os.pipe()\n"
@@ -822,7 +834,8 @@ def test_degraded_userns_blocks_network_and_writes(degraded, tmp_path):
     program = (
         "import socket\ntry:\n    socket.create_connection(('127.0.0.1', 9), timeout=1)\n"
         "except OSError as e:\n    print('BLOCKED', type(e).__name__)\n"
-        f"try:\n    open({str(REPO / 'evil.txt')!r}, 'w')\nexcept OSError as e:\n    print('NOWRITE', type(e).__name__)\n"
+        f"try:\n    open({str(REPO / 'evil.txt')!r}, 'w')\n"
+        "except OSError as e:\n    print('NOWRITE', type(e).__name__)\n"
         + FAIL_LAST
     )
     r = run(degraded, program)

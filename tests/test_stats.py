@@ -151,8 +151,11 @@ def _binomial_test_by_likelihood(b: int, c: int) -> Fraction:
     """Exact two-sided binomial test the way scipy's binomtest does it: the total probability
     of every outcome no more likely than the observed one (not "twice the smaller tail")."""
     n = b + c
-    observed = math.comb(n, b)
-    return Fraction(sum(math.comb(n, i) for i in range(n + 1) if math.comb(n, i) <= observed), 2**n)
+    row = [1]  # C(n, 0..n) by the multiplicative recurrence (not math.comb, which stats uses)
+    for i in range(n):
+        row.append(row[-1] * (n - i) // (i + 1))
+    observed = row[b]
+    return Fraction(sum(x for x in row if x <= observed), 2**n)
 
 
 def _binomial_test_by_enumeration(b: int, c: int) -> Fraction:

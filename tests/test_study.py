@@ -11,7 +11,13 @@ import pytest
 
 from pytest_codegen.cli import main
 from pytest_codegen.study import (
-    Cell, STUDY_PLAN, cells_for, compress_results, failure_breakdown, render_report, restore_results,
+    STUDY_PLAN,
+    Cell,
+    cells_for,
+    compress_results,
+    failure_breakdown,
+    render_report,
+    restore_results,
 )
 
 
@@ -60,7 +66,7 @@ def test_report_pairs_each_row_with_single(tmp_path: Path) -> None:
     refine = [record(f"HumanEval/{i}", ["passed"] if i < 4 else ["AssertionError", "passed"] if i < 6
                      else ["AssertionError", "AssertionError"]) for i in range(9)]
     refine.append(record("HumanEval/9", ["NameError", "passed"]))
-    cells = [Cell("m", "humaneval", "single"), Cell("m", "humaneval", "refine"), Cell("m", "humaneval", "refine-hidden")]
+    cells = [Cell("m", "humaneval", row) for row in ("single", "refine", "refine-hidden")]
     write(cells[0].results_path(tmp_path), single)
     write(cells[1].results_path(tmp_path), refine)
     text = render_report(tmp_path, cells)
@@ -105,7 +111,8 @@ def test_results_travel_compressed_and_resume(tmp_path: Path) -> None:
 
 
 def test_cli_dry_run_and_report_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["study", "--out", str(tmp_path), "--models", "m", "--benchmarks", "mbpp", "--rows", "single,refine", "--dry-run"]) == 0
+    assert main(["study", "--out", str(tmp_path), "--models", "m", "--benchmarks", "mbpp",
+                 "--rows", "single,refine", "--dry-run"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 2 and out[0].startswith("[1/2] pytest benchmarks/mbpp --pipeline=single --model=m")
     assert not (tmp_path / "README.md").exists()

@@ -27,7 +27,8 @@ sys.path.insert(0, str(REPO))
 PLAIN_LOOP = r"""
 import json, sys, time
 from llama_cpp import Llama
-path, threads, max_tokens, prompts, repack = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), json.loads(sys.argv[4]), sys.argv[5] == "1"
+path, threads, max_tokens = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+prompts, repack = json.loads(sys.argv[4]), sys.argv[5] == "1"
 import llama_cpp.llama_cpp as c
 defaults = c.llama_model_default_params
 def params():

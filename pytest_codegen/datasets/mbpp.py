@@ -130,7 +130,6 @@ def entry_point(code: str, asserts: list[str]) -> str:
     }
     for source in asserts:
         for node in ast.walk(ast.parse(source)):
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
-                if node.func.id in defined:
-                    return node.func.id
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in defined:
+                return node.func.id
     raise ValueError(f"no function of the solution is called by the tests: {asserts[0]!r}")

@@ -9,17 +9,28 @@ Modules, one concept each:
 - `reproduce`: one generation's offspring (elitism, parents, crossover, mutation);
 - `subsets`: the search and held-out problem subsets (random or stratified by difficulty);
 - `evaluate`: running a genome K times (in-process or in spawned worker processes), cached;
+- `config`: the search's settings (`SearchConfig`) and its checkpointed state (`SearchState`);
 - `search`: the loop, its checkpoint/resume, the genome log and the progress bar;
-- `selection`: the champion and the baseline re-evaluated on held-out problems, the report;
+- `selection`: the champion and the baseline re-evaluated on held-out problems (with its own
+  progress bar), the report.
+
+The imports go one way: `search` → `selection` → `config` (and the modules above).
 """
 
+from .config import SearchConfig, SearchState
+from .errors import EvolveError
 from .evaluate import EvalJob, EvalResult, Evaluator, evaluation_seed
 from .operators import (
-    InnovationCounter, MutationRates, baseline_genome, complexity_penalty, crossover,
-    initial_population, mutate, node_count,
+    InnovationCounter,
+    MutationRates,
+    baseline_genome,
+    complexity_penalty,
+    crossover,
+    initial_population,
+    mutate,
+    node_count,
 )
-from .errors import EvolveError
-from .search import SearchConfig, SearchState, search
+from .search import search
 from .selection import Assessment, SelectionResult, describe
 from .species import DistanceWeights, Species, ThresholdRule, distance, speciate
 

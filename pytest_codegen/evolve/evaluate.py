@@ -110,10 +110,7 @@ def _init_worker(spec: WorkerSpec) -> None:
     from ..sandbox import Limits, Sandbox
 
     sandbox = Sandbox(Limits.from_settings(spec.settings))  # before any model is loaded
-    if spec.models_factory is not None:
-        models = spec.models_factory()
-    else:
-        models = _model_pool(spec.settings, spec.rootdir)
+    models = spec.models_factory() if spec.models_factory is not None else _model_pool(spec.settings, spec.rootdir)
     _WORKER.update(sandbox=sandbox, models=models, settings=spec.settings,
                    problems={p.id: p for p in spec.problems})
 

@@ -18,95 +18,29 @@ import json
 import os
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
-from ..pipelines.genome import Genome, genome_from_dict
+from ..pipelines.genome import Genome
 from ..problems import Problem
-from ..settings import RunSettings
+from .config import CHECKPOINT_VERSION, OPERATIONAL, SearchConfig, SearchState
 from .errors import EvolveError
 from .evaluate import EvalJob, Evaluator, ModelsFactory, canonical, evaluation_seed, plain
 from .operators import (
-    InnovationCounter, MutationRates, complexity_penalty, initial_population, mean_rate, node_count,
+    InnovationCounter,
+    complexity_penalty,
+    initial_population,
+    mean_rate,
+    node_count,
     penalized_fitness,
 )
 from .reproduce import ReproductionRules, reproduce
-from .species import ThresholdRule, adjusted_fitness, next_representatives, speciate
+from .selection import SelectionResult, select_and_report
+from .species import adjusted_fitness, next_representatives, speciate
 from .subsets import difficulty_rates, load_benchmark, select_subsets
 
-CHECKPOINT_VERSION = 1
-
-
-@dataclass(frozen=True)
-class SearchConfig:
-    out: str
-    benchmark: str = "humaneval"
-    problems: int = 25  # search subset
-    holdout: int = 25  # held-out subset, disjoint from the search subset
-    population: int = 20
-    generations: int = 10
-    evaluations: int = 3  # K: evaluations (seeds) per genome during the search
-    holdout_evaluations: int = 3  # K': fresh seeds for the held-out re-evaluation
-    models: tuple[str, ...] = ("gemma-270m",)
-    seed: int = 0
-    max_tokens: int = 512
-    difficulty_from: str | None = None
-    feedback: str = "visible"
-    target_species: int = 4  # the study keeps 3-5
-    elitism: int = 2
-    complexity_per_node: float = 0.02
-    survival: float = 0.5
-    crossover_rate: float = 0.75
-    weaker_gene_rate: float = 0.3
-    initial_threshold: float = 1.0
-    threshold_step: float = 0.1
-    rates: MutationRates = MutationRates()
-    n_ctx: int = 4096
-    exec_timeout: float = 10.0
-    exec_memory_mb: int = 1024
-    # Operational: how the search runs, not what it computes (may change between resumes).
-    mbpp_data: str | None = None
-    workers: int = 1
-    codegen_cache: str | None = None
-    threads: int | None = None
-    rootdir: str | None = None
-    progress: bool = True
-
-    def check(self) -> None:
-        problems = []
-        for name in ("problems", "holdout", "population", "generations", "evaluations",
-                     "holdout_evaluations", "workers", "target_species", "max_tokens"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be at least 1")
-        if not self.models:
-            problems.append("name at least one model")
-        if not 0 <= self.elitism <= self.population:
-            problems.append("elitism must be between 0 and the population size")
-        if problems:
-            raise EvolveError("; ".join(problems))
-
-    def shaping(self) -> dict[str, Any]:
-        """The settings that decide the result: a resumed search must have the same."""
-        data = asdict(self)
-        data["models"] = list(self.models)
-        for name in OPERATIONAL:
-            data.pop(name)
-        return data
-
-    def threshold_rule(self) -> ThresholdRule:
-        return ThresholdRule(self.target_species, self.initial_threshold, self.threshold_step)
-
-    def run_settings(self) -> RunSettings:
-        return RunSettings(
-            pipeline="evolve", model=self.models[0], max_tokens=self.max_tokens,
-            n_ctx=self.n_ctx, threads=self.threads, cache_dir=self.codegen_cache,
-            feedback=self.feedback, exec_timeout=self.exec_timeout,
-            exec_memory_mb=self.exec_memory_mb,
-        )
-
-
-OPERATIONAL = ("out", "mbpp_data", "workers", "codegen_cache", "threads", "rootdir", "progress")
+__all__ = ["CHECKPOINT_VERSION", "OPERATIONAL", "Scored", "SearchConfig", "SearchState", "search"]
 
 
 @dataclass
@@ -124,61 +58,6 @@ class Scored:
     @property
     def fitness(self) -> float:
         return penalized_fitness(self.rates, self.penalty)
-
-
-@dataclass
-class SearchState:
-    """Everything the checkpoint holds."""
-
-    search_ids: list[str]
-    holdout_ids: list[str]
-    population: list[Genome]
-    innovations: InnovationCounter
-    rng: random.Random
-    threshold: float
-    representatives: list[tuple[int, Genome]] = field(default_factory=list)
-    next_species: int = 1
-    generation: int = 0  # generations completed
-    history: list[dict[str, Any]] = field(default_factory=list)
-    best: dict[str, Any] | None = None  # the champion so far
-    cache: dict[str, dict] = field(default_factory=dict)
-    log_lines: int = 0  # lines of genomes.jsonl written by completed generations
-
-    def to_json(self, config: SearchConfig) -> dict[str, Any]:
-        version, internal, gauss = self.rng.getstate()
-        return {
-            "version": CHECKPOINT_VERSION,
-            "config": config.shaping(),
-            "search_ids": self.search_ids,
-            "holdout_ids": self.holdout_ids,
-            "generation": self.generation,
-            "population": [plain(g) for g in self.population],
-            "innovation": self.innovations.last,
-            "rng_state": [version, list(internal), gauss],
-            "threshold": self.threshold,
-            "representatives": [[sid, plain(g)] for sid, g in self.representatives],
-            "next_species": self.next_species,
-            "history": self.history,
-            "best": self.best,
-            "log_lines": self.log_lines,
-            "cache": self.cache,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> SearchState:
-        rng = random.Random()
-        version, internal, gauss = data["rng_state"]
-        rng.setstate((version, tuple(internal), gauss))
-        return cls(
-            search_ids=data["search_ids"], holdout_ids=data["holdout_ids"],
-            population=[genome_from_dict(g) for g in data["population"]],
-            innovations=InnovationCounter(data["innovation"]), rng=rng,
-            threshold=data["threshold"],
-            representatives=[(sid, genome_from_dict(g)) for sid, g in data["representatives"]],
-            next_species=data["next_species"], generation=data["generation"],
-            history=data["history"], best=data["best"], cache=data["cache"],
-            log_lines=data["log_lines"],
-        )
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -236,6 +115,30 @@ def _better(candidate: dict[str, Any], best: dict[str, Any] | None) -> bool:
     return (candidate["fitness"], -candidate["nodes"]) > (best["fitness"], -best["nodes"])
 
 
+@overload
+def search(
+    config: SearchConfig,
+    *,
+    models_factory: ModelsFactory | None = ...,
+    problems: Sequence[Problem] | None = ...,
+    sandbox: Any = ...,
+    stop_after: None = ...,
+    on_generation: Callable[[int, SearchState], None] | None = ...,
+) -> SelectionResult: ...
+
+
+@overload
+def search(
+    config: SearchConfig,
+    *,
+    models_factory: ModelsFactory | None = ...,
+    problems: Sequence[Problem] | None = ...,
+    sandbox: Any = ...,
+    stop_after: int,
+    on_generation: Callable[[int, SearchState], None] | None = ...,
+) -> SelectionResult | None: ...
+
+
 def search(
     config: SearchConfig,
     *,
@@ -244,7 +147,7 @@ def search(
     sandbox: Any = None,
     stop_after: int | None = None,
     on_generation: Callable[[int, SearchState], None] | None = None,
-):
+) -> SelectionResult | None:
     """Run (or resume) the search, then the held-out comparison; returns a `SelectionResult`.
 
     `models_factory`: builds the models (anything with `.get(name)`); evaluation then runs in
@@ -253,8 +156,6 @@ def search(
     `stop_after=g` returns None once g generations are done and checkpointed (as a kill
     would, minus the lost work); `on_generation(g, state)` is called after each checkpoint.
     """
-    from .selection import select_and_report
-
     config.check()
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -16,18 +16,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tabulate import tabulate
 
 from ..pipelines.genome import Genome, genome_from_dict
 from ..problems import Problem
 from ..stats import BenchmarkComparison, Comparison, compare, render_comparison
+from .config import SearchConfig, SearchState
 from .evaluate import EvalJob, EvalResult, Evaluator, canonical, evaluation_seed, plain
 from .operators import baseline_genome, complexity_penalty, mean_rate, node_count, penalized_fitness
-
-if TYPE_CHECKING:
-    from .search import SearchConfig, SearchState
 
 SIGNIFICANCE = 0.05
 
@@ -119,14 +117,35 @@ def select_and_report(config: SearchConfig, state: SearchState, evaluator: Evalu
     holdout_seeds = [evaluation_seed(config.seed, "holdout", k) for k in range(config.holdout_evaluations)]
     search_ids, holdout_ids = tuple(state.search_ids), tuple(state.holdout_ids)
 
-    def run(genome: Genome, seeds: list[int], ids: tuple[str, ...]) -> list[EvalResult]:
-        return evaluator.run([EvalJob(canonical(genome), seed, ids) for seed in seeds])
+    genomes = (("champion", champion), ("baseline", baseline))
+    phases = (("search", search_seeds, search_ids), ("holdout", holdout_seeds, holdout_ids))
+    jobs: list[EvalJob] = []
+    names: list[str] = []  # what each job is, for the progress bar
+    spans: dict[tuple[str, str], slice] = {}
+    for label, genome in genomes:
+        for phase, seeds, ids in phases:
+            start = len(jobs)
+            jobs += [EvalJob(canonical(genome), seed, ids) for seed in seeds]
+            names += [f"{label} {phase} {k + 1}/{len(seeds)}" for k in range(len(seeds))]
+            spans[label, phase] = slice(start, len(jobs))
+    # One batch, so that workers share it; the search evaluations are mostly cached already.
+    bar = _progress(config, len(jobs))
+
+    def done(index: int) -> None:
+        if bar is not None:
+            bar.set_postfix_str(names[index], refresh=False)
+            bar.update(1)
+
+    try:
+        results = evaluator.run(jobs, done)
+    finally:
+        if bar is not None:
+            bar.close()
 
     assessed, records = {}, {}
     holdout_problems = [by_id[pid] for pid in holdout_ids]
-    for label, genome in (("champion", champion), ("baseline", baseline)):
-        searched = run(genome, search_seeds, search_ids)
-        held = run(genome, holdout_seeds, holdout_ids)
+    for label, genome in genomes:
+        searched, held = results[spans[label, "search"]], results[spans[label, "holdout"]]
         assessed[label] = Assessment(
             label, genome, complexity_penalty(genome, config.complexity_per_node),
             tuple(r.pass_rate for r in searched), tuple(r.pass_rate for r in held),
@@ -152,6 +171,16 @@ def select_and_report(config: SearchConfig, state: SearchState, evaluator: Evalu
     text = render_report(config, result)
     (out / "report.txt").write_text(text + "\n", encoding="utf-8")
     return replace(result, report=text)
+
+
+def _progress(config: SearchConfig, total: int) -> Any:
+    """A bar over the re-evaluation's jobs (one genome × one seed × a subset): after the search's
+    bar it is the long phase (both genomes, K' fresh seeds on the held-out problems)."""
+    if not config.progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="held-out re-evaluation", unit="evaluation", dynamic_ncols=True)
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -198,7 +227,8 @@ def render_report(config: SearchConfig, result: SelectionResult) -> str:
         lines.append("verdict: the champion IS the baseline genome; the search found nothing better.")
     elif result.beats_baseline:
         lines.append(f"verdict: the champion beats the baseline on held-out problems "
-                     f"(Δ pass@1 {result.comparison.delta_pass1:+.3f}, McNemar p = {result.comparison.p_value:.4g} < {SIGNIFICANCE}).")
+                     f"(Δ pass@1 {result.comparison.delta_pass1:+.3f}, "
+                     f"McNemar p = {result.comparison.p_value:.4g} < {SIGNIFICANCE}).")
     else:
         lines.append(f"verdict: the champion does NOT beat the baseline on held-out problems "
                      f"(Δ pass@1 {result.comparison.delta_pass1:+.3f}, McNemar p = {result.comparison.p_value:.4g}; "

@@ -37,7 +37,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from .mirror import MirrorError, Pin, PypiMirror, fetch_from_mirror, read_provenance, remove_with_provenance, sha256_file, write_provenance
+from .mirror import (
+    MirrorError,
+    Pin,
+    PypiMirror,
+    fetch_from_mirror,
+    read_provenance,
+    sha256_file,
+    write_provenance,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -245,7 +253,8 @@ class Registry:
     `endpoint` overrides the Hub URL (default: HF_ENDPOINT or https://huggingface.co).
     `package_cache_dir` is where package-shipped models are assembled (default: the package's
     own, ~/.cache/<module>/). `models_dir` holds files fetched from other sources than the Hub
-    (default: $CODEGEN_MODEL_DIR, else ~/.cache/pytest-codegen/models). `probe_timeout` bounds the single request that checks the Hub is
+    (default: $CODEGEN_MODEL_DIR, else ~/.cache/pytest-codegen/models). `probe_timeout` bounds the
+    single request that checks the Hub is
     reachable before a download (default 5 s, or HF_HUB_ETAG_TIMEOUT when set).
     """
 
@@ -469,7 +478,8 @@ class Registry:
             if not path.is_file():
                 raise ModelNotAvailable(
                     f"model {spec.alias!r}: GGUF file {path} does not exist"
-                    + (f" (configured in {self.config_file})" if self.is_user_alias(spec.alias) and self.config_file else "")
+                    + (f" (configured in {self.config_file})"
+                       if self.is_user_alias(spec.alias) and self.config_file else "")
                 )
             return path
         if spec.kind == "package":
