@@ -60,6 +60,7 @@ ROWS: dict[str, Row] = {row.name: row for row in (
 )}
 
 COMMON_OPTIONS = ("--temperature=0", "-p", "no:cacheprovider", "-q")
+BENCHMARK_SIZES = {"humaneval": 164, "mbpp": 427}  # a cell with fewer problems is still running
 
 
 @dataclass(frozen=True)
@@ -326,8 +327,10 @@ def render_report(out: Path, cells: Sequence[Cell], commands_prefix: str = "") -
                 except ComparisonError as error:
                     delta = f"not comparable: {error}"
             tokens, seconds = _cost(records)
+            size = BENCHMARK_SIZES.get(benchmark, summary.problems)
             rows.append([
-                cell.model, cell.label, summary.problems,
+                cell.model, cell.label,
+                f"{summary.problems}" if summary.problems >= size else f"{summary.problems} of {size} (unfinished)",
                 f"{summary.mean:.3f} [{summary.ci[0]:.3f}, {summary.ci[1]:.3f}]",
                 delta, p, z, _fix_rates(records) if cell.row != "single" else "", tokens, seconds,
             ])

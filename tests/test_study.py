@@ -72,6 +72,7 @@ def test_report_pairs_each_row_with_single(tmp_path: Path) -> None:
     text = render_report(tmp_path, cells)
     lines = {line.split("|")[2].strip(): line for line in text.splitlines() if line.startswith("| m ")}
     assert "0.400" in lines["single"] and "0.700" in lines["refine"]
+    assert "10 of 164 (unfinished)" in lines["single"]  # HumanEval has 164 problems
     assert "+3 (+0.300)" in lines["refine"]
     assert "AssertionError 2/5, NameError 1/1" in lines["refine"]
     assert "0.25" in lines["refine"]  # exact McNemar p for 3 discordant pairs all one way
