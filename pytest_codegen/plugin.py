@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from .pipelines.genome import Genome
     from .results import ResultsWriter
     from .sandbox import Sandbox
+    from .serving import ModelService
 
 RECORD_KEY = pytest.StashKey[dict]()
 STATE_KEY = pytest.StashKey["CodegenState"]()
@@ -44,6 +45,15 @@ _LETTERS = {
     "crashed": "C",
     "no code": "0",
 }
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    """`hookspecs.py`: plugins add backends and pipelines; the built-ins come last."""
+    from . import builtin_hooks, hookspecs
+
+    pluginmanager.add_hookspecs(hookspecs)
+    if pluginmanager.get_plugin(hookspecs.BUILTINS_NAME) is None:
+        pluginmanager.register(builtin_hooks, hookspecs.BUILTINS_NAME)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -66,8 +76,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add("--seed", type=int, default=0, help="base seed; each (problem, sample, round) derives its own")
     add("--n-ctx", type=int, default=4096, metavar="N", help="llama.cpp context size (4096)")
     add("--threads", type=int, metavar="N",
-        help="llama.cpp threads per process (default: cores / xdist workers)")
+        help="llama.cpp threads (default: the model server uses every core; in-process "
+             "models, cores / xdist workers)")
     add("--llama-verbose", action="store_true", help="show llama.cpp's log")
+    add("--model-server", default="embedded", metavar="URL|embedded|in-process",
+        help="where models run: 'embedded' (default: one server for the session, one copy of "
+             "each model, requests of all workers batched), the base URL of an external "
+             "OpenAI-compatible server (--model names its model), or 'in-process' (each "
+             "process loads its own copy)")
+    add("--model-slots", type=int, metavar="N",
+        help="sequences the embedded server decodes together (default: xdist workers)")
+    add("--decode", choices=("batched", "sequential"), default="batched",
+        help="embedded server: 'sequential' decodes one sequence at a time, bit-reproducible "
+             "from scratch (default: batched)")
+    add("--model-timeout", type=float, default=600.0, metavar="SECONDS",
+        help="longest one model-server request may take (600)")
     add("--codegen-cache", metavar="DIR",
         help="generation cache directory (default: .codegen-cache in the rootdir)")
     add("--no-codegen-cache", action="store_true", help="generate again even if cached")
@@ -80,7 +103,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add("--samples", type=int, default=None, metavar="N",
         help="items per problem, each with its own seed (default: 1; replay: samples in file)")
     add("--exec-timeout", type=float, default=10.0, metavar="SECONDS",
-        help="wall-clock and CPU limit of one sandboxed execution (default: 10)")
+        help="CPU-time limit of one sandboxed execution (default: 10); the wall clock is "
+             "only a backstop, at 3 x S + 5 s, for programs that wait")
     add("--exec-memory", type=int, default=1024, metavar="MB",
         help="address-space limit of one sandboxed execution (default: 1024)")
     add("--codegen-results", metavar="FILE.jsonl",
@@ -120,6 +144,10 @@ def settings_from_options(config: pytest.Config) -> RunSettings:
         n_ctx=option("n_ctx"),
         threads=option("threads"),
         verbose_llama=option("llama_verbose"),
+        model_server=option("model_server"),
+        model_slots=option("model_slots"),
+        decode=option("decode"),
+        model_timeout=option("model_timeout"),
         cache_dir=cache,
         rounds=option("rounds"),
         early_stop=not option("no_early_stop"),
@@ -148,6 +176,8 @@ class CodegenState:
     done: dict[str, dict] = field(default_factory=dict)
     resumed: set[str] = field(default_factory=set)
     sandbox_cpu: int | None = None  # see `_sandbox_cpu`
+    service: ModelService | None = None  # where models run (serving.py)
+    config: pytest.Config | None = None  # for the backend and pipeline hooks
 
     def get_sandbox(self) -> Sandbox:
         if self.sandbox is None:
@@ -160,28 +190,41 @@ class CodegenState:
         if self.models is None:
             from .models import ModelPool
 
-            self.models = ModelPool.from_settings(self.settings, self.rootdir)
+            self.models = ModelPool.from_settings(
+                self.settings, self.rootdir, make_backend=self._make_backend,
+                threads=self.service.in_process_threads(self.settings) if self.service else None)
         return self.models
+
+    def _make_backend(self, name, spec, pool):
+        """`ModelPool`'s factory: the `pytest_codegen_make_backend` hook."""
+        assert self.config is not None
+        return self.config.hook.pytest_codegen_make_backend(
+            name=name, spec=spec, settings=self.settings, pool=pool, config=self.config)
 
     def get_pipeline(self) -> Pipeline:
         if self.error is not None:
             raise pytest.UsageError(self.error)
         if self.pipeline is None:
-            from .pipelines import build_pipeline
-
             try:
                 # The sandbox server starts before any model loads: a process must never fork
                 # after llama.cpp ran (its OpenMP threads hang the child).
                 sandbox = self.get_sandbox()
-                models = self.get_models() if self.genome is not None else None
-                self.pipeline = build_pipeline(self.settings, sandbox, models, self.genome)
+                assert self.config is not None
+                from .hookspecs import plugin_implements
+
+                wants_models = self.genome is not None or plugin_implements(
+                    self.config, "pytest_codegen_make_pipeline")
+                self.pipeline = self.config.hook.pytest_codegen_make_pipeline(
+                    name=self.settings.pipeline, settings=self.settings, sandbox=sandbox,
+                    models=self.get_models() if wants_models else None, genome=self.genome,
+                    config=self.config)
             except (ValueError, RuntimeError, OSError) as error:
                 self.error = f"pytest-codegen: {error}"
                 raise pytest.UsageError(self.error) from error
         return self.pipeline
 
     def close(self) -> None:
-        for resource in (self.models, self.sandbox, self.writer):
+        for resource in (self.models, self.sandbox, self.writer, self.service):
             close = getattr(resource, "close", None)
             if close is not None:
                 close()
@@ -211,36 +254,50 @@ def _state(config: pytest.Config) -> CodegenState:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "codegen: an item scored by pytest-codegen")
+    from .settings import check_generation_cache, check_options, run_key
+
     try:
         settings = settings_from_options(config)
-        from .pipelines import pipeline_genome
+        check_options(settings, samples=config.getoption("samples"),
+                      min_pass=config.getoption("codegen_min_pass"))
+        genome = _pipeline_genome(config, settings)  # validates the pipeline name or file
+        from .serving import check_model_server
 
-        genome = pipeline_genome(settings)  # validates the pipeline name or genome file
+        check_model_server(settings.model_server)
+        if genome is not None and not _is_xdist_worker(config):
+            check_generation_cache(settings.cache_dir)
     except ValueError as error:
         raise pytest.UsageError(f"pytest-codegen: {error}") from None
-    from .settings import run_key
 
     state = CodegenState(
         settings=settings, rootdir=config.rootpath, genome=genome,
         run_key=run_key(settings, genome.to_dict() if genome else None),
-        sandbox_cpu=_sandbox_cpu(config),
+        sandbox_cpu=_sandbox_cpu(config), config=config,
     )
     config.stash[STATE_KEY] = state
     results = config.getoption("codegen_results")
     resume = bool(results) and not config.getoption("codegen_fresh") and os.path.exists(results)
-    if resume:
+    done_ids = getattr(config, "workerinput", {}).get("codegen_done")
+    if done_ids is not None:
+        # An xdist worker (a replacement for a crashed one too) resumes exactly what the
+        # controller decided at the start, never what the results file holds by now: every
+        # worker must collect the same items.
+        state.done = {nodeid: {"nodeid": nodeid} for nodeid in done_ids}
+    elif resume:
         previous = _previous_records(results, state.run_key)
         state.done = {r["nodeid"]: r for r in previous}
+    from .serving import ModelService, is_external
+
     if _is_xdist_worker(config):
+        state.service = ModelService.for_worker(settings, config.workerinput)  # type: ignore[attr-defined]
         return
-    if genome is not None and _codegen_requested(config):
-        # Resolve and fetch the models once, here, before any worker starts: a missing file
-        # fails the run at once with what to do, and downloads show their progress bar.
-        try:
-            for name in sorted(genome.models()):
-                state.get_models().locate(name)
-        except (ValueError, RuntimeError) as error:
-            raise pytest.UsageError(f"pytest-codegen: {error}") from None
+    if genome is not None and _codegen_requested(config) and not is_external(settings.model_server):
+        _locate_models(config, state, genome)
+    # Only a run that asks for pytest-codegen starts a model server (not every xdist run of
+    # every project with the plugin installed); other runs load models in-process if at all.
+    state.service = ModelService.for_controller(
+        settings, genome if _codegen_requested(config) else None, state.get_models,
+        _xdist_workers(config))
     if results:
         from .results import ResultsWriter
 
@@ -248,11 +305,57 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(CodegenController(state), "codegen-controller")
 
 
+def _pipeline_genome(config: pytest.Config, settings: RunSettings) -> Genome | None:
+    """The built-in pipeline's genome; a name only a plugin's pipeline hook knows passes."""
+    from .hookspecs import plugin_implements
+    from .pipelines import PIPELINES, pipeline_genome
+
+    name = settings.pipeline
+    if (name not in PIPELINES and not name.endswith(".json")
+            and plugin_implements(config, "pytest_codegen_make_pipeline")):
+        return None
+    return pipeline_genome(settings)
+
+
+def _locate_models(config: pytest.Config, state: CodegenState, genome: Genome) -> None:
+    """Resolve and fetch the models once, before any worker starts: a missing file fails the
+    run at once with what to do, and downloads show their progress bar. Names the registry
+    does not know are left to plugins' backends, if there are any."""
+    from .hookspecs import plugin_implements
+    from .models.registry import UnknownModel
+
+    plugins = plugin_implements(config, "pytest_codegen_make_backend")
+    try:
+        for name in sorted(genome.models()):
+            try:
+                state.get_models().locate(name)
+            except UnknownModel:
+                if not plugins:
+                    raise
+    except (ValueError, RuntimeError) as error:
+        raise pytest.UsageError(f"pytest-codegen: {error}") from None
+
+
+def _xdist_workers(config: pytest.Config) -> int:
+    """xdist workers this session starts (1 without xdist); xdist has resolved `auto` by now."""
+    count = getattr(config.option, "numprocesses", None)
+    if not isinstance(count, int) or count < 1 or getattr(config.option, "dist", "no") == "no":
+        return 1
+    return count
+
+
 def _previous_records(path: str, key: str) -> list[dict]:
     """Records of an interrupted run of the same work; another run's file is refused."""
-    from .results import read_records
+    from .results import ResultsFileError, read_records
 
-    records = list(read_records(path))
+    try:
+        records = list(read_records(path))
+    except ResultsFileError as error:
+        raise pytest.UsageError(
+            f"pytest-codegen: {path}: {error}; fix or remove it, or pass --codegen-fresh"
+        ) from None
+    except OSError as error:
+        raise pytest.UsageError(f"pytest-codegen: cannot read {path}: {error}") from None
     foreign = {r.get("run_key") for r in records} - {key}
     if foreign:
         raise pytest.UsageError(
@@ -287,7 +390,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     s = _state(config).settings
     lines = [f"codegen: pipeline={s.pipeline}, feedback={s.feedback}"
              + (" (ORACLE: the model sees the scoring tests)" if s.feedback == "hidden" else "")
-             + f", exec limits {s.exec_timeout:g} s / {s.exec_memory_mb} MB",
+             + f", exec limits {s.exec_timeout:g} s CPU / {s.exec_memory_mb} MB",
              f"codegen: sandbox isolation: {_state(config).get_sandbox().isolation}"]
     genome = _state(config).genome
     if genome is not None:
@@ -299,6 +402,9 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         lines.append(f"codegen: generator={genome.generator.model}"
                      + (f"; {stages}" if stages else "")
                      + f"; early stop {'on' if s.early_stop else 'off'}; cache {s.cache_dir or 'off'}")
+        service = _state(config).service
+        if service is not None:
+            lines.append(f"codegen: {service.describe(s)}")
     return lines
 
 
@@ -307,11 +413,16 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "codegen_sample" not in metafunc.fixturenames:
         return
     samples = metafunc.config.getoption("samples")
-    if samples is None and metafunc.config.getoption("pipeline") == "replay":
-        from .pipelines.basic import ReplayPipeline
+    replay = metafunc.config.getoption("replay")
+    if metafunc.config.getoption("pipeline") == "replay" and replay:
+        from .pipelines.basic import check_replay_matches
 
-        replay = metafunc.config.getoption("replay")
-        samples = ReplayPipeline(replay).samples_per_task() if replay else 1
+        try:
+            per_task = check_replay_matches(replay, metafunc)
+        except ValueError as error:  # a collection error without a traceback: nothing runs
+            raise pytest.Collector.CollectError(f"pytest-codegen: {error}") from None
+        if samples is None:
+            samples = per_task
     if samples is not None and samples < 1:
         raise pytest.UsageError("--samples must be at least 1")
     if samples and samples > 1:
@@ -343,7 +454,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             # (plus a bounded explanation run) and each earlier round's program. Generation
             # runs in fixture setup and is excluded by func_only.
             rounds = state.genome.rounds if state.genome is not None else 0
-            backstop = s.exec_timeout * (rounds + 3) + 60
+            from .sandbox import wall_backstop
+
+            backstop = wall_backstop(s.exec_timeout) * (rounds + 3) + 60
             item.add_marker(pytest.mark.timeout(backstop, func_only=True))
 
 
@@ -438,6 +551,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 
 
 def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config):
+    if report.outcome == "rerun" and report.when == "???":  # see pytest_handlecrashitem
+        return "rerun", "R", ("RERUN (worker crashed)", {"yellow": True})
     record = getattr(report, "codegen", None)
     if record is None or report.when != "call":
         return None
@@ -460,6 +575,28 @@ class CodegenController:
         self.state = state
         self.gate: dict[str, tuple[float, bool]] = {}
         self.other_failures = 0  # failed tests that are not benchmark items
+        self.crashed: set[str] = set()  # items rescheduled after their worker died
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node) -> None:
+        """xdist: every worker, a replacement for a crashed one too, is handed the items
+        resumed from the results file as decided once, here, at the start."""
+        node.workerinput["codegen_done"] = sorted(self.state.done)
+        if self.state.service is not None:  # the model server's URL (started now, once)
+            self.state.service.hand_to_worker(node.workerinput)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_handlecrashitem(self, crashitem: str, report, sched) -> None:
+        """xdist: the item a worker died running runs again, once, on another worker, so
+        the tables and the results file still count it."""
+        if crashitem in self.crashed:
+            return
+        try:
+            sched.mark_test_pending(crashitem)
+        except (NotImplementedError, AttributeError, ValueError):
+            return
+        self.crashed.add(crashitem)
+        report.outcome = "rerun"
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node, error) -> None:

@@ -23,6 +23,12 @@ class RunSettings:
     n_ctx: int = 4096
     threads: int | None = None  # None: split the cores between xdist workers
     verbose_llama: bool = False
+    # Where models run: "embedded" (the session's model server), "in-process" (each process
+    # loads its own), or the base URL of an external OpenAI-compatible server.
+    model_server: str = "embedded"
+    model_slots: int | None = None  # sequences the embedded server decodes together
+    decode: str = "batched"  # "sequential": one sequence at a time, bit-reproducible
+    model_timeout: float = 600.0  # seconds one request to a model server may take
     cache_dir: str | None = None  # None: no generation cache
     # Execution-feedback loops.
     rounds: int = 3
@@ -36,8 +42,10 @@ class RunSettings:
         return getattr(self, role, None) or self.model
 
 
-# Settings that change what a run produces; the rest (threads, cache, logging) only how fast.
-_NOT_RESULT_SHAPING = ("threads", "verbose_llama", "cache_dir")
+# Settings that change what a run produces; the rest (threads, cache, logging, where the model
+# runs and whether it is batched: see README, Determinism) only how fast.
+_NOT_RESULT_SHAPING = ("threads", "verbose_llama", "cache_dir", "model_server", "model_slots",
+                       "decode", "model_timeout")
 
 
 def run_key(settings: RunSettings, genome: dict | None = None) -> str:
@@ -55,3 +63,63 @@ def run_key(settings: RunSettings, genome: dict | None = None) -> str:
     if settings.replay and Path(settings.replay).is_file():
         shaping["replay"] = hashlib.sha256(Path(settings.replay).read_bytes()).hexdigest()
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_options(settings: RunSettings, *, samples: int | None = None, min_pass: float | None = None) -> None:
+    """Refuse settings no run can mean, naming the option: a ValueError per bad value.
+
+    (A zero memory limit would remove the limit, a zero or NaN timeout would fail or never
+    end every run, zero tokens would make generation unbounded.)"""
+    import math
+
+    problems = []
+
+    def positive(value: float | None, option: str, what: str) -> None:
+        if value is not None and (not math.isfinite(value) or value <= 0):
+            problems.append(f"{option} must be {what} greater than 0, not {value:g}")
+
+    positive(settings.exec_timeout, "--exec-timeout", "a number of seconds")
+    positive(settings.exec_memory_mb, "--exec-memory", "a number of MB")
+    positive(settings.max_tokens, "--max-tokens", "a number of tokens")
+    positive(settings.n_ctx, "--n-ctx", "a context size")
+    positive(settings.threads, "--threads", "a thread count")
+    t = settings.temperature
+    if t is not None and (not math.isfinite(t) or t < 0):
+        problems.append(f"--temperature must be 0 or more, not {t:g}")
+    if settings.rounds < 1:
+        problems.append(f"--rounds must be at least 1, not {settings.rounds}")
+    if samples is not None and samples < 1:
+        problems.append(f"--samples must be at least 1, not {samples}")
+    if min_pass is not None and not 0 <= min_pass <= 1:
+        problems.append(f"--codegen-min-pass must be between 0 and 1, not {min_pass:g}")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+CACHE_FILE = "generations.sqlite3"  # models.cache.GenerationCache's file in the cache directory
+
+
+def check_generation_cache(directory: str | None) -> None:
+    """A ValueError naming the file when the generation cache in `directory` is not a usable
+    SQLite database (rather than a raw sqlite3 error from the first generation)."""
+    if not directory:
+        return
+    import sqlite3
+    from pathlib import Path
+
+    path = Path(directory) / CACHE_FILE
+    if not path.exists():
+        return
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=60)
+        try:
+            verdict = db.execute("PRAGMA quick_check").fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error as error:
+        verdict = (str(error),)
+    if verdict != ("ok",):
+        raise ValueError(
+            f"the generation cache {path} is corrupt ({verdict[0] if verdict else 'unreadable'}): "
+            "delete it, or run with --no-codegen-cache"
+        )

@@ -13,12 +13,12 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def gemma_path():
+def gemma_path(gemma_package):
     return ModelPool().locate("gemma-270m")
 
 
 @pytest.fixture(scope="module")
-def gemma(gemma_path):
+def gemma(llama_cpp, gemma_path):
     backend = LlamaCppBackend(gemma_path, alias="gemma-270m", mode="completion", n_ctx=1024, threads=2)
     yield backend
     backend.close()
@@ -27,6 +27,7 @@ def gemma(gemma_path):
 PROMPT = 'def add(a, b):\n    """Return the sum of a and b."""\n'
 
 
+@pytest.mark.slow  # runs the real model
 def test_greedy_generation_is_deterministic_and_counted(gemma):
     request = GenerationRequest(prompt=PROMPT, temperature=0.0, max_tokens=24, seed=1)
     first, second = gemma.generate(request), gemma.generate(request)
@@ -35,6 +36,7 @@ def test_greedy_generation_is_deterministic_and_counted(gemma):
     assert first.seconds > 0
 
 
+@pytest.mark.slow  # runs the real model
 def test_seed_is_honoured_when_sampling(gemma):
     def sample(seed):
         return gemma.generate(GenerationRequest(prompt=PROMPT, temperature=1.0, max_tokens=16, seed=seed)).text
@@ -43,11 +45,13 @@ def test_seed_is_honoured_when_sampling(gemma):
     assert len({sample(s) for s in range(4)}) > 1
 
 
+@pytest.mark.slow  # runs the real model
 def test_stop_sequences_end_generation(gemma):
     response = gemma.generate(GenerationRequest(prompt=PROMPT, temperature=0.0, max_tokens=64, stop=("\n",)))
     assert "\n" not in response.text
 
 
+@pytest.mark.slow  # runs the real model
 def test_chat_requests_are_wrapped_in_a_chat_format(gemma):
     """The 270M base model has no template in its GGUF; llama-cpp-python then falls back to a
     generic chat format, so the prompt is longer than the message alone."""
@@ -59,13 +63,15 @@ def test_chat_requests_are_wrapped_in_a_chat_format(gemma):
     assert response.finish_reason in ("stop", "length")
 
 
-def test_a_broken_model_file_is_a_clear_error(tmp_path):
+def test_a_broken_model_file_is_a_clear_error(llama_cpp, tmp_path):
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(b"GGUF" + b"\0" * 64)
     with pytest.raises(ModelLoadError, match="could not load"):
         LlamaCppBackend(bad, alias="broken", mode="completion")
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("llama_cpp", "gemma_package")
 def test_single_pipeline_with_gemma_through_pytest_then_fully_cached(pytester):
     """`pytest benchmarks/humaneval --pipeline=single --model=gemma-270m` on two problems, twice."""
     args = [str(REPO / "benchmarks" / "humaneval"), "--pipeline=single", "--model=gemma-270m",
@@ -98,7 +104,8 @@ def test_single_pipeline_with_gemma_through_pytest_then_fully_cached(pytester):
     print(f"first run {first_seconds:.1f}s, cached run with -n 2 {second_seconds:.1f}s")
 
 
-def test_llama_log_is_silent_by_default(gemma_path, capfd):
+@pytest.mark.slow  # runs the real model
+def test_llama_log_is_silent_by_default(llama_cpp, gemma_path, capfd):
     backend = LlamaCppBackend(gemma_path, alias="gemma-270m", mode="completion", n_ctx=512, threads=1)
     backend.generate(GenerationRequest(prompt=PROMPT, max_tokens=2))
     backend.close()
@@ -106,10 +113,17 @@ def test_llama_log_is_silent_by_default(gemma_path, capfd):
     assert "llama" not in out + err and "ggml" not in out + err
 
 
-@pytest.mark.parametrize("workers, expected", [("1", 2), ("2", 1), ("8", 1)])
+@pytest.mark.parametrize("workers, expected", [(1, 2), (2, 1), (8, 1)])
 def test_threads_are_split_between_xdist_workers(monkeypatch, workers, expected):
+    """In-process models: the worker count comes from xdist's workerinput, not the environment."""
     from pytest_codegen.models import llama
+    from pytest_codegen.serving import ModelService
+    from pytest_codegen.settings import RunSettings
 
     monkeypatch.setattr(llama, "available_cores", lambda: 2)
-    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", workers)
-    assert llama.default_threads() == expected
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "99")  # ignored
+    assert llama.default_threads(workers) == expected
+    service = ModelService.for_worker(RunSettings(model_server="in-process"),
+                                      {"workerid": "gw0", "workercount": workers})
+    assert service.in_process_threads(RunSettings()) == expected
+    assert service.in_process_threads(RunSettings(threads=3)) == 3

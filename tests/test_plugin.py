@@ -42,7 +42,8 @@ def test_toy(problem, solution):
     solution.verify()
 '''
 
-XDIST_MODES = [pytest.param([], id="plain"), pytest.param(["-n", "2"], id="xdist"),
+# Starting xdist workers costs seconds per run: those runs are `slow` (CI runs them all).
+XDIST_MODES = [pytest.param([], id="plain"), pytest.param(["-n", "2"], id="xdist", marks=pytest.mark.slow),
                pytest.param(["-p", "no:xdist"], id="no-xdist")]
 
 
@@ -152,6 +153,7 @@ def test_replay_without_file_is_reported(suite):
     assert "missing.jsonl does not exist" in result.stdout.str() + result.stderr.str()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", [pytest.param([], id="plain"), pytest.param(["-n", "2"], id="xdist")])
 def test_benchmarks_reference_all_pass(pytester, mode):
     """The two real benchmarks with their canonical solutions: 164 + 427 items pass."""
@@ -163,6 +165,7 @@ def test_benchmarks_reference_all_pass(pytester, mode):
     assert rows == {"humaneval": ["164", "164", "1.000"], "mbpp": ["427", "427", "1.000"]}
 
 
+@pytest.mark.slow
 def test_benchmarks_null_all_fail_classified(pytester):
     result = pytester.runpytest_subprocess(str(REPO / "benchmarks"), "--pipeline=null", "-q", "-n", "2")
     result.assert_outcomes(failed=591)
@@ -173,6 +176,7 @@ def test_benchmarks_null_all_fail_classified(pytester):
     assert rows == {"humaneval": ["164", "0", "0.000", "164"], "mbpp": ["427", "0", "0.000", "427"]}
 
 
+@pytest.mark.usefixtures("gemma_package")  # the generator, present: only the refiner is missing
 def test_missing_named_model_fails_fast_with_what_to_do(pytester, monkeypatch):
     """`--refiner=qwen3b` without the file: one clear usage error before any item runs."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # never download 2 GB from a test
@@ -235,7 +239,8 @@ models.ModelPool.locate = lambda self, name: Path(name)
 '''
 
 
-@pytest.mark.parametrize("mode", [pytest.param([], id="plain"), pytest.param(["-n", "2"], id="xdist")])
+@pytest.mark.parametrize("mode", [pytest.param([], id="plain"),
+                                  pytest.param(["-n", "2"], id="xdist", marks=pytest.mark.slow)])
 def test_refine_through_the_plugin_with_a_scripted_model(suite, mode):
     suite.makeconftest(SCRIPTED_MODELS)
     result = suite.runpytest_subprocess(

@@ -289,5 +289,7 @@ def test_keyrings_and_message_queues_do_not_survive_to_the_next_run(box):
     assert "secret" not in found.output, found.output
     for serial in serials:
         assert f"READ {serial} -1" in found.output
-    assert "USER 0" in found.output
+    # The uid's user keyring is empty, or not there at all while the kernel's key garbage
+    # collector (asynchronous) has yet to drop the invalidated one: either way nothing to read.
+    assert "USER 0\n" in found.output or "USER -1\n" in found.output, found.output
     assert "MQOPEN -1" in found.output, found.output

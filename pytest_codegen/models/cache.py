@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .backend import GenerationRequest, GenerationResponse, ModelBackend, Mode
+from .backend import GenerationRequest, GenerationResponse, Mode, ModelBackend
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS generations (
@@ -90,29 +90,41 @@ class CachedBackend:
         self,
         alias: str,
         mode: Mode,
-        identity: str,
+        identity: str | Callable[[], str | None],
         load: Callable[[], ModelBackend],
         cache: GenerationCache | None,
     ) -> None:
         self.alias = alias
         self.mode: Mode = mode
-        self.identity = identity
+        self._identity = identity
         self.cache = cache
         self.calls = 0
         self._load = load
         self._backend: ModelBackend | None = None
 
+    @property
+    def identity(self) -> str | None:
+        """What the cache keys on; a callable is asked on first use (an external server's
+        identity takes a request). None: a backend that cannot say, and is not cached."""
+        if callable(self._identity):
+            resolved = self._identity()
+            if resolved is None:
+                return None
+            self._identity = resolved
+        return self._identity
+
     def generate(self, request: GenerationRequest) -> GenerationResponse:
-        if self.cache is not None:
-            hit = self.cache.get(self.identity, request)
+        identity = self.identity if self.cache is not None else None
+        if self.cache is not None and identity is not None:
+            hit = self.cache.get(identity, request)
             if hit is not None:
                 return hit
         if self._backend is None:
             self._backend = self._load()
         self.calls += 1
         response = self._backend.generate(request)
-        if self.cache is not None:
-            self.cache.put(self.identity, request, response)
+        if self.cache is not None and identity is not None:
+            self.cache.put(identity, request, response)
         return response
 
     def close(self) -> None:

@@ -32,9 +32,12 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def default_threads() -> int:
-    """This process's share of the cores: xdist sets PYTEST_XDIST_WORKER_COUNT in workers."""
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+def default_threads(workers: int = 1) -> int:
+    """One process's share of the cores when `workers` processes each run llama.cpp.
+
+    The caller says how many there are (the plugin reads xdist's `workerinput`); nothing is
+    read from the environment.
+    """
     return max(1, available_cores() // max(1, workers))
 
 
@@ -73,6 +76,52 @@ def _silence_llama_log() -> None:
     _log_callback = _discard
 
 
+def load_llama(
+    path: str | Path, *, n_ctx: int, threads: int, verbose: bool = False, repack: bool = False,
+    **kwargs: Any,
+) -> Any:
+    """A `llama_cpp.Llama` over `path` with weight repacking off and, unless `verbose`, no log.
+
+    `kwargs` go to `Llama` as they are. Raises ModelLoadError with the file's name.
+    """
+    try:
+        import llama_cpp
+        import llama_cpp.llama_cpp as llama_c
+    except ImportError as error:  # pragma: no cover - llama-cpp-python is a dependency
+        raise ModelLoadError(
+            "llama-cpp-python is not installed: pip install 'pytest-codegen' "
+            "(see the README for the CMAKE_ARGS that build it for this CPU)"
+        ) from error
+    if not verbose:
+        _silence_llama_log()
+
+    defaults = llama_c.llama_model_default_params
+
+    def params_without_repacking():
+        params = defaults()
+        if hasattr(params, "use_extra_bufts"):
+            params.use_extra_bufts = repack
+        return params
+
+    # Llama() builds its model params from this function and loads right away: there is
+    # no argument for use_extra_bufts, so swap the function in for the load alone.
+    with _load_lock:
+        llama_c.llama_model_default_params = params_without_repacking
+        try:
+            return llama_cpp.Llama(
+                model_path=str(path),
+                n_ctx=n_ctx,
+                n_threads=threads,
+                n_threads_batch=threads,
+                verbose=verbose,
+                **kwargs,
+            )
+        except (ValueError, RuntimeError, OSError) as error:
+            raise ModelLoadError(f"llama.cpp could not load {path}: {error}") from error
+        finally:
+            llama_c.llama_model_default_params = defaults
+
+
 class LlamaCppBackend:
     """A loaded GGUF model; chat models use the chat template stored in the GGUF."""
 
@@ -86,45 +135,11 @@ class LlamaCppBackend:
         threads: int | None = None,
         verbose: bool = False,
     ) -> None:
-        try:
-            import llama_cpp
-            import llama_cpp.llama_cpp as llama_c
-        except ImportError as error:  # pragma: no cover - llama-cpp-python is a dependency
-            raise ModelLoadError(
-                "llama-cpp-python is not installed: pip install 'pytest-codegen' "
-                "(see the README for the CMAKE_ARGS that build it for this CPU)"
-            ) from error
         self.path = Path(path)
         self.alias = alias
         self.mode: Mode = mode
         self.threads = threads or default_threads()
-        if not verbose:
-            _silence_llama_log()
-
-        defaults = llama_c.llama_model_default_params
-
-        def params_without_repacking():
-            params = defaults()
-            if hasattr(params, "use_extra_bufts"):
-                params.use_extra_bufts = False
-            return params
-
-        # Llama() builds its model params from this function and loads right away: there is
-        # no argument for use_extra_bufts, so swap the function in for the load alone.
-        with _load_lock:
-            llama_c.llama_model_default_params = params_without_repacking
-            try:
-                self._llm = llama_cpp.Llama(
-                    model_path=str(self.path),
-                    n_ctx=n_ctx,
-                    n_threads=self.threads,
-                    n_threads_batch=self.threads,
-                    verbose=verbose,
-                )
-            except (ValueError, RuntimeError, OSError) as error:
-                raise ModelLoadError(f"llama.cpp could not load {self.path}: {error}") from error
-            finally:
-                llama_c.llama_model_default_params = defaults
+        self._llm = load_llama(self.path, n_ctx=n_ctx, threads=self.threads, verbose=verbose)
 
     def generate(self, request: GenerationRequest) -> GenerationResponse:
         common: dict[str, Any] = dict(
@@ -157,3 +172,13 @@ class LlamaCppBackend:
         if llm is not None:
             llm.close()
             del self._llm
+
+
+def llama_build() -> str:
+    """The llama-cpp-python release: builds differ numerically, so it keys the cache."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return "llama-cpp-python-" + version("llama-cpp-python")
+    except PackageNotFoundError:
+        return "llama-cpp-python-unknown"
