@@ -137,7 +137,8 @@ def run_cells(cells: Sequence[Cell], out: Path, *, extra: Sequence[str] = (), dr
 
 
 def machine_facts() -> dict[str, Any]:
-    """What the numbers of a run depend on beyond its settings: CPU, cores, llama.cpp build."""
+    """What the numbers of a run depend on beyond its settings: CPU, cores, llama.cpp build, and
+    the commit of the checkout that runs it."""
     import os
     import platform
     from importlib.metadata import PackageNotFoundError, version
@@ -158,7 +159,13 @@ def machine_facts() -> dict[str, Any]:
         features = llama_cpp.llama_print_system_info().decode().strip()
     except Exception:  # noqa: BLE001 - a report must not fail on a missing backend
         features = ""
-    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "build": build, "features": features}
+    try:  # the harness's own version: verdicts and prompts change with it
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                check=False, timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown"
+    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "build": build, "features": features,
+            "commit": commit}
 
 
 def _machines_path(results: Path) -> Path:
@@ -354,7 +361,8 @@ def _machines_section(cells: Sequence[Cell], loaded: Mapping[Cell, Any], out: Pa
         path = _machines_path(cell.results_path(out))
         if cell in loaded and path.is_file():
             for machine in json.loads(path.read_text()):
-                key = f"{machine['cpu']}, {machine['cores']} cores, {machine['build']} ({machine['features']})"
+                key = (f"{machine['cpu']}, {machine['cores']} cores, {machine['build']} ({machine['features']}), "
+                       f"pytest-codegen at {machine.get('commit', 'unknown')}")
                 seen.setdefault(key, []).append(f"{cell.model} {cell.benchmark} {cell.label}")
     if not seen:
         return []
