@@ -41,6 +41,7 @@ import struct
 import sys
 import typing
 
+# isort: split
 # Pre-imported for the candidates: their imports of these are a dict lookup after the fork.
 # (Not bisect or heapq: each extension module maps five more regions that every fork copies
 # and every exit unmaps, for an import few candidates make.)
@@ -268,7 +269,7 @@ def _make_harness() -> typing.Callable[[dict, int, bool, list], None]:
         s = _exact(s)
         return s if _len(s) <= limit else s[:limit] + "... [%d more characters]" % (_len(s) - limit)
 
-    def source_line(filename: str, lineno: object) -> str:
+    def source_line(filename: str, lineno: typing.Any) -> str:  # lineno: checked below (mypy cannot see `_type`)
         sources, split_sources = run["sources"], run["split"]
         lines = split_sources.get(filename)
         if lines is None and filename in sources:
@@ -300,7 +301,11 @@ def _make_harness() -> typing.Callable[[dict, int, bool, list], None]:
                 name = "BaseException"
             return name, name, "", ""
 
-    def describe_exc(where: str, et: object, ev: object, tb: object) -> tuple[str, str, str, str]:
+    # ev: any exception, its SyntaxError attributes read only once `et` says it is one;
+    # tb: a traceback (types.TracebackType; `types` is not imported here) or None
+    def describe_exc(
+        where: str, et: type[BaseException] | None, ev: typing.Any, tb: typing.Any
+    ) -> tuple[str, str, str, str]:
         try:
             name = cut(_tname(et), 200)
         except _BaseException:
@@ -392,6 +397,7 @@ def _make_harness() -> typing.Callable[[dict, int, bool, list], None]:
 
     def harness(job: dict, mypid: int, kill_all: bool, prepared: list[tuple[dict, bytes]]) -> None:
         """Define the candidate and run the tests, reporting each on RESULT_FD. Never returns."""
+        ballast: bytes | None  # freed (None) on MemoryError
         pristine, ballast = prepared.pop()  # ballast: freed on MemoryError so the report can be built
         program, setup_code, entry = job["program"], job["setup"], job["entry_point"]
         tests = job["tests"]  # [name, filename, source, code or None, compile error or None]
@@ -517,6 +523,7 @@ class Forker:
             # each child to reset. Between two forks this loop should write to as few pages
             # as it can: each one written is copied while a zygote shares it.
             buffer = bytearray(4096)  # a command: b"S" and a path, or b"R"
+            watch: list[_socket.socket | int]  # the server's socket and the zygotes' pidfds
             while True:
                 # a zygote without a pidfd (kernels before 5.3): look every 10 ms
                 polling = None in self.zygotes.values()
@@ -649,6 +656,7 @@ class Forker:
         iso = self.iso
         if work is not None:
             if iso.uid is not None and not iso.scratch:
+                assert iso.gid is not None  # set with the uid
                 os.chown(work, iso.uid, iso.gid)
             os.chdir(work)
             if not iso.scratch:  # the server's environment names the scratch work dir
@@ -668,6 +676,7 @@ class Forker:
             nproc += int(job.get("uid_tasks", 0))
         _setrlimit(resource.RLIMIT_NPROC, nproc)
         if iso.uid is not None:
+            assert iso.gid is not None  # set with the uid
             os.setgroups([])
             os.setresgid(iso.gid, iso.gid, iso.gid)
             os.setresuid(iso.uid, iso.uid, iso.uid)
@@ -714,7 +723,8 @@ def main(config: str) -> None:
     sys.stderr = io.TextIOWrapper(
         io.FileIO(2, "w", closefd=False), encoding="utf-8", errors="backslashreplace", write_through=True
     )
-    sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr
+    # Final in typeshed; rebound on purpose: the children's original streams are these
+    sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr  # type: ignore[misc]
     import builtins
 
     PRISTINE_BUILTINS.update(vars(builtins))

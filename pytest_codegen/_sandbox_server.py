@@ -121,7 +121,7 @@ import typing
 # calls and the framing both use.
 import _sandbox_bootstrap  # type: ignore[import-not-found]
 import _sandbox_forker as forker  # type: ignore[import-not-found]
-from _sandbox_forker import (  # type: ignore[import-not-found]
+from _sandbox_forker import (  # (mypy reports the missing module once, at the line above)
     _EXITED,
     _SPAWNED,
     PR_SET_CHILD_SUBREAPER,
@@ -249,7 +249,8 @@ def remove_tree(path: str) -> bool:
         except OSError:
             pass
         return not os.path.lexists(path)
-    stack, names, skip = [top], [""], [set()]
+    stack, names = [top], [""]
+    skip: list[set[str]] = [set()]
     moved = 0
     try:
         while stack:
@@ -759,7 +760,9 @@ class Server:
         os.set_inheritable(theirs.fileno(), True)
         try:
             pid = os.posix_spawn(
-                sys.executable, _sandbox_bootstrap.command(forker.__file__, marshal.dumps(config).hex()), dict(os.environ)
+                sys.executable,
+                _sandbox_bootstrap.command(forker.__file__, marshal.dumps(config).hex()),
+                dict(os.environ),
             )
         finally:
             theirs.close()
@@ -929,6 +932,7 @@ class Server:
     def _make_work_dir(self) -> None:
         os.mkdir(self.iso.work, 0o700)
         if self.iso.uid is not None:
+            assert self.iso.gid is not None  # set with the uid
             os.chown(self.iso.work, self.iso.uid, self.iso.gid)
 
     def _uid_has_keys(self) -> bool:
@@ -1129,7 +1133,7 @@ class Server:
 
     # --- one run --------------------------------------------------------------------
 
-    def run(self, req: dict) -> tuple[dict, "_RunState | None", bool]:
+    def run(self, req: dict) -> tuple[dict, _RunState | None, bool]:
         lim = req["limits"]
         tests = []
         for name, source in req["tests"]:
@@ -1184,7 +1188,7 @@ class Server:
             return {"ok": False, "error": st.sandbox_error}, st, False
         return {"ok": True, "result": st.result(self.iso)}, st, clean
 
-    def _monitor(self, st: "_RunState", wall: float, cpu_limit: float) -> None:
+    def _monitor(self, st: _RunState, wall: float, cpu_limit: float) -> None:
         """Watch the run until it ends, its CPU time reaches `cpu_limit` (the limit that
         decides: independent of the machine's load) or the wall clock `wall` (a backstop for
         programs that wait rather than compute). RLIMIT_CPU stops the child in whole seconds
@@ -1206,7 +1210,7 @@ class Server:
                     st.cpu_timed_out, st.cpu_seen = True, used
                     break
                 cpu_check = now + max(0.01, cpu_limit - used) if used is not None else now + 0.05
-            watch = [*open_fds, self.sock]  # the forker reports the child's exit
+            watch: list[int | _socket.socket] = [*open_fds, self.sock]  # the forker reports the child's exit
             if z.pidfd is not None:
                 watch.append(z.pidfd)
             try:
@@ -1236,7 +1240,7 @@ class Server:
             st.cpu_seen = _proc_cpu(z.pid)
         self._drain(st, cap, budget=0.0)  # what is already in the pipes belongs to this run
 
-    def _wait_child(self, st: "_RunState", block: bool) -> bool:
+    def _wait_child(self, st: _RunState, block: bool) -> bool:
         """Take the run's child's exit from the forker, waiting for it if `block`; True once
         it has been reaped."""
         z = st.z
@@ -1256,7 +1260,7 @@ class Server:
         st.set_exit(status, usage)
         return True
 
-    def _read_output(self, st: "_RunState", cap: int) -> bool:
+    def _read_output(self, st: _RunState, cap: int) -> bool:
         try:
             data = os.read(st.z.out_r, READ_SIZE)
         except BlockingIOError:
@@ -1268,7 +1272,7 @@ class Server:
         st.add_output(data, cap)
         return True
 
-    def _drain(self, st: "_RunState", cap: int, budget: float) -> None:
+    def _drain(self, st: _RunState, cap: int, budget: float) -> None:
         z = st.z
         for fd in (z.out_r, z.res_r):
             if fd is None:
@@ -1292,7 +1296,7 @@ class Server:
                 elif not st.end and not st.corrupt:
                     st.feed(data)
 
-    def _stop(self, st: "_RunState", clean: bool) -> None:
+    def _stop(self, st: _RunState, clean: bool) -> None:
         """Make sure the run's child and everything it started are gone; reap; tidy up."""
         z = st.z
         forced = not clean
@@ -1376,7 +1380,8 @@ class Server:
         while not self.tainted:
             # a clean run's child is waited for (or forced) a second after its end
             try:
-                ready, _, _ = select.select([self.proto_in, self.sock], [], [], 1.0 if self.pending else None)
+                watch: list[int | _socket.socket] = [self.proto_in, self.sock]
+                ready, _, _ = select.select(watch, [], [], 1.0 if self.pending else None)
             except InterruptedError:
                 continue
             if self.sock in ready:
@@ -1556,7 +1561,10 @@ class _RunState:
         message = traceback = ""
 
         def test(i: int, passed: bool, et=None, msg="", line="") -> dict:
-            return {"name": names[i], "passed": passed, "error_type": et, "message": _clean(msg), "line": _clean(line, 1500)}
+            return {
+                "name": names[i], "passed": passed, "error_type": et,
+                "message": _clean(msg), "line": _clean(line, 1500),
+            }
 
         for i, r in enumerate(self.results):
             if r.get("ok") is True:
@@ -1567,7 +1575,9 @@ class _RunState:
         define_failed = self.define is not None and self.define.get("ok") is not True
         in_define = self.define is None
         # the test in progress when it stopped: the first one not reported (results come in order)
-        current = len(self.results) if self.define is not None and not self.end and len(self.results) < len(names) else None
+        current = (
+            len(self.results) if self.define is not None and not self.end and len(self.results) < len(names) else None
+        )
         exit_desc, cpu, maxrss_mb = self._exit_info()
         stop = None if self.end else self._stop_cause(lim, cpu, maxrss_mb, in_define, current, names)
 
@@ -1592,7 +1602,8 @@ class _RunState:
             phase = "define" if in_define or define_failed else "test"
         if define_failed:
             d = self.define or {}
-            tests = [test(i, False, error_type, "not run: the program failed to define (%s)" % _clean(d.get("msg"), 300)) for i in range(len(names))]
+            not_run = "not run: the program failed to define (%s)" % _clean(d.get("msg"), 300)
+            tests = [test(i, False, error_type, not_run) for i in range(len(names))]
         elif status != "passed":
             for i in range(len(tests), len(names)):
                 if i == current and stop is not None:  # what stopped it, in the test it was running
@@ -1628,7 +1639,9 @@ class _RunState:
                     names: list[str]) -> tuple[str, str, str]:
         """(status, error type, message) of a run that ended without its end message."""
         cpu_limit = float(lim["cpu_seconds"])
-        signo = os.WTERMSIG(self.exit_status) if self.exit_status is not None and os.WIFSIGNALED(self.exit_status) else None
+        signo = (
+            os.WTERMSIG(self.exit_status) if self.exit_status is not None and os.WIFSIGNALED(self.exit_status) else None
+        )
         mem_limit = float(lim["memory_mb"])
         if self.cpu_timed_out or signo == signal.SIGXCPU or (signo == signal.SIGKILL and cpu >= cpu_limit - 0.05):
             how = f" ({_signal_name(signo)})" if signo is not None and not self.cpu_timed_out else ""
@@ -1695,6 +1708,7 @@ def main(config: str = "{}") -> None:
     # Dispositions and mask as in a fresh interpreter (nothing inherited as ignored or
     # blocked), once here for the forker and every child. The server runs in a session of
     # its own, so a terminal's Ctrl-C never reaches it.
+    handler: signal.Handlers | typing.Callable[[int, typing.Any], object]
     for sig in signal.valid_signals():
         if sig in (signal.SIGKILL, signal.SIGSTOP):
             continue
@@ -1715,7 +1729,7 @@ def main(config: str = "{}") -> None:
         import traceback
 
         write_frame(proto_out, json.dumps({"ok": False, "error": traceback.format_exc()}).encode())
-        raise SystemExit(1)
+        raise SystemExit(1) from None
     server.serve()
 
 

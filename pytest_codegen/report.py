@@ -85,7 +85,8 @@ def transition_table(records: Iterable[Mapping[str, Any]]) -> str:
         rate = f"{fixed / len(group):.2f}" if first != PASSED else "-"
         spread = ", ".join(f"{name}: {n}" for name, n in sorted(finals.items()))
         rows.append([first, len(group), fixed, rate, spread])
-    return tabulate(rows, headers=["first attempt", "items", "fixed", "fix rate", "final outcomes"], disable_numparse=True)
+    headers = ["first attempt", "items", "fixed", "fix rate", "final outcomes"]
+    return tabulate(rows, headers=headers, disable_numparse=True)
 
 
 def _outcome_after(record: Mapping[str, Any], round_index: int) -> str:

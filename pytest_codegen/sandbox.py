@@ -26,8 +26,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from pytest_codegen._sandbox_bootstrap import command
 from pytest_codegen.outcome import FAILED, TEST, ExecutionResult

@@ -437,7 +437,9 @@ def _sd_text(sd: float | None, digits: int) -> str:
     return f"{sd:.{digits}f}" if sd is not None else "n/a"
 
 
-def render_pass_stats(records: Iterable[Record], *, resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED) -> str:
+def render_pass_stats(
+    records: Iterable[Record], *, resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED
+) -> str:
     """The pass@k table and pass@1 mean ± SD over samples with its bootstrap interval."""
     records = list(records)
     pass_k = pass_at_k_table(records)

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from pytest_codegen.problems import Problem, TestCase
-
 from pytest_codegen.models.backend import GenerationRequest, GenerationResponse
+from pytest_codegen.problems import Problem, TestCase
 
 
 class ScriptedBackend:

@@ -65,7 +65,7 @@ def test_qwen_style_prose_around_a_python_fence() -> None:
 
 @pytest.mark.parametrize("fence", ["```python", "```py", "```", "~~~", "```Python3", "````python"])
 def test_fence_styles(fence: str) -> None:
-    close = fence.rstrip("Pythonpy3")
+    close = fence.removesuffix(fence.lstrip("`~"))  # the fence's run of backticks or tildes, without the info string
     output = f"Sure.\n{fence}\ndef f(x):\n    return x * 2\n{close}\nDone."
     assert extract_code(output, "f") == "def f(x):\n    return x * 2\n"
 

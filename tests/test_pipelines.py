@@ -2,18 +2,21 @@
 
 import pytest
 
-from fakes import FakeModels, ScriptedBackend, arithmetic_problem, fenced
 from pytest_codegen.pipelines import build_pipeline
 from pytest_codegen.pipelines.genome import GenomeError, genome_from_dict, load_genome
 from pytest_codegen.pipelines.loop import derive_seed
 from pytest_codegen.problems import Problem, TestCase
 from pytest_codegen.report import (
-    net_effect_table, render_tables, solved_after_round_table, transition_table,
+    net_effect_table,
+    render_tables,
+    solved_after_round_table,
+    transition_table,
 )
 from pytest_codegen.results import build_record
 from pytest_codegen.settings import RunSettings
 from pytest_codegen.verdict import judge, judge_rounds
 
+from fakes import FakeModels, ScriptedBackend, arithmetic_problem, fenced
 
 ADD, SUB, MUL = (arithmetic_problem(n, op) for n, op in (("add", "+"), ("sub", "-"), ("mul", "*")))
 CORRECT = {"add": "a + b", "sub": "a - b", "mul": "a * b"}
