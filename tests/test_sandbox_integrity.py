@@ -34,14 +34,15 @@ def run(box: Sandbox, program: str, tests=CHECK_F, **kw) -> outcome.ExecutionRes
 # ------------------------------------------------------------------ scratch clean-up
 
 # A tree deeper than any recursive removal goes (shutil.rmtree: ~1000 levels), made with
-# relative steps so no path grows past PATH_MAX, in the work dir and in /tmp.
+# relative steps so no path grows past PATH_MAX, in the work dir, /tmp and /dev/shm (where
+# writable: with the interpreter's venv under /tmp, /tmp is the host's, read-only).
 DEEP_TREE = (
     "import os\n"
     "def deep(where, levels=2500):\n"
     "    try:\n        os.chdir(where)\n    except OSError:\n        return\n"
     "    for _ in range(levels):\n"
     "        try:\n            os.mkdir('d')\n            os.chdir('d')\n        except OSError:\n            break\n"
-    "    open('leaf', 'w').close()\n"
+    "    try:\n        open('leaf', 'w').close()\n    except OSError:\n        pass\n"
     "start = os.getcwd()\n"
     "for where in (start, '/tmp', '/dev/shm'):\n    deep(where)\n"
     "os.chdir(start)\n"
@@ -57,8 +58,11 @@ def test_a_deep_directory_tree_gets_a_verdict_and_the_next_run_is_fine(box, endi
     else:
         r = run(box, DEEP_TREE + "while True:\n    pass\n", limits=Limits(wall_seconds=3, cpu_seconds=1))
         assert r.status == outcome.TIMEOUT, r
-    look = (
-        "import os\nprint('LEFT', sorted(os.listdir('.')), sorted(n for n in os.listdir('/tmp') if n != 'work'))\n"
+    look = (  # the scratch dirs that are scratch here (/tmp is not when the venv lives under it)
+        "import os\ndef scratch(d):\n    try:\n        open(d + '/.probe', 'w').close()\n"
+        "        os.remove(d + '/.probe')\n        return True\n    except OSError:\n        return False\n"
+        "print('LEFT', sorted(os.listdir('.')), sorted(n for d in ('/tmp', '/dev/shm') if scratch(d)"
+        " for n in os.listdir(d) if n != 'work'))\n"
         + GOOD
     )
     after = run(box, look)
