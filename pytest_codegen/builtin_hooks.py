@@ -41,10 +41,12 @@ def pytest_codegen_make_backend(
     from .plugin import STATE_KEY
 
     state = config.stash.get(STATE_KEY, None)
-    url = state.service.served_url() if state is not None and state.service is not None else None
-    if url is None:  # no embedded server for this run (a plugin's pipeline): run it here
+    service = state.service if state is not None else None
+    url = service.served_url() if service is not None else None
+    if service is None or url is None:  # no embedded server for this run: run it here
         return factories.in_process_backend(name, spec, pool)
-    return factories.served_backend(name, spec, pool, url)
+    return factories.served_backend(name, spec, pool, url, batched=service.batched,
+                                    diagnose=service.diagnose)
 
 
 @pytest.hookimpl(trylast=True)

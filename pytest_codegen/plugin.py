@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -224,10 +224,19 @@ class CodegenState:
         return self.pipeline
 
     def close(self) -> None:
-        for resource in (self.models, self.sandbox, self.writer, self.service):
-            close = getattr(resource, "close", None)
+        """Close every resource, each even if closing an earlier one raised (the first
+        error is raised at the end)."""
+        self._close_from([self.models, self.sandbox, self.writer, self.service])
+
+    def _close_from(self, resources: list[Any]) -> None:
+        if not resources:
+            return
+        close = getattr(resources[0], "close", None)
+        try:
             if close is not None:
                 close()
+        finally:
+            self._close_from(resources[1:])
 
 
 def _is_xdist_worker(config: pytest.Config) -> bool:

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 URL_KEY = "codegen_model_server"
 ERROR_KEY = "codegen_model_server_error"
 PID_KEY = "codegen_model_server_pid"
+LOG_KEY = "codegen_model_server_log"
+BATCHED_KEY = "codegen_model_server_batched"
 MAX_SLOTS = 64
 
 
@@ -49,6 +51,8 @@ class ModelService:
     url: str | None = None  # a worker's: what the controller handed over
     error: str | None = None
     pid: int | None = None
+    log: str | None = None  # a worker's: the embedded server's log file, for diagnoses
+    batched: bool = True  # the embedded server decodes several sequences together
 
     # ------------------------------------------------------------------ construction
 
@@ -72,7 +76,8 @@ class ModelService:
             models, n_ctx=settings.n_ctx, threads=settings.threads, slots=slots,
             decode=settings.decode, verbose=settings.verbose_llama,
             start_timeout=settings.model_timeout)
-        return cls(EMBEDDED, workers, server=server)
+        return cls(EMBEDDED, workers, server=server,
+                   batched=settings.decode != "sequential" and slots > 1)
 
     @classmethod
     def for_worker(cls, settings: RunSettings, workerinput: dict[str, Any]) -> ModelService:
@@ -82,7 +87,8 @@ class ModelService:
         if kind == EMBEDDED and url is None and error is None:
             kind = IN_PROCESS  # the controller serves nothing for this run
         return cls("external" if is_external(kind) else kind, workers, url=url, error=error,
-                   pid=workerinput.get(PID_KEY))
+                   pid=workerinput.get(PID_KEY), log=workerinput.get(LOG_KEY),
+                   batched=bool(workerinput.get(BATCHED_KEY, True)))
 
     # ------------------------------------------------------------------ use
 
@@ -108,11 +114,25 @@ class ModelService:
 
         if self.kind != EMBEDDED or self.server is None:
             return
+        workerinput[LOG_KEY] = str(self.server.log_path)
+        workerinput[BATCHED_KEY] = self.batched
         try:
-            workerinput[URL_KEY] = self.server.url
+            workerinput[URL_KEY] = self.server.url  # raises once the server is gone for good
             workerinput[PID_KEY] = self.server.pid
         except ModelServerError as error:
             workerinput[ERROR_KEY] = str(error)
+
+    def diagnose(self) -> str:
+        """What is known about the embedded server's failure: its saved error, or the end
+        of its log (a worker reads the controller's server's log file)."""
+        if self.server is not None:
+            return self.server.diagnosis()
+        if self.log is None:
+            return ""
+        from .models.embedded import read_log_tail
+
+        tail = read_log_tail(Path(self.log))
+        return f"its log ends: {tail}" if tail else ""
 
     def in_process_threads(self, settings: RunSettings) -> int:
         from .models.llama import default_threads
@@ -124,7 +144,8 @@ class ModelService:
             return f"models: external server {settings.model_server}"
         if self.kind == EMBEDDED and self.server is not None:
             how = ("sequential decoding" if settings.decode == "sequential"
-                   else f"{self.server.slots} sequences batched")
+                   else f"{self.server.slots} sequences batched" if self.batched
+                   else "one sequence at a time")
             return f"models: one embedded server for the session ({how})"
         return "models: in-process (each process loads its own copy)"
 

@@ -15,6 +15,7 @@ import pytest
 
 from pytest_codegen.models.batching import (
     BatchingEngine,
+    EngineClosed,
     EngineError,
     Entry,
     PromptTooLong,
@@ -203,3 +204,97 @@ def test_close_fails_what_is_queued():
         except RuntimeError as error:
             outcomes.append(type(error).__name__)
     assert "EngineClosed" in outcomes
+
+
+class BreakingDecoder(ScriptedDecoder):
+    """A scripted decoder whose sampler creation or KV clearing raises (a bug, not EngineError)."""
+
+    def __init__(self, *args, break_sampler_at: int = 0, break_clear: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.break_sampler_at, self.break_clear = break_sampler_at, break_clear
+
+    def new_sampler(self, sampling: Sampling) -> int:
+        if self.break_sampler_at and self._next_sampler + 1 >= self.break_sampler_at:
+            raise MemoryError("no sampler")
+        return super().new_sampler(sampling)
+
+    def clear(self, seq: int) -> None:
+        if self.break_clear:
+            raise RuntimeError("clear broke")
+        super().clear(seq)
+
+
+def test_an_error_while_admitting_fails_every_request_and_closes_the_engine(engine_factory):
+    decoder = BreakingDecoder(SCRIPT, break_sampler_at=2)
+    decoder.gate.clear()  # the first request is decoding when the second is admitted
+    engine = engine_factory(decoder, slots=2)
+    first = engine.submit(list(b"A:"), Sampling())
+    second = engine.submit(list(b"B:"), Sampling())
+    decoder.gate.set()
+    for future in (first, second):
+        with pytest.raises(EngineError, match="MemoryError"):
+            future.result(timeout=10)  # not a hang: the engine thread died
+    assert engine.error is not None
+    with pytest.raises(EngineError, match="no sampler"):
+        engine.submit(list(b"C:"), Sampling())  # at once, not queued forever
+
+
+def test_a_failing_clear_completes_the_request_first_then_fails_the_rest(engine_factory):
+    decoder = BreakingDecoder(SCRIPT, break_clear=True)
+    decoder.gate.clear()
+    engine = engine_factory(decoder, slots=1)
+    done = engine.submit(list(b"A:"), Sampling())
+    queued = engine.submit(list(b"B:"), Sampling())
+    decoder.gate.set()
+    assert done.result(timeout=10).text == "alpha"  # its answer was ready before the cleanup
+    with pytest.raises(EngineError, match="clear broke"):
+        queued.result(timeout=10)
+    assert "clear broke" in str(engine.error)
+    assert not engine._thread.is_alive()
+
+
+def test_a_failing_clear_while_recovering_from_a_failed_decode_fails_everything(engine_factory):
+    decoder = BreakingDecoder({**SCRIPT, b"F:": b"fail"}, fail_on=b"F:", break_clear=True)
+    decoder.gate.clear()
+    engine = engine_factory(decoder, slots=2)
+    futures = [engine.submit(list(p), Sampling()) for p in (b"F:", b"A:", b"B:")]
+    decoder.gate.set()
+    for future in futures:
+        with pytest.raises(EngineError):
+            future.result(timeout=10)
+    with pytest.raises(EngineError):
+        engine.submit(list(b"A:"), Sampling())
+
+
+def test_an_abandoned_request_stops_decoding_and_frees_its_slot(engine_factory):
+    class Pausing(ScriptedDecoder):
+        def decode(self, entries):
+            super().decode(entries)
+            self.gate.clear()  # each call waits for the test to let it go
+
+    decoder = Pausing({b"L:": b"x" * 200, **SCRIPT}, n_ctx_seq=512)
+    decoder.gate.clear()
+    engine = engine_factory(decoder, slots=1)
+    long = engine.submit(list(b"L:"), Sampling())
+    waiting = engine.submit(list(b"A:"), Sampling())
+    dropped = engine.submit(list(b"B:"), Sampling())
+    engine.abandon(dropped)  # still queued: cancelled, never decoded
+    assert dropped.cancelled()
+    decoder.gate.set()
+    while len(decoder.calls) < 3:
+        threading.Event().wait(0.01)
+        decoder.gate.set()
+    engine.abandon(long)  # running: it cannot be cancelled, the engine drops it
+    assert not long.cancelled()
+    for _ in range(100):  # let every later call through
+        decoder.gate.set()
+        if waiting.done():
+            break
+        threading.Event().wait(0.02)
+    assert waiting.result(timeout=10).text == "alpha"
+    with pytest.raises(EngineClosed, match="abandoned"):
+        long.result(timeout=0)
+    generated_for_long = sum(1 for call in decoder.calls for e in call if e.seq == 0 and e.token == ord("x"))
+    assert generated_for_long < 200
+    assert not any(e.token in b"B" for call in decoder.calls for e in call)
+    assert not decoder.samplers

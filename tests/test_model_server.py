@@ -16,6 +16,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import httpx
 import pytest
@@ -260,3 +261,287 @@ def test_where_models_run_is_decided_once_and_handed_to_workers(gemma_path):
         check_model_server(good)
     with pytest.raises(ValueError, match="expected 'embedded'"):
         check_model_server("ollama")
+
+
+# ---------------------------------------------------------------------- the server over a
+# scripted decoder (no model): its failures, without loading weights
+
+
+class _TextDecoder:
+    """`test_batching.ScriptedDecoder` with the server's tokenizer entry point."""
+
+    def __new__(cls, decoder_class, *args, **kwargs):
+        decoder = decoder_class(*args, **kwargs)
+        decoder.completion_tokens = lambda prompt: list(prompt.encode())
+        return decoder
+
+
+@pytest.fixture
+def scripted_server():
+    from test_batching import SCRIPT, ScriptedDecoder
+
+    from pytest_codegen.models.batching import BatchingEngine
+    from pytest_codegen.models.server import ModelServer, ServedFile
+
+    made = []
+
+    def make(decoder_class=ScriptedDecoder, script=SCRIPT, request_timeout=30.0, **kwargs):
+        decoder = _TextDecoder(decoder_class, script, **kwargs)
+        served = ServedFile(Path("scripted.gguf"), "completion", 256, 1, 1, False)
+        served.decoder, served.engine = decoder, BatchingEngine(decoder, slots=1)
+        server = ModelServer(("127.0.0.1", 0), {"s": served}, request_timeout=request_timeout)
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                         daemon=True).start()
+        made.append(server)
+        return server, decoder
+
+    yield make
+    for server in made:
+        server.shutdown()
+        server.server_close()
+        server.close_models()
+
+
+def test_a_dead_engine_fails_requests_at_once_and_health_says_so(scripted_server):
+    from test_batching import BreakingDecoder
+
+    server, _ = scripted_server(BreakingDecoder, break_clear=True)
+    remote = OpenAIBackend(server.url, "s", mode="completion", timeout=20, retries=0)
+    assert remote.generate(GenerationRequest(prompt="A:", max_tokens=10)).text == "alpha"
+    health = httpx.get(server.url.rsplit("/v1", 1)[0] + "/health", timeout=10)
+    assert health.status_code == 503 and health.json()["status"] == "error"
+    assert "clear broke" in health.json()["dead"]["s"]
+    start = time.perf_counter()
+    with pytest.raises(ModelServerError, match="HTTP 500: decoding failed.*clear broke"):
+        remote.generate(GenerationRequest(prompt="B:", max_tokens=10))
+    assert time.perf_counter() - start < 5
+
+
+def test_a_generation_past_the_request_timeout_fails_and_frees_its_slot(scripted_server):
+    server, decoder = scripted_server(request_timeout=0.3)
+    decoder.gate.clear()  # the engine hangs in decode
+    remote = OpenAIBackend(server.url, "s", mode="completion", timeout=20, retries=0)
+    with pytest.raises(ModelServerError, match="HTTP 500: the generation did not finish within 0.3 s"):
+        remote.generate(GenerationRequest(prompt="A:", max_tokens=10))
+    decoder.gate.set()
+    assert remote.generate(GenerationRequest(prompt="B:", max_tokens=10)).text == "bravo!"
+
+
+def test_a_client_that_goes_away_stops_its_generation(scripted_server):
+    from test_batching import SCRIPT
+
+    server, decoder = scripted_server(script={b"L:": b"x" * 200, **SCRIPT})
+    decoder.gate.clear()
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server.url + "/completions", timeout=0.5,
+                   json={"model": "s", "prompt": "L:", "max_tokens": 200})
+    time.sleep(1.0)  # the handler notices the closed connection and abandons the request
+    decoder.gate.set()
+    remote = OpenAIBackend(server.url, "s", mode="completion", timeout=20, retries=0)
+    assert remote.generate(GenerationRequest(prompt="A:", max_tokens=10)).text == "alpha"
+    long_tokens = sum(1 for call in decoder.calls for e in call if e.token == ord("x"))
+    assert long_tokens < 50
+
+
+def test_a_negative_content_length_is_a_bad_request(scripted_server):
+    server, _ = scripted_server()
+    with socket.create_connection(("127.0.0.1", server.server_port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n")
+        reply = b""
+        while b"}}" not in reply:  # the headers, then the JSON error
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 400") and b"invalid Content-Length" in reply
+
+
+def test_a_closed_server_does_not_load_the_model_again(scripted_server):
+    server, _ = scripted_server()
+    server.close_models()
+    answer = httpx.post(server.url + "/completions", timeout=10,
+                        json={"model": "s", "prompt": "A:", "max_tokens": 4})
+    assert answer.status_code == 503 and "shutting down" in answer.text
+    assert server.models["s"].engine is None
+
+
+# ---------------------------------------------------------------------- restarts, crashes,
+# teardown: stand-in processes and servers, no model
+
+
+class _Resetting(BaseHTTPRequestHandler):
+    """Reads a completion request, then drops the connection (as a server that crashes)."""
+
+    posts = 0
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        type(self).posts += 1
+        self.close_connection = True
+        self.connection.shutdown(socket.SHUT_RDWR)
+
+
+def test_a_request_that_crashes_the_server_is_sent_at_most_twice():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Resetting)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        remote = OpenAIBackend(f"http://127.0.0.1:{server.server_port}/v1", "m", retries=4,
+                               backoff=0.01, diagnose=lambda: "its log ends: segfault")
+        with pytest.raises(ModelServerError, match="dropped the connection twice.*may crash it"
+                                                   ".*the server: its log ends: segfault"):
+            remote.generate(GenerationRequest(prompt="x", max_tokens=1))
+        assert _Resetting.posts == 2
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_unreachable_embedded_server_error_says_what_the_session_knows():
+    remote = OpenAIBackend(f"http://127.0.0.1:{free_port()}/v1", "m", retries=0,
+                           diagnose=lambda: "it died (exit status -9)")
+    with pytest.raises(ModelServerError, match="unreachable.*the server: it died"):
+        remote.generate(GenerationRequest(prompt="x", max_tokens=1))
+
+
+class _StandIn(EmbeddedModelServer):
+    """Runs a stand-in for the server: prints the ready line (only on the first start when
+    `once`), then waits to be killed."""
+
+    def __init__(self, tmp_path, *, once=False, **kwargs):
+        super().__init__({}, **kwargs)
+        self.flag = tmp_path / "started"
+        self.once = once
+
+    def command(self):
+        script = (
+            "import pathlib, sys, time\n"
+            f"flag = pathlib.Path({str(self.flag)!r})\n"
+            f"if not ({self.once!r} and flag.exists()):\n"
+            "    flag.touch()\n"
+            f"    print({READY_PREFIX!r} + 'http://127.0.0.1:9/v1', flush=True)\n"
+            "    (flag.parent / f'ready-{__import__(\"os\").getpid()}').touch()\n"
+            "time.sleep(120)\n")
+        return [sys.executable, "-c", script]
+
+
+def _kill_and_wait_for_restart(server, timeout=20):
+    old = server.pid
+    os.kill(old, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server._error is not None or (
+                server.pid != old and (server.flag.parent / f"ready-{server.pid}").exists()):
+            break
+        time.sleep(0.02)
+    return old
+
+
+def test_restarts_are_limited_per_time_window_and_a_dead_server_is_reported(tmp_path):
+    server = _StandIn(tmp_path, max_restarts=1, restart_window=1.0, start_timeout=20)
+    try:
+        url = server.url
+        _kill_and_wait_for_restart(server)
+        assert server.restarts == 1 and server.url == url
+        time.sleep(1.2)  # the first restart is out of the window
+        _kill_and_wait_for_restart(server)
+        assert server.restarts == 2 and server.url == url
+        old = server.pid
+        os.kill(old, signal.SIGKILL)  # a second death within the window: gone for good
+        deadline = time.monotonic() + 20
+        while server._error is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with pytest.raises(ModelServerError, match="died .*restarted 2 times"):
+            _ = server.url  # not the dead URL: replacement workers get the error
+        assert "restarted 2 times" in server.diagnosis()
+    finally:
+        server.close()
+
+
+def test_close_does_not_wait_for_a_restart_in_progress(tmp_path):
+    server = _StandIn(tmp_path, once=True, start_timeout=60)  # restarts never get ready
+    _ = server.url
+    old = server.pid
+    os.kill(old, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while server.pid == old and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.pid != old  # restarting, waiting for a ready line that never comes
+    start = time.perf_counter()
+    server.close()
+    assert time.perf_counter() - start < 8
+
+
+def test_the_server_stops_writing_to_its_stdout_pipe_after_the_ready_line(tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest_codegen.models.server", "--model",
+         f"g={tmp_path / 'none.gguf'}", "--port", "0", "--watch-stdin"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=(tmp_path / "log").open("wb"))
+    try:
+        assert proc.stdout.readline().decode().startswith(READY_PREFIX)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if os.readlink(f"/proc/{proc.pid}/fd/1") == os.readlink(f"/proc/{proc.pid}/fd/2"):
+                break
+            time.sleep(0.02)
+        assert os.readlink(f"/proc/{proc.pid}/fd/1") == str(tmp_path / "log")
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=10)
+        proc.stdout.close()
+
+
+def test_batched_decoding_has_a_cache_identity_of_its_own(gemma_path):
+    from pytest_codegen.models.factories import local_identity, served_backend
+    from pytest_codegen.models.registry import ModelSpec  # noqa: F401 - the spec's type
+    from pytest_codegen.pipelines.genome import builtin_genome
+    from pytest_codegen.serving import ModelService
+    from pytest_codegen.settings import RunSettings
+
+    pool = ModelPool()
+    spec = pool.registry.resolve("gemma-270m")
+    in_process = local_identity(gemma_path, pool.n_ctx)
+    batched = served_backend("gemma-270m", spec, pool, "http://h:1/v1", batched=True)
+    one_at_a_time = served_backend("gemma-270m", spec, pool, "http://h:1/v1", batched=False)
+    assert batched.identity == in_process + ":batched"
+    assert one_at_a_time.identity == in_process
+
+    def service(**options):
+        settings = RunSettings(pipeline="single", model="gemma-270m", **options)
+        made = ModelService.for_controller(settings, builtin_genome(settings), lambda: pool, 4)
+        made.close()
+        return made
+
+    assert service().batched  # 4 workers: 4 slots
+    assert service(model_slots=2).batched
+    assert not service(model_slots=1).batched
+    assert not service(decode="sequential").batched
+    workerinput = {"workercount": 4}
+    one = service(model_slots=1)
+    one.server = None  # what hand_to_worker sends, without starting anything
+    workerinput["codegen_model_server_batched"] = one.batched
+    assert not ModelService.for_worker(RunSettings(), workerinput).batched
+    pool.close()
+
+
+def test_state_close_closes_every_resource_even_if_one_fails():
+    from pytest_codegen.plugin import CodegenState
+    from pytest_codegen.settings import RunSettings
+
+    closed = []
+
+    class Failing:
+        def close(self):
+            closed.append("models")
+            raise RuntimeError("models broke")
+
+    class Service:
+        def close(self):
+            closed.append("service")
+
+    state = CodegenState(RunSettings(), models=Failing(), service=Service())  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="models broke"):
+        state.close()
+    assert closed == ["models", "service"]

@@ -44,13 +44,15 @@ def free_port() -> int:
 
 
 def test_humaneval_through_the_embedded_server_then_from_the_cache(pytester):
-    """The embedded server under -n 2; then the old per-process backend answers the same
-    requests from the cache, identically: both key on the weights, not on how they ran."""
+    """The embedded server under -n 2, decoding one sequence at a time; then the old
+    per-process backend answers the same requests from the cache, identically: both key on
+    the weights, not on where they ran. (Batched outputs have an identity of their own:
+    test_model_server.py::test_batched_decoding_has_a_cache_identity_of_its_own.)"""
     args = [HUMANEVAL, "--pipeline=single", "--model=gemma-270m", "--max-tokens=32",
             "--problems=HumanEval/0,HumanEval/2", f"--codegen-cache={pytester.path / 'cache'}",
             "-p", "no:cacheprovider", "-n", "2"]
-    first = pytester.runpytest_subprocess(*args, "--codegen-results=first.jsonl")
-    first.stdout.fnmatch_lines(["codegen: models: one embedded server for the session (2 sequences batched)"])
+    first = pytester.runpytest_subprocess(*args, "--codegen-results=first.jsonl", "--decode=sequential")
+    first.stdout.fnmatch_lines(["codegen: models: one embedded server for the session (sequential decoding)"])
     assert sum(verdicts(first).get(k, 0) for k in ("passed", "failed")) == 2, first.stdout.str()
     made = records(pytester.path / "first.jsonl")
     assert all(not r["rounds"][0]["cached"] and r["rounds"][0]["completion_tokens"] > 0 for r in made)

@@ -28,7 +28,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -151,6 +151,8 @@ class BatchingEngine:
         self._queue: deque[_Job] = deque()
         self._wake = threading.Condition()
         self._closed = False
+        self._error: EngineError | None = None
+        self._abandoned: set[Future] = set()
         self._thread = threading.Thread(target=self._run, name="batching-engine", daemon=True)
         self._thread.start()
 
@@ -173,11 +175,28 @@ class BatchingEngine:
             Future(), time.perf_counter(),
         )
         with self._wake:
+            if self._error is not None:
+                raise EngineError(str(self._error)) from self._error.__cause__
             if self._closed:
                 raise EngineClosed("the engine is closed")
             self._queue.append(job)
             self._wake.notify()
         return job.future
+
+    def abandon(self, future: Future) -> None:
+        """The caller no longer wants `future` (it timed out or went away): a queued request
+        is dropped, a running one stops decoding at the next step and frees its slot."""
+        if future.cancel():
+            return  # still queued: `_admit` skips it
+        with self._wake:
+            if not future.done():
+                self._abandoned.add(future)
+                self._wake.notify()
+
+    @property
+    def error(self) -> EngineError | None:
+        """Why the engine thread stopped, if it did (None: it runs or was closed normally)."""
+        return self._error
 
     def close(self) -> None:
         """Stop the loop; requests still queued or running fail with EngineClosed."""
@@ -185,34 +204,63 @@ class BatchingEngine:
             self._closed = True
             self._wake.notify()
         self._thread.join()
-        error = EngineClosed("the engine was closed before the request finished")
-        for slot in self.slots:
-            if slot.job is not None:
-                self._release(slot, error=error)
-        while self._queue:
-            self._queue.popleft().future.set_exception(error)
-        self.decoder.close()
+        try:
+            self._fail_all(EngineClosed("the engine was closed before the request finished"))
+        finally:
+            self.decoder.close()
 
     # ------------------------------------------------------------------ the loop
 
     def _run(self) -> None:
-        while True:
-            with self._wake:
-                while not self._closed and not self._queue and not self._busy():
-                    self._wake.wait()
-                if self._closed:
-                    return
-                self._admit()
-            try:
+        try:
+            while True:
+                with self._wake:
+                    while not self._closed and not self._queue and not self._busy():
+                        self._wake.wait()
+                    if self._closed:
+                        return
+                    self._drop_abandoned()
+                    self._admit()
                 self._step()
-            except Exception as error:  # a failed decode fails what is in flight, not the engine
-                failure = error if isinstance(error, EngineError) else EngineError(repr(error))
-                for slot in self.slots:
-                    if slot.job is not None:
-                        self._release(slot, error=failure)
+        except BaseException as error:  # anything but a failed decode stops the engine:
+            # the slots' state is unknown (a KV cache not cleared), so every request fails
+            failure = EngineError(f"the batching engine stopped: {error!r}")
+            failure.__cause__ = error
+            with self._wake:
+                self._closed = True
+                self._error = failure
+            self._fail_all(failure)
+            if not isinstance(error, Exception):
+                raise
+
+    def _fail_all(self, error: Exception) -> None:
+        """Fail every running and queued request with `error`, then free what they held."""
+        with self._wake:
+            queued = list(self._queue)
+            self._queue.clear()
+        for job in queued:
+            _settle(job.future, error=error)
+        cleanup: BaseException | None = None
+        for slot in self.slots:
+            if slot.job is not None:
+                try:
+                    self._release(slot, error=error)
+                except BaseException as failed:  # keep freeing the others
+                    cleanup = cleanup or failed
+        if cleanup is not None and self._error is None:
+            raise cleanup
 
     def _busy(self) -> bool:
         return any(slot.job is not None for slot in self.slots)
+
+    def _drop_abandoned(self) -> None:
+        """Free the slots of requests whose caller went away (called with the lock held)."""
+        if not self._abandoned:
+            return
+        for slot in self.slots:
+            if slot.job is not None and slot.job.future in self._abandoned:
+                self._release(slot, error=EngineClosed("the request was abandoned"))
+        self._abandoned.clear()
 
     def _admit(self) -> None:
         """Give free slots to queued requests (called with the lock held)."""
@@ -222,7 +270,8 @@ class BatchingEngine:
             if slot.job is not None:
                 continue
             job = self._queue.popleft()
-            if job.future.cancelled():
+            # From here on `cancel()` fails, so `_release` never races it; `abandon` stops it.
+            if not job.future.set_running_or_notify_cancel():
                 continue
             job.admitted = time.perf_counter()
             slot.job, slot.pending, slot.n_past = job, list(job.tokens), 0
@@ -254,7 +303,13 @@ class BatchingEngine:
         if not entries:
             return
         start = time.perf_counter()
-        self.decoder.decode(entries)
+        try:
+            self.decoder.decode(entries)
+        except EngineError as error:  # a failed decode fails what is in flight, not the engine
+            for slot in self.slots:
+                if slot.job is not None:
+                    self._release(slot, error=error)
+            return
         stats = self.stats
         stats.busy_seconds += time.perf_counter() - start
         stats.decode_calls += 1
@@ -300,24 +355,36 @@ class BatchingEngine:
     def _release(
         self, slot: _Slot, *, text: bytes = b"", reason: str = "", error: Exception | None = None
     ) -> None:
+        """Complete the slot's request, then clear its KV cells and free its sampler."""
         job = slot.job
         assert job is not None
+        if error is not None:
+            _settle(job.future, error=error)
+        else:
+            now = time.perf_counter()
+            _settle(job.future, result=Completion(
+                text=text.decode("utf-8", errors="ignore"),
+                prompt_tokens=len(job.tokens),
+                completion_tokens=len(slot.output),
+                finish_reason=reason,
+                seconds=now - job.admitted,
+                queued_seconds=job.admitted - job.submitted,
+            ))
+        sampler = slot.sampler
+        slot.job, slot.sampler, slot.pending, slot.next_token = None, None, [], None
         try:
             self.decoder.clear(slot.seq)
         finally:
-            self.decoder.free_sampler(slot.sampler)
-            slot.job, slot.sampler, slot.pending, slot.next_token = None, None, [], None
-        if job.future.done():
-            return
+            if sampler is not None:
+                self.decoder.free_sampler(sampler)
+
+
+def _settle(future: Future, *, result: Any = None, error: BaseException | None = None) -> None:
+    """Complete `future` unless it is done already (a queued one may be cancelled meanwhile)."""
+    try:
         if error is not None:
-            job.future.set_exception(error)
-            return
-        now = time.perf_counter()
-        job.future.set_result(Completion(
-            text=text.decode("utf-8", errors="ignore"),
-            prompt_tokens=len(job.tokens),
-            completion_tokens=len(slot.output),
-            finish_reason=reason,
-            seconds=now - job.admitted,
-            queued_seconds=job.admitted - job.submitted,
-        ))
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+    except InvalidStateError:
+        pass

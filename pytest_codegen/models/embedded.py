@@ -7,10 +7,10 @@ first backend is made. The server (`python -m pytest_codegen.models.server`) is 
 process, so no pytest process ever runs llama.cpp and forking (the sandbox) stays safe.
 
 A watcher thread waits on the process: if it dies while the session runs it is started again
-on the same port (at most `max_restarts` times), so clients retrying a request find it again;
-after that, or if it cannot start, requests fail with a clear `ModelServerError` and the
-server's last log lines. The server exits with its stdin: a session killed outright leaves no
-server behind.
+on the same port (at most `max_restarts` times in any `restart_window` seconds), so clients
+retrying a request find it again; after that, or if it cannot start, `url` raises and requests
+fail with a clear `ModelServerError` and the server's last log lines. The server exits with
+its stdin: a session killed outright leaves no server behind.
 
 The server's OpenMP threads wait passively (`OMP_WAIT_POLICY=PASSIVE`, unless the environment
 sets it): it shares the machine with the workers and their sandboxed programs, and llama.cpp's
@@ -27,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -47,12 +48,13 @@ class EmbeddedModelServer:
         decode: str = "batched",
         verbose: bool = False,
         max_restarts: int = 3,
+        restart_window: float = 600.0,
         start_timeout: float = 120.0,
     ) -> None:
         self.models = dict(models)
         self.n_ctx, self.threads, self.slots, self.decode = n_ctx, threads, slots, decode
         self.verbose = verbose
-        self.max_restarts = max_restarts
+        self.max_restarts, self.restart_window = max_restarts, restart_window
         self.start_timeout = start_timeout
         self.restarts = 0
         self._url: str | None = None
@@ -60,26 +62,35 @@ class EmbeddedModelServer:
         self._error: str | None = None
         self._proc: subprocess.Popen | None = None
         self._closing = False
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # serializes the first start
+        self._proc_lock = threading.Lock()  # guards _proc, _closing and the restart counts
+        self._restart_times: deque[float] = deque()
         self._log_dir = tempfile.TemporaryDirectory(prefix="codegen-model-server-")
         self.log_path = Path(self._log_dir.name) / "server.log"
 
     @property
     def url(self) -> str:
-        """The server's base URL (`http://127.0.0.1:PORT/v1`), starting it on first use."""
+        """The server's base URL (`http://127.0.0.1:PORT/v1`), starting it on first use;
+        ModelServerError once it failed to start or died for good."""
         with self._lock:
-            if self._url is None and self._error is None:
+            if self._error is not None:
+                raise ModelServerError(self._error)
+            if self._url is None:
                 try:
                     self._url = self._start()
                 except ModelServerError as error:
                     self._error = str(error)
-                else:
-                    threading.Thread(target=self._watch, name="model-server-watch",
-                                     daemon=True).start()
-            if self._error is not None and self._url is None:
-                raise ModelServerError(self._error)
-            assert self._url is not None
+                    raise
+                threading.Thread(target=self._watch, name="model-server-watch",
+                                 daemon=True).start()
             return self._url
+
+    def diagnosis(self) -> str:
+        """Why requests may fail: the saved error, or the end of the server's log."""
+        if self._error is not None:
+            return self._error
+        tail = self.log_tail()
+        return f"its log ends: {tail}" if tail else ""
 
     @property
     def pid(self) -> int | None:
@@ -111,7 +122,11 @@ class EmbeddedModelServer:
                 start_new_session=True)
         finally:
             log.close()
-        self._proc = proc
+        with self._proc_lock:
+            if self._closing:
+                self._kill(proc)
+                raise ModelServerError("the model server was closed while it started")
+            self._proc = proc
         line = _read_line(proc, self.start_timeout)
         if not line.startswith(READY_PREFIX):
             self._kill(proc)
@@ -123,35 +138,39 @@ class EmbeddedModelServer:
         return url
 
     def _watch(self) -> None:
+        """Restart the server when it dies, at most `max_restarts` times in any
+        `restart_window` seconds; `_lock` is not held while it starts, so `close` never waits."""
         while True:
             proc = self._proc
             if proc is None:
                 return
             proc.wait()
-            with self._lock:
+            with self._proc_lock:
                 if self._closing or proc is not self._proc:
                     return
-                if self.restarts >= self.max_restarts:
+                now = time.monotonic()
+                while self._restart_times and now - self._restart_times[0] > self.restart_window:
+                    self._restart_times.popleft()
+                if len(self._restart_times) >= self.max_restarts:
                     self._error = (f"the model server at {self._url} died (exit status "
                                    f"{proc.returncode}) and was restarted {self.restarts} times "
-                                   f"already: {self.log_tail()}")
+                                   f"already ({len(self._restart_times)} in the last "
+                                   f"{self.restart_window:g} s): {self.log_tail()}")
                     return
+                self._restart_times.append(now)
                 self.restarts += 1
-                try:
-                    self._start()
-                except ModelServerError as error:
+            try:
+                self._start()
+            except ModelServerError as error:
+                if not self._closing:
                     self._error = f"the model server died and could not be restarted: {error}"
-                    return
+                return
 
     def log_tail(self, lines: int = 8) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return " | ".join(text.strip().splitlines()[-lines:])
+        return read_log_tail(self.log_path, lines)
 
     def close(self) -> None:
-        with self._lock:
+        with self._proc_lock:  # never `_lock`: a restart in progress ends when its process does
             self._closing = True
             proc, self._proc = self._proc, None
         if proc is not None:
@@ -185,3 +204,12 @@ def _read_line(proc: subprocess.Popen, timeout: float) -> str:
             reader.join(1)
             break
     return result[0].decode(errors="replace") if result else ""
+
+
+def read_log_tail(path: Path, lines: int = 8) -> str:
+    """The last `lines` lines of a server log, joined with " | " ("" if unreadable)."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return " | ".join(text.strip().splitlines()[-lines:])

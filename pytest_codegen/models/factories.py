@@ -2,8 +2,9 @@
 
 - `served_backend`: a model of the registry, served by the session's embedded model server
   (`server.py`, started by the plugin): one copy of the weights per machine, concurrent
-  requests decoded together. Its cache identity is the one the in-process backend uses, so
-  generations cached by either are answered for both.
+  requests decoded together. Its cache identity is the one the in-process backend uses when
+  it decodes one sequence at a time (then generations cached by either are answered for
+  both), with `:batched` added when several sequences share its llama.cpp calls.
 - `external_backend`: any name, served by an OpenAI-compatible server the user runs
   (`--model-server URL`); keyed by the served name and what `/v1/models` says about it.
   `$OPENAI_API_KEY`, if set, is sent as the bearer token (vLLM's `--api-key`, hosted APIs).
@@ -17,6 +18,7 @@ the generation cache loads no weights and opens no connection.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,15 +31,26 @@ if TYPE_CHECKING:
 MODE_SUFFIXES = (":chat", ":completion")
 
 
-def local_identity(path: Path, n_ctx: int) -> str:
+def local_identity(path: Path, n_ctx: int, *, batched: bool = False) -> str:
     """The cache identity of weights run by llama.cpp in this build with this context size.
 
     The context size and the llama.cpp build change what is generated (a short context
     truncates max_tokens; builds differ numerically): both key the cache.
+
+    `batched`: the model server decodes more than one sequence per llama.cpp call (more than
+    one slot, `--decode batched`). Batch shapes change the kernels' rounding, so a greedy
+    output may differ in rare tokens from the one-at-a-time output: such outputs get a
+    `:batched` identity of their own, and a `--decode sequential` run is never answered with
+    them. A server with one slot (sequential decoding, or `--model-slots 1`) decodes one
+    sequence at a time, prompt in `n_batch` chunks then token by token, over a context with
+    the settings `llama_cpp.Llama` uses (`batching.BatchingEngine` with one slot,
+    `llama_decoder.LlamaDecoder`): what it generates is what the in-process backend
+    generates, and it keeps the in-process identity.
     """
     from .llama import file_identity, llama_build
 
-    return f"{file_identity(path)}:ctx{n_ctx}:{llama_build()}"
+    identity = f"{file_identity(path)}:ctx{n_ctx}:{llama_build()}"
+    return identity + ":batched" if batched else identity
 
 
 class LazyLlamaBackend:
@@ -76,15 +89,21 @@ def in_process_backend(name: str, spec: ModelSpec | None, pool: ModelPool) -> La
     return LazyLlamaBackend(name, pool.registry.locate(spec), spec.mode, pool)
 
 
-def served_backend(name: str, spec: ModelSpec | None, pool: ModelPool, url: str) -> Any:
-    """`name` from the embedded server at `url`, which serves it under that name."""
+def served_backend(
+    name: str, spec: ModelSpec | None, pool: ModelPool, url: str, *, batched: bool = True,
+    diagnose: Callable[[], str] | None = None,
+) -> Any:
+    """`name` from the embedded server at `url`, which serves it under that name; `batched`:
+    the server decodes several sequences together (see `local_identity`); `diagnose`: what
+    the session knows about the server when it cannot be reached (its error, its log)."""
     if spec is None:
         return None
     from .openai_backend import OpenAIBackend
 
     path = pool.registry.locate(spec)
     return OpenAIBackend(url, name, alias=name, mode=spec.mode,
-                         identity=local_identity(path, pool.n_ctx))
+                         identity=local_identity(path, pool.n_ctx, batched=batched),
+                         diagnose=diagnose)
 
 
 def external_backend(name: str, url: str, *, timeout: float = 600.0) -> Any:

@@ -10,7 +10,9 @@ bounded retries with backoff; a server that was just restarted comes back within
 unknown model (with the names `/v1/models` lists), an HTTP error (with the server's message),
 a malformed response. Connection failures, 429 and 502-504 are retried; other errors are not,
 and neither is a read timeout (a generation that long is not helped by starting it again).
-Once the server has been found unreachable, later calls try once before failing, so a run
+A POST whose connection broke after it was sent (reset, closed
+mid-response) is sent once more, not again: a request that crashes the server must not crash
+it on every retry. Once the server has been found unreachable, later calls try once before failing, so a run
 against a dead server fails each item quickly instead of waiting out the backoff every time.
 
 Cache identity (`identity`): given by the caller for the embedded server (the weights' file
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from .backend import GenerationRequest, GenerationResponse, Mode
@@ -50,6 +53,7 @@ class OpenAIBackend:
         retries: int = 4,
         backoff: float = 0.5,
         api_key: str | None = None,
+        diagnose: Callable[[], str] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.model = model
@@ -61,6 +65,7 @@ class OpenAIBackend:
         self._headers = {"Authorization": f"Bearer {api_key or 'none'}"}
         self._client: Any = None
         self._unreachable = False
+        self._diagnose = diagnose
 
     # ------------------------------------------------------------------ identity
 
@@ -155,6 +160,7 @@ class OpenAIBackend:
         url = self.base_url + path
         attempts = 1 if self._unreachable else self.retries + 1
         last = ""
+        resent = 0
         for attempt in range(attempts):
             if attempt:
                 time.sleep(self.backoff * 2 ** (attempt - 1))
@@ -169,6 +175,15 @@ class OpenAIBackend:
                     f"{self._timeout[0]:g} s") from None
             except httpx.TransportError as error:  # refused, reset, closed mid-response
                 last = f"{type(error).__name__}: {error}"
+                if method == "POST" and not isinstance(error, httpx.ConnectError):
+                    # Sent, then the connection broke: the request may be what crashed the
+                    # server. Once more (the server may have died between requests), not again.
+                    resent += 1
+                    if resent > 1:
+                        raise ModelServerError(
+                            f"the model server at {self.base_url} dropped the connection twice "
+                            f"while answering {path} for {self.model!r} ({last}); this request "
+                            f"may crash it{self._diagnosis()}") from None
                 continue
             if response.status_code in RETRY_STATUS:
                 last = f"HTTP {response.status_code}: {_server_message(response)}"
@@ -190,7 +205,17 @@ class OpenAIBackend:
         self._unreachable = True
         raise ModelServerError(
             f"the model server at {self.base_url} is unreachable after {attempts} attempt(s) "
-            f"({last}); is it running? (--model-server URL points at it)")
+            f"({last}); is it running? (--model-server URL points at it){self._diagnosis()}")
+
+    def _diagnosis(self) -> str:
+        """What the session knows about the server's failure, if it owns the server."""
+        if self._diagnose is None:
+            return ""
+        try:
+            known = self._diagnose()
+        except Exception as error:  # a diagnosis must never hide the failure itself
+            known = f"(no diagnosis: {error!r})"
+        return f"; the server: {known}" if known else ""
 
 
 def _server_message(response: Any) -> str:

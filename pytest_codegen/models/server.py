@@ -18,18 +18,24 @@ streaming or `n` > 1, which this server does not do, a prompt longer than the co
 an unknown model or path (with the names served), 500 when a model cannot be loaded or decoding
 fails. The pytest plugin starts this module as a subprocess (`embedded.EmbeddedModelServer`),
 so no pytest process ever runs llama.cpp. With `--watch-stdin` the server exits when its stdin
-closes, i.e. when the process that started it is gone.
+closes, i.e. when the process that started it is gone, and writes nothing more to stdout after
+the ready line (later output goes to stderr).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import select
 import signal
+import socket
 import sys
 import threading
 import time
 import uuid
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -39,6 +45,11 @@ from .batching import BatchingEngine, EngineClosed, EngineError, PromptTooLong, 
 
 READY_PREFIX = "pytest-codegen model server listening on "
 MAX_BODY = 16 << 20
+POLL_SECONDS = 0.5  # how often a waiting request checks that its client is still there
+
+
+class ClientGone(Exception):
+    """The client closed its connection before its answer was ready."""
 
 
 class RequestError(Exception):
@@ -64,12 +75,15 @@ class ServedFile:
     engine: BatchingEngine | None = None
     decoder: Any = None
     error: str | None = None
+    closed: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def get(self) -> tuple[BatchingEngine, Any]:
         with self.lock:
             if self.error is not None:
                 raise RequestError(500, self.error, "server_error", "model_load_failed")
+            if self.closed:
+                raise RequestError(503, "the server is shutting down", "server_error", "closed")
             if self.engine is None:
                 from .llama import ModelLoadError
                 from .llama_decoder import LlamaDecoder
@@ -99,22 +113,36 @@ class ServedFile:
         """What the engine has done so far (None: not loaded)."""
         from dataclasses import asdict
 
-        return asdict(self.engine.stats) if self.engine is not None else None
+        engine = self.engine  # read once: `close` may set it to None meanwhile
+        if engine is None:
+            return None
+        stats = asdict(engine.stats)
+        if engine.error is not None:
+            stats["error"] = str(engine.error)
+        return stats
+
+    def dead(self) -> str | None:
+        """Why this file's engine stopped for good (None: it runs, or is not loaded yet)."""
+        engine = self.engine
+        return str(engine.error) if engine is not None and engine.error is not None else None
 
     def close(self) -> None:
         with self.lock:
-            if self.engine is not None:
-                self.engine.close()
-                self.engine = None
+            self.closed = True  # a late request must not load the model again
+            engine, self.engine = self.engine, None
+            if engine is not None:
+                engine.close()
 
 
 class ModelServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], models: dict[str, ServedFile]) -> None:
+    def __init__(self, address: tuple[str, int], models: dict[str, ServedFile],
+                 request_timeout: float = 900.0) -> None:
         super().__init__(address, Handler)
         self.models = models
+        self.request_timeout = request_timeout
         self.started = time.time()
 
     @property
@@ -144,8 +172,11 @@ class Handler(BaseHTTPRequestHandler):
                  "owned_by": "pytest-codegen", "meta": served.meta()}
                 for name, served in self.server.models.items()]})
         elif path in ("/health", "/v1/health"):
-            self._reply(200, {"status": "ok", "engines": {
-                name: served.stats() for name, served in self.server.models.items()}})
+            dead = {name: why for name, served in self.server.models.items()
+                    if (why := served.dead()) is not None}
+            self._reply(503 if dead else 200, {
+                "status": "error" if dead else "ok", "dead": dead, "engines": {
+                    name: served.stats() for name, served in self.server.models.items()}})
         else:
             self._error(RequestError(404, f"no such path: {self.path}", code="not_found"))
 
@@ -161,6 +192,8 @@ class Handler(BaseHTTPRequestHandler):
                 raise RequestError(404, f"no such path: {self.path}", code="not_found")
         except RequestError as error:
             self._error(error)
+        except ClientGone:
+            self.close_connection = True
         except Exception as error:  # a bug here must still answer, not drop the connection
             self._error(RequestError(500, f"internal error: {error!r}", "server_error"))
 
@@ -171,6 +204,8 @@ class Handler(BaseHTTPRequestHandler):
             length = int(self.headers.get("Content-Length", "0"))
         except ValueError:
             raise RequestError(400, "invalid Content-Length") from None
+        if length < 0:
+            raise RequestError(400, "invalid Content-Length")
         if length > MAX_BODY:
             raise RequestError(400, f"the request body is larger than {MAX_BODY} bytes")
         raw = self.rfile.read(length) if length else b""
@@ -220,7 +255,7 @@ class Handler(BaseHTTPRequestHandler):
                 raise RequestError(400, "'prompt' must be a string")
             tokens = decoder.completion_tokens(prompt)
         try:
-            result = engine.submit(tokens, sampling).result()
+            result = self._wait(engine, engine.submit(tokens, sampling))
         except PromptTooLong as error:
             raise RequestError(400, str(error), code="context_length_exceeded") from None
         except ValueError as error:  # an empty prompt
@@ -242,6 +277,32 @@ class Handler(BaseHTTPRequestHandler):
         return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
                 "created": created, "model": name, "choices": [choice], "usage": usage,
                 "timings": {"seconds": result.seconds, "queued": result.queued_seconds}}
+
+    def _wait(self, engine: BatchingEngine, future: Future) -> Any:
+        """The future's result; abandoned (its slot freed) if the client goes away or
+        `request_timeout` passes first."""
+        deadline = time.monotonic() + self.server.request_timeout
+        while True:
+            try:
+                return future.result(timeout=POLL_SECONDS)
+            except FutureTimeout:
+                pass
+            if time.monotonic() >= deadline:
+                engine.abandon(future)
+                raise RequestError(500, "the generation did not finish within "
+                                        f"{self.server.request_timeout:g} s", "server_error",
+                                   "timeout")
+            if self._client_gone():
+                engine.abandon(future)
+                raise ClientGone
+
+    def _client_gone(self) -> bool:
+        """Whether the client closed its connection (it sends nothing while it waits)."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and not self.connection.recv(1, socket.MSG_PEEK)
+        except (OSError, ValueError):
+            return True
 
     # ------------------------------------------------------------------ replies
 
@@ -313,7 +374,7 @@ def build_server(args: argparse.Namespace) -> ModelServer:
             by_file[key] = ServedFile(path, mode, args.n_ctx, slots, threads,
                                       args.decode == "sequential", args.verbose)
         models[name] = by_file[key]
-    return ModelServer((args.host, args.port), models)
+    return ModelServer((args.host, args.port), models, args.request_timeout)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -329,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decode", choices=("batched", "sequential"), default="batched",
                         help="sequential: one sequence at a time, bit-reproducible")
     parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (all cores)")
+    parser.add_argument("--request-timeout", type=float, default=900.0,
+                        help="seconds a generation may take before it fails (900)")
     parser.add_argument("--preload", action="store_true", help="load every model before serving")
     parser.add_argument("--watch-stdin", action="store_true",
                         help="exit when stdin closes (the starting process is gone)")
@@ -366,6 +429,11 @@ def main(argv: list[str] | None = None) -> int:
 
         threading.Thread(target=watch, name="stdin-watch", daemon=True).start()
     print(READY_PREFIX + server.url, flush=True)
+    if args.watch_stdin:
+        # The starting process reads the ready line and nothing after it: whatever is written
+        # to stdout later (llama.cpp prints there too) goes to stderr, the log, instead of
+        # filling a pipe nobody drains until the writer blocks.
+        os.dup2(2, 1)
     try:
         server.serve_forever(poll_interval=0.2)
     finally:
