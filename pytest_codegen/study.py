@@ -8,8 +8,9 @@ generation from the generation cache, so the whole matrix can be stopped and res
 markdown report (pass@1 with a bootstrap interval, Δ against `single` with exact McNemar, error
 transitions and fix rates, cost per solved problem, and the single-pass failure breakdown).
 
-Every cell is greedy (temperature 0): the first attempt of every refinement row is then the
-`single` row's program, so the Δ columns are paired comparisons of the same first programs.
+Every cell is greedy (temperature 0) and decoded one sequence at a time: the first attempt of
+every refinement row is then the `single` row's program, so the Δ columns are paired
+comparisons of the same first programs.
 """
 
 from __future__ import annotations
@@ -59,7 +60,9 @@ ROWS: dict[str, Row] = {row.name: row for row in (
         "refine@big"),
 )}
 
-COMMON_OPTIONS = ("--temperature=0", "-p", "no:cacheprovider", "-q")
+# One sequence at a time: batched greedy output can differ from it, and every row's first
+# attempt must be the `single` row's program for the comparisons to be paired.
+COMMON_OPTIONS = ("--temperature=0", "--decode=sequential", "-p", "no:cacheprovider", "-q")
 BENCHMARK_SIZES = {"humaneval": 164, "mbpp": 427}  # a cell with fewer problems is still running
 
 
