@@ -190,3 +190,10 @@ def test_models_command_downloads_and_lists_the_source(
     row = next(line for line in listing.splitlines() if line.startswith("fake "))
     assert row.endswith("yes (2)")
     assert "2. pypi:" in listing and "1. hf://org/fake-GGUF/fake.gguf" in row
+
+
+def test_first_present_prefers_a_model_on_this_machine(index: Path) -> None:
+    registry = Registry({"fake": fake_spec()})
+    assert registry.first_present("fake", "gemma-270m") == "gemma-270m"
+    registry.locate(registry.resolve("fake"))
+    assert registry.first_present("no-such-model", "fake", "gemma-270m") == "fake"

@@ -35,15 +35,9 @@ sys.path.insert(0, str(REPO))
 
 
 def default_model() -> str:
-    from pytest_codegen.models import ModelPool
+    from pytest_codegen.models.registry import Registry
 
-    registry = ModelPool().registry
-    try:
-        if registry.is_present(registry.resolve("qwen-coder-0.5b")):
-            return "qwen-coder-0.5b"
-    except ValueError:
-        pass
-    return "gemma-270m"
+    return Registry().first_present("qwen-coder-0.5b", "gemma-270m")
 
 
 def _children() -> dict[int, list[int]]:

@@ -451,6 +451,17 @@ class Registry:
         """Whether `locate(spec, download=False)` would succeed. Never uses the network."""
         return self.present_source(spec) is not None
 
+    def first_present(self, *names: str) -> str:
+        """The first of `names` whose file is on this machine, else the last (benchmarks use
+        this to prefer a code model and fall back to the embedded one)."""
+        for name in names:
+            try:
+                if self.is_present(self.resolve(name)):
+                    return name
+            except UnknownModel:
+                continue
+        return names[-1]
+
     def present_source(self, spec: ModelSpec) -> str | None:
         """Which source the file on this machine came from, or None when it is not here.
         Never uses the network, and never hashes a file."""
