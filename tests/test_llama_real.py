@@ -91,7 +91,9 @@ def test_single_pipeline_with_gemma_through_pytest_then_fully_cached(pytester):
         assert round_["completion_tokens"] > 0 and round_["request_hash"]
 
     start = time.perf_counter()
-    second = pytester.runpytest_subprocess(*args, "--codegen-results=second.jsonl", "-n", "2")
+    # Two workers share the model server; one sequence at a time, it answers from the first
+    # run's cache (batched decoding has a cache identity of its own).
+    second = pytester.runpytest_subprocess(*args, "--codegen-results=second.jsonl", "-n", "2", "--decode=sequential")
     second_seconds = time.perf_counter() - start
     again = [json.loads(x) for x in (pytester.path / "second.jsonl").read_text().splitlines()]
     assert all(r["rounds"][0]["cached"] for r in again)
