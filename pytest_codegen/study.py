@@ -327,7 +327,10 @@ def render_report(out: Path, cells: Sequence[Cell], commands_prefix: str = "") -
             delta = p = z = "–"
             if base_cell is not None:
                 try:
-                    comparison = compare(loaded[base_cell], records, restrict_to_common=True).benchmarks[0]
+                    baseline = loaded[base_cell]
+                    if base_cell.row == "single":  # shows the model no test results at all
+                        baseline = [{k: v for k, v in r.items() if k != "feedback"} for r in baseline]
+                    comparison = compare(baseline, records, restrict_to_common=True).benchmarks[0]
                     delta = f"{comparison.delta:+.0f} ({comparison.delta_pass1:+.3f})"
                     p = f"{comparison.p_value:.2g}"
                     discordant = comparison.b + comparison.c

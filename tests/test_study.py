@@ -69,6 +69,7 @@ def test_report_pairs_each_row_with_single(tmp_path: Path) -> None:
     cells = [Cell("m", "humaneval", row) for row in ("single", "refine", "refine-hidden")]
     write(cells[0].results_path(tmp_path), single)
     write(cells[1].results_path(tmp_path), refine)
+    write(cells[2].results_path(tmp_path), [{**r, "feedback": "hidden"} for r in refine[:4]])
     text = render_report(tmp_path, cells)
     lines = {line.split("|")[2].strip(): line for line in text.splitlines() if line.startswith("| m ")}
     assert "0.400" in lines["single"] and "0.700" in lines["refine"]
@@ -76,8 +77,10 @@ def test_report_pairs_each_row_with_single(tmp_path: Path) -> None:
     assert "+3 (+0.300)" in lines["refine"]
     assert "AssertionError 2/5, NameError 1/1" in lines["refine"]
     assert "0.25" in lines["refine"]  # exact McNemar p for 3 discordant pairs all one way
-    assert "refine-hidden" not in lines  # no results yet: listed with its command only
-    assert "not run yet" in text and "--feedback=hidden" in text
+    # single showed the model no tests, so it pairs with a hidden-feedback row too
+    assert "+0 (+0.000) on 4" in lines["refine-hidden"] and "4 of 164 (unfinished)" in lines["refine-hidden"]
+    assert "not run yet" not in text
+    assert "not run yet" in render_report(tmp_path, [*cells, Cell("m", "humaneval", "text-critic")])
     # 10 items x 10 s over 4 / 7 solved; 100 tokens each.
     assert "| 250 " in lines["single"] and "| 25.0 " in lines["single"]
 
