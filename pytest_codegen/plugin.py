@@ -120,9 +120,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add("--problems", metavar="ID[,ID...]",
         help="run only these problem ids, matched exactly (-k matches substrings)")
     _OPTION_NAMES.update(name for option in group.options for name in option.names())
+    _OPTION_DEFAULTS.update((option.dest, option.attrs().get("default")) for option in group.options)
 
 
 _OPTION_NAMES: set[str] = set()  # this plugin's command-line options, filled by pytest_addoption
+_OPTION_DEFAULTS: dict[str, object] = {}  # their destinations and defaults, likewise
 
 
 def settings_from_options(config: pytest.Config) -> RunSettings:
@@ -388,9 +390,12 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def _codegen_requested(config: pytest.Config) -> bool:
-    """Was any of this plugin's options given? The plugin is installed for every pytest run;
-    it stays out of the header (and starts no sandbox for it) unless asked for."""
-    return any(arg.split("=", 1)[0] in _OPTION_NAMES for arg in config.invocation_params.args)
+    """Was any of this plugin's options given, on the command line, in `addopts` or in
+    PYTEST_ADDOPTS? The plugin is installed for every pytest run; it stays out of the header
+    (and starts no sandbox for it) unless asked for."""
+    if any(arg.split("=", 1)[0] in _OPTION_NAMES for arg in config.invocation_params.args):
+        return True
+    return any(config.getoption(dest) != default for dest, default in _OPTION_DEFAULTS.items())
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

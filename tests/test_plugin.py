@@ -290,6 +290,16 @@ def test_header_states_isolation_only_when_the_plugin_is_asked_for(suite):
     assert "codegen:" not in unasked.stdout.str()
 
 
+def test_header_appears_for_options_given_through_addopts(suite, monkeypatch):
+    monkeypatch.setenv("PYTEST_ADDOPTS", "--pipeline=reference")
+    through_env = suite.runpytest_subprocess()
+    through_env.stdout.fnmatch_lines(["codegen: pipeline=reference, feedback=visible*"])
+    monkeypatch.delenv("PYTEST_ADDOPTS")
+    suite.makeini("[pytest]\naddopts = --pipeline=null\n")
+    through_ini = suite.runpytest_subprocess()
+    through_ini.stdout.fnmatch_lines(["codegen: pipeline=null, feedback=visible*"])
+
+
 def test_xdist_workers_keep_their_sandbox_to_a_cpu_when_they_fill_the_machine():
     from types import SimpleNamespace
 
