@@ -142,11 +142,6 @@ def read_provenance(path: Path, pin: Pin | None) -> str | None:
     return str(record.get("source")) if unchanged and pinned else None
 
 
-def remove_with_provenance(path: Path) -> None:
-    path.unlink(missing_ok=True)
-    _provenance_path(path).unlink(missing_ok=True)
-
-
 # ---------------------------------------------------------------------- fetching
 
 
