@@ -353,6 +353,10 @@ def render_report(out: Path, cells: Sequence[Cell], commands_prefix: str = "") -
     parts += _breakdown_section(cells, loaded)
     parts += _machines_section(cells, loaded, out)
     parts += _figures_section(cells, loaded, out)
+    parts += ["## Rows", ""] + [
+        f"- `{row.name}`: {row.description.format(model='the model', big='the larger model')}"
+        for row in ROWS.values() if any(c.row == row.name for c in cells)
+    ] + [""]
     parts += ["## Commands", "", "Each row is one command (run from the repository root); running it again "
               "resumes from its results file and answers finished generations from the cache.", ""]
     for cell in cells:

@@ -80,6 +80,8 @@ def test_report_pairs_each_row_with_single(tmp_path: Path) -> None:
     # single showed the model no tests, so it pairs with a hidden-feedback row too
     assert "+0 (+0.000) on 4" in lines["refine-hidden"] and "4 of 164 (unfinished)" in lines["refine-hidden"]
     assert "not run yet" not in text
+    assert "- `refine-hidden`: as refine, but the refiner sees the scoring tests" in text
+    assert "- `split`" not in text  # only the rows of the cells reported
     assert "not run yet" in render_report(tmp_path, [*cells, Cell("m", "humaneval", "text-critic")])
     # 10 items x 10 s over 4 / 7 solved; 100 tokens each.
     assert "| 250 " in lines["single"] and "| 25.0 " in lines["single"]
