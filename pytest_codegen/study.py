@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 __all__ = [
     "Cell", "ROWS", "Row", "STUDY_PLAN", "cells_for", "compress_results", "render_report", "restore_results",
     "run_cells",
@@ -128,11 +130,16 @@ def run_cells(cells: Sequence[Cell], out: Path, *, extra: Sequence[str] = (), dr
         print(f"[{index}/{len(cells)}] {shlex.join(command)}", flush=True)
         if dry_run:
             continue
-        restore_results(cell.results_path(out))
-        record_machine(cell.results_path(out))
+        results = cell.results_path(out)
+        restore_results(results)
+        verdicts_before = _line_count(results)
         status = subprocess.run([python, "-m", *command], check=False).returncode
         statuses.append((cell, status))
-        if status not in (0, 1):
+        if _line_count(results) > verdicts_before:
+            record_machine(results)
+        if status == pytest.ExitCode.NO_TESTS_COLLECTED:
+            print("    every item already has a verdict in the results file", flush=True)
+        elif status not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
             print(f"    exit status {status}: this cell did not finish", flush=True)
         if after_each is not None:
             after_each()
@@ -173,6 +180,13 @@ def machine_facts() -> dict[str, Any]:
 
 def _machines_path(results: Path) -> Path:
     return results.with_name(results.name.removesuffix(".jsonl") + ".machines.json")
+
+
+def _line_count(path: Path) -> int:
+    if not path.is_file():
+        return 0
+    with path.open("rb") as lines:
+        return sum(1 for _ in lines)
 
 
 def record_machine(results: Path) -> None:

@@ -143,3 +143,27 @@ def test_report_names_the_machine_and_links_figures(tmp_path: Path) -> None:
     assert text.count(facts["build"]) == 1
     figures = sorted((tmp_path / "figures" / "m-humaneval-refine").glob("*.png"))
     assert len(figures) == 3 and all(f"({f.relative_to(tmp_path)})" in text for f in figures)
+
+
+def test_run_cells_tells_a_finished_cell_from_an_unfinished_one(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A cell whose items all have verdicts exits 5 (nothing collected): finished, and it does
+    not list this machine among those the cell ran on; a cell that wrote verdicts does."""
+    from pytest_codegen.study import run_cells
+
+    fake_pytest = tmp_path / "fake-python"
+    fake_pytest.write_text("#!/bin/sh\n"
+                           'for arg; do case "$arg" in --codegen-results=*) out="${arg#*=}";; esac; done\n'
+                           'if [ -s "$out" ]; then exit 5; fi\n'
+                           'echo "{}" > "$out"; exit 2\n')
+    fake_pytest.chmod(0o755)
+    cell = Cell("m", "humaneval", "single")
+    machines = cell.results_path(tmp_path).with_suffix(".machines.json")
+    run_cells([cell], tmp_path, python=str(fake_pytest))
+    assert "exit status 2: this cell did not finish" in capsys.readouterr().out
+    assert machines.is_file()
+    machines.unlink()
+    statuses = run_cells([cell], tmp_path, python=str(fake_pytest))
+    assert statuses == [(cell, 5)]
+    assert "every item already has a verdict" in capsys.readouterr().out
+    assert not machines.exists()
