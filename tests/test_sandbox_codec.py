@@ -1,0 +1,116 @@
+"""The plain-data codec that carries a candidate's results to the checking process."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pytest_codegen._sandbox_codec import MAX_DEPTH, Malformed, NotPlain, decode, encode
+
+hashable = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.complex_numbers()
+    | st.text(max_size=8) | st.binary(max_size=8),
+    lambda inner: st.tuples(inner, inner) | st.frozensets(inner, max_size=4),
+    max_leaves=12,
+)
+plain = st.recursive(
+    hashable,
+    lambda inner: (
+        st.lists(inner, max_size=5)
+        | st.tuples(inner, inner)
+        | st.dictionaries(hashable, inner, max_size=4)
+        | st.sets(hashable, max_size=4)
+    ),
+    max_leaves=30,
+)
+
+
+def same(a: object, b: object) -> bool:
+    """Equal, of the same exact types all the way down, NaN equal to NaN, -0.0 not 0.0."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float):
+        return (math.isnan(a) and math.isnan(b)) or (a == b and math.copysign(1, a) == math.copysign(1, b))
+    if isinstance(a, complex):
+        return same(a.real, b.real) and same(a.imag, b.imag)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return same(list(a.items()), list(b.items()))  # in order, NaN keys too
+    if isinstance(a, (set, frozenset)):  # NaN members are equal to no other NaN: match them up
+        rest = list(b)
+        for x in a:
+            match = next((i for i, y in enumerate(rest) if same(x, y)), None)
+            if match is None:
+                return False
+            del rest[match]
+        return not rest
+    return a == b
+
+
+@given(plain)
+def test_plain_values_round_trip_with_their_exact_types(value):
+    assert same(decode(encode(value)), value)
+
+
+@given(st.binary(max_size=64))
+def test_arbitrary_bytes_decode_to_plain_data_or_fail_cleanly(data):
+    try:
+        value = decode(data)
+    except Malformed:
+        return
+    assert same(decode(encode(value)), value)
+
+
+class AlwaysEqual(int):
+    def __eq__(self, other):
+        return True
+
+    __hash__ = int.__hash__
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        (AlwaysEqual(3), "an int subclass AlwaysEqual"),
+        ([1, (2, AlwaysEqual(3))], "at [1][1]"),
+        ({"k": iter([])}, "a list_iterator at ['k']"),
+        ((x for x in ()), "a generator"),
+        (True.__class__.__mro__, "a type at [0]"),
+        (10 ** 5000, "too many digits"),
+    ],
+    ids=["int-subclass", "nested", "iterator", "generator", "types", "huge-int"],
+)
+def test_anything_else_is_refused_saying_what_and_where(value, says):
+    with pytest.raises(NotPlain, match="not plain data|too many digits") as caught:
+        encode(value)
+    assert says in str(caught.value)
+
+
+def test_a_value_that_holds_itself_is_refused():
+    loop: list = []
+    loop.append(loop)
+    with pytest.raises(NotPlain, match="deep"):
+        encode(loop)
+    deep: list = []
+    for _ in range(MAX_DEPTH - 1):
+        deep = [deep]
+    assert decode(encode(deep)) == deep
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"[1,2]", b'["x",1]', b'["s",["l"]]', b'["d",1]', b'{"a":1}', b"1 2", b'["b","zz"]', b'["c",1,2]',
+     b"\xff", b"[" * 100_000],
+)
+def test_what_no_encoding_looks_like_is_malformed(data):
+    with pytest.raises(Malformed):
+        decode(data)
+
+
+def test_decoded_values_are_fresh_objects_of_the_builtin_types():
+    assert type(decode(encode(True))) is bool and decode(encode(None)) is None
+    assert decode(b'["d",["t",1,2],["s","a"]]') == {(1, 2): {"a"}}
