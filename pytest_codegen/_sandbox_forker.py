@@ -73,18 +73,18 @@ _HEADER = struct.Struct(">I")
 
 # dlopen(NULL): libc's symbols through the interpreter itself (ctypes.util would pull in
 # subprocess and threading, whose at-fork handler then runs in every child)
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+libc = ctypes.CDLL(None, use_errno=True)
+libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
 
 
-def _check(ret: int, what: str) -> None:
+def check(ret: int, what: str) -> None:
     if ret != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
-def _prctl(option: int, arg: int = 0) -> int:
-    return _libc.prctl(option, arg, 0, 0, 0)
+def prctl(option: int, arg: int = 0) -> int:
+    return libc.prctl(option, arg, 0, 0, 0)
 
 
 def _drop_capabilities() -> None:
@@ -94,10 +94,10 @@ def _drop_capabilities() -> None:
     class Data(ctypes.Structure):
         _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
 
-    _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
     header = Header(LINUX_CAPABILITY_VERSION_3, 0)
     data = (Data * 2)()
-    _check(_libc.capset(ctypes.byref(header), ctypes.byref(data)), "capset")
+    check(libc.capset(ctypes.byref(header), ctypes.byref(data)), "capset")
 
 
 # Kernel keyrings outlive processes. The children would share the session keyring they inherit
@@ -113,9 +113,9 @@ KEY_POS_VIEW_SEARCH = 0x09000000  # the possessor may look, not add, link or cha
 
 def _private_session_keyring() -> None:
     """In the forker: a fresh session keyring for it and every child, read-only to them."""
-    if _KEYCTL is not None and _libc.syscall(_KEYCTL, KEYCTL_JOIN_SESSION_KEYRING, None) > 0:
+    if _KEYCTL is not None and libc.syscall(_KEYCTL, KEYCTL_JOIN_SESSION_KEYRING, None) > 0:
         ring, perm = ctypes.c_long(KEY_SPEC_SESSION_KEYRING), ctypes.c_long(KEY_POS_VIEW_SEARCH)
-        _libc.syscall(_KEYCTL, KEYCTL_SETPERM, ring, perm)
+        libc.syscall(_KEYCTL, KEYCTL_SETPERM, ring, perm)
 
 
 def _fresh_keyrings() -> None:
@@ -125,7 +125,7 @@ def _fresh_keyrings() -> None:
     where linking them makes what they hold its own to invalidate.) Errors are ignored."""
     if _KEYCTL is None:
         return
-    keyctl = _libc.syscall
+    keyctl = libc.syscall
     keyctl(_KEYCTL, KEYCTL_JOIN_SESSION_KEYRING, None)
     rings = [keyctl(_KEYCTL, KEYCTL_GET_KEYRING_ID, ctypes.c_long(spec), 0)
              for spec in (KEY_SPEC_USER_KEYRING, KEY_SPEC_USER_SESSION_KEYRING)]
@@ -220,7 +220,7 @@ def _warm_up() -> None:
     exec(compile(_WARM_UP, "<warm-up>", "exec", dont_inherit=True), {"__name__": "__warm_up__"})
     gc.collect()
     gc.freeze()  # the children's collections then never walk (and copy) these objects
-    getattr(_libc, "malloc_trim", lambda pad: 0)(0)
+    getattr(libc, "malloc_trim", lambda pad: 0)(0)
 
 
 def prepare_harness() -> list[tuple[dict, bytes]]:
@@ -483,16 +483,16 @@ class Confinement(typing.NamedTuple):
 
 
 # Forker <-> server messages (a SOCK_SEQPACKET pair, one message per send)
-_SPAWNED = struct.Struct("<ci")  # b"Z", pid; fds req_w, res_r, out_r[, pidfd] attached
-_EXITED = struct.Struct("<ciiddq")  # b"X", pid, wait status, utime, stime, maxrss
+SPAWNED = struct.Struct("<ci")  # b"Z", pid; fds req_w, res_r, out_r[, pidfd] attached
+EXITED = struct.Struct("<ciiddq")  # b"X", pid, wait status, utime, stime, maxrss
 
 
 class Forker:
     """The forker's loop (see the module's docstring), and what runs in each zygote.
 
     Commands from the server: b"S" + work dir (may be empty): fork a zygote and send back its
-    pipes and pidfd (`_SPAWNED`); b"R": reap what has exited (orphans the server waits for).
-    Unasked, on each zygote's exit: `_EXITED`.
+    pipes and pidfd (`SPAWNED`); b"R": reap what has exited (orphans the server waits for).
+    Unasked, on each zygote's exit: `EXITED`.
     """
 
     def __init__(self, server_pid: int, iso: Confinement, devnull: int, sock: _socket.socket) -> None:
@@ -503,20 +503,20 @@ class Forker:
     def loop(self) -> None:
         """Runs in the forker process; never returns."""
         try:
-            _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+            prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
             if os.getppid() != self.server_pid:
                 os._exit(0)
-            subreaper = _prctl(PR_SET_CHILD_SUBREAPER, 1) == 0
+            subreaper = prctl(PR_SET_CHILD_SUBREAPER, 1) == 0
             # limits that are the same for every child, set once here for all of them
             for which, value in ((resource.RLIMIT_CORE, 0), (resource.RLIMIT_NOFILE, 256)):
                 _setrlimit(which, value)
             for which in (resource.RLIMIT_CPU, resource.RLIMIT_AS, resource.RLIMIT_FSIZE, resource.RLIMIT_NPROC):
                 _HARD_LIMITS[which] = resource.getrlimit(which)[1]
-            _prctl(PR_SET_NO_NEW_PRIVS, 1)  # inherited by every child, and never needed here
+            prctl(PR_SET_NO_NEW_PRIVS, 1)  # inherited by every child, and never needed here
             _private_session_keyring()
             # Not dumpable (inherited too): in a user namespace the candidates run as this
             # process's uid, and could otherwise write its memory through /proc/PID/mem.
-            _prctl(PR_SET_DUMPABLE, 0)
+            prctl(PR_SET_DUMPABLE, 0)
             _warm_up()
             self.sock.send(b"H" + (b"1" if subreaper else b"0"))
             # Exits are seen through pidfds, not SIGCHLD: no signal handler or wake-up fd for
@@ -566,7 +566,7 @@ class Forker:
                 pidfd = self.zygotes.pop(pid)
                 if pidfd is not None:
                     os.close(pidfd)
-                self.sock.send(_EXITED.pack(b"X", pid, status, ru.ru_utime, ru.ru_stime, ru.ru_maxrss))
+                self.sock.send(EXITED.pack(b"X", pid, status, ru.ru_utime, ru.ru_stime, ru.ru_maxrss))
 
     def _spawn(self, work: str | None) -> None:
         req_r, req_w = os.pipe()
@@ -598,7 +598,7 @@ class Forker:
         self.zygotes[pid] = pidfd
         try:
             rights = struct.pack("%di" % len(fds), *fds)
-            self.sock.sendmsg([_SPAWNED.pack(b"Z", pid)], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)])
+            self.sock.sendmsg([SPAWNED.pack(b"Z", pid)], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)])
         finally:
             for fd in fds:
                 os.close(fd)
@@ -686,7 +686,7 @@ class Forker:
                 _fresh_keyrings()
         elif iso.userns or os.geteuid() == 0:
             _drop_capabilities()
-        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # a uid change clears it (NO_NEW_PRIVS: the forker's)
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # a uid change clears it (NO_NEW_PRIVS: the forker's)
         if os.getppid() != self.pid:
             os._exit(0)
 
@@ -694,7 +694,7 @@ class Forker:
 # ---------------------------------------------------------------------------- main
 
 
-def _site_without_pth(site_packages: list[str]) -> None:
+def site_without_pth(site_packages: list[str]) -> None:
     """What `site` gives a normal interpreter, minus running .pth files: the caller's
     site-packages on the import path (candidates may import what is installed; under -S an
     interpreter may not even know its venv) and exit/quit/help/copyright."""
@@ -713,7 +713,7 @@ def main(config: str) -> None:
     cfg = marshal.loads(bytes.fromhex(config))
     sys.argv = [""]  # what every child's program sees
     sys.dont_write_bytecode = True
-    _site_without_pth(cfg["site_packages"])
+    site_without_pth(cfg["site_packages"])
     # The children's standard streams, made once here (0 and 1 are /dev/null, from the
     # server): a child only moves its pipes under fds 1 and 2.
     sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")

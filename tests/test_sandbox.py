@@ -358,8 +358,8 @@ def test_server_files_under_tmp(monkeypatch, tmp_path):
 
     assert str(tmp_path).startswith("/tmp/")
     here = Path(sandbox_module._SERVER).parent
-    for name in ("_sandbox_server.py", "_sandbox_forker.py", "_sandbox_bootstrap.py"):
-        shutil.copy(here / name, tmp_path / name)
+    for path in here.glob("_sandbox_*.py"):
+        shutil.copy(path, tmp_path / path.name)
     monkeypatch.setattr(sandbox_module, "_SERVER", str(tmp_path / "_sandbox_server.py"))
     with Sandbox(LIMITS) as b:
         r = run(b, "import os\nprint('CWD', os.getcwd())\ndef f(x):\n    return x + 1\n")

@@ -74,7 +74,7 @@ def test_a_deep_directory_tree_gets_a_verdict_and_the_next_run_is_fine(box, endi
 def test_remove_tree_goes_any_depth_without_recursion(tmp_path):
     sys.path.insert(0, str(Path(outcome.__file__).parent))
     try:
-        import _sandbox_server
+        import _sandbox_scratch
     finally:
         sys.path.pop(0)
     top = tmp_path / "top"
@@ -90,7 +90,7 @@ def test_remove_tree_goes_any_depth_without_recursion(tmp_path):
         os.chdir(here)
         (tmp_path / "outside").mkdir()
         (tmp_path / "outside" / "keep").write_text("keep")
-        assert _sandbox_server.remove_tree(str(top))
+        assert _sandbox_scratch.remove_tree(str(top))
         assert not top.exists()
         assert (tmp_path / "outside" / "keep").read_text() == "keep"  # the link is not followed
     finally:

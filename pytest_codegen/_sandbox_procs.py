@@ -1,0 +1,132 @@
+"""Processes of the sandbox's runs: what /proc says of them, and killing them.
+
+Used by the sandbox server (see `_sandbox_server`, "How one execution runs", for when each
+way of killing applies). Imported by name from its directory like every sandbox file (see
+`_sandbox_bootstrap`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_children() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 1:
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    return children
+
+
+def descendants(root: int) -> list[int]:
+    children = _proc_children()
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def children(pid: int) -> set[int] | None:
+    """The direct children of a single-threaded process; None where /proc cannot say."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return {int(child) for child in f.read().split()}
+    except (OSError, ValueError):
+        return None
+
+
+def proc_cpu(pid: int) -> float | None:
+    """The CPU time (user + system, seconds) of process `pid` so far; None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def uid_tasks(uid: int) -> int:
+    """How many tasks (threads count, as for RLIMIT_NPROC) run as `uid`."""
+    n = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status") as f:
+                status = f.read()
+        except OSError:
+            continue
+        uid_line = re.search(r"^Uid:\s+(\d+)", status, re.M)
+        threads = re.search(r"^Threads:\s+(\d+)", status, re.M)
+        if uid_line and int(uid_line.group(1)) == uid:
+            n += int(threads.group(1)) if threads else 1
+    return n
+
+
+def kill_uid(uid: int | None, gid: int | None) -> bool:
+    """Fork a killer that becomes `uid` and SIGKILLs every process of that uid; True if it did.
+
+    kill(-1) runs under the kernel's task-list lock, which fork also needs, so one call
+    gets every process of the uid, including one being forked at that moment.
+    """
+    assert uid is not None and gid is not None and uid != 0
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgroups([])
+            os.setresgid(gid, gid, gid)
+            os.setresuid(uid, uid, uid)
+            if os.getresuid() == (uid, uid, uid) and uid != 0:  # never kill(-1) as root
+                try:
+                    os.kill(-1, signal.SIGKILL)
+                except OSError:
+                    pass
+                os._exit(0)
+        except BaseException:
+            pass
+        os._exit(1)
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            break
+        except InterruptedError:
+            continue
+    return os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+def kill_descendants(root: int, timeout: float = 5.0) -> None:
+    """SIGKILL and reap whatever still descends from `root`, this process (orphans of a
+    forker that died come back to it, a subreaper)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left = descendants(root)
+        if not left:
+            return
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        while True:
+            try:
+                if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                    break
+            except ChildProcessError:
+                break
+        time.sleep(0.005)

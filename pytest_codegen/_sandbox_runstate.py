@@ -1,0 +1,265 @@
+"""The verdict of one run, from what the server saw of it: a state machine without I/O.
+
+The server feeds it the bytes of the run's result channel (`feed`), its output (`add_output`),
+its exit (`set_exit`) and what stopped it (`timed_out`, `cpu_timed_out`, `cpu_seen`,
+`seconds`, `leftovers`), and asks for the verdict (`result`). It accepts only the exact
+sequence of messages the harness writes (see `_sandbox_server`, "Verdicts"). Imported by name
+from its directory like every sandbox file (see `_sandbox_bootstrap`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import typing
+
+if typing.TYPE_CHECKING:
+    from pytest_codegen import _sandbox_forker as forker
+else:
+    import _sandbox_forker as forker
+
+MAX_RESULT_BYTES = 8 << 20
+MAX_TEXT, MAX_TB = forker.MAX_TEXT, forker.MAX_TB
+TIMEOUT_CPU, TIMEOUT_WALL = "timeout (cpu)", "timeout (wall)"  # a timeout's error type
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]{4,16}>")
+
+
+def clean_text(s: object, limit: int = MAX_TEXT) -> str:
+    """A plain str of at most `limit` characters that encodes as UTF-8, without object addresses.
+
+    (`<function f at 0x7f..>` becomes `<function f>` so the same failure reads the same in
+    every run.)
+    """
+    if not isinstance(s, str):
+        s = "" if s is None else str(s)
+    s = _ADDRESS.sub(">", s)
+    if len(s) > limit:
+        s = s[:limit] + f"... [{len(s) - limit} more characters]"
+    return s.encode("utf-8", "replace").decode("utf-8")
+
+
+def signal_name(signo: int) -> str:
+    try:
+        return signal.Signals(signo).name
+    except ValueError:
+        return f"signal {signo}"
+
+
+class Usage(typing.NamedTuple):
+    """What the verdict needs of a child's rusage (the forker reaps it, not the server)."""
+
+    ru_utime: float
+    ru_stime: float
+    ru_maxrss: int
+
+
+class RunState:
+    """One run: `limits` as the client sent them, the tests' `names` in order, and the run's
+    random `token` that every message on the result channel must carry."""
+
+    def __init__(self, limits: dict, names: list[str], token: str) -> None:
+        self.limits, self.names, self.token = limits, names, token
+        self.buf = b""
+        self.received = 0
+        self.define: dict | None = None
+        self.results: list[dict] = []
+        self.end = False
+        self.corrupt: str | None = None
+        self.sandbox_error: str | None = None
+        self.timed_out = False  # the wall-clock backstop
+        self.cpu_timed_out = False  # the CPU limit, as the server measured it
+        self.cpu_seen: float | None = None  # the child's CPU time, read before it was reaped
+        self.exit_status: int | None = None
+        self.rusage: Usage | None = None
+        self.output = b""
+        self.output_total = 0
+        self.seconds = 0.0
+        self.leftovers = False
+
+    def set_exit(self, status: int, ru: Usage) -> None:
+        self.exit_status, self.rusage = status, ru
+
+    def add_output(self, data: bytes, cap: int) -> None:
+        self.output_total += len(data)
+        room = cap - len(self.output)
+        if room > 0:
+            self.output += data[:room]
+
+    def feed(self, data: bytes) -> None:
+        self.received += len(data)
+        if self.received > MAX_RESULT_BYTES:
+            self.corrupt = "the result channel carried more data than the harness ever writes"
+            return
+        self.buf += data
+        while not self.end and not self.corrupt:
+            nl = self.buf.find(b"\n")
+            if nl < 0:
+                break
+            line, self.buf = self.buf[:nl], self.buf[nl + 1 :]
+            self._message(line)
+
+    def _message(self, line: bytes) -> None:
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            self.corrupt = "unparsable message on the result channel"
+            return
+        if not isinstance(msg, dict) or msg.get("t") != self.token:
+            self.corrupt = "a message without the run's token on the result channel"
+            return
+        kind = msg.get("k")
+        n = len(self.names)
+        if kind == "sandbox_error" and self.define is None:
+            self.sandbox_error = clean_text(msg.get("msg"))
+            self.corrupt = "sandbox error"
+        elif kind == "define" and self.define is None:
+            self.define = msg
+        elif kind == "result" and self.define is not None and self.define.get("ok"):
+            if msg.get("i") != len(self.results) or len(self.results) >= n:
+                self.corrupt = "test reports out of order"
+            else:
+                self.results.append(msg)
+        elif kind == "end" and self.define is not None:
+            if self.define.get("ok") and len(self.results) != n and not any(
+                r.get("et") == "MemoryError" for r in self.results
+            ):
+                self.corrupt = "the run ended without reporting every test"
+            else:
+                self.end = True
+        else:
+            self.corrupt = f"unexpected {str(kind)[:40]!r} message on the result channel"
+
+    # --- the verdict ---
+
+    def result(self, isolation_mode: str) -> dict:
+        """The verdict. A pass needs every test's report and the end message. Otherwise the
+        class is the first failure in test order: the definition's, else the first failing
+        test's, else what stopped the run (a timeout, a kill, an exit) in the test it was
+        running; every test keeps its own class."""
+        lim = self.limits
+        names = self.names
+        tests: list[dict] = []
+        status = error_type = phase = None
+        message = traceback = ""
+
+        def test(i: int, passed: bool, et=None, msg="", line="") -> dict:
+            return {
+                "name": names[i], "passed": passed, "error_type": et,
+                "message": clean_text(msg), "line": clean_text(line, 1500),
+            }
+
+        for i, r in enumerate(self.results):
+            if r.get("ok") is True:
+                tests.append(test(i, True))
+            else:
+                tests.append(test(i, False, clean_text(r.get("et"), 200), r.get("msg"), r.get("line")))
+        reported_failure = next((r for r in self.results if r.get("ok") is not True), None)
+        define_failed = self.define is not None and self.define.get("ok") is not True
+        in_define = self.define is None
+        # the test in progress when it stopped: the first one not reported (results come in order)
+        current = (
+            len(self.results) if self.define is not None and not self.end and len(self.results) < len(names) else None
+        )
+        exit_desc, cpu, maxrss_mb = self._exit_info()
+        stop = None if self.end else self._stop_cause(lim, cpu, maxrss_mb, in_define, current, names)
+
+        first = None  # the first failure reported in order: the definition's or a test's
+        if define_failed:
+            first = self.define or {}
+        elif reported_failure is not None:
+            first = reported_failure
+        if self.corrupt:
+            status, error_type, message = "crashed", "corrupt result", self.corrupt
+        elif first is not None:
+            memory = first.get("et") == "MemoryError"
+            status, error_type = ("memory", "MemoryError") if memory else ("failed", clean_text(first.get("et"), 200))
+            phase = "define" if define_failed else "test"
+            message, traceback = clean_text(first.get("msg")), clean_text(first.get("tb"), MAX_TB + 100)
+        elif stop is not None:
+            status, error_type, message = stop
+        else:
+            status = "passed"
+
+        if phase is None and status != "passed":
+            phase = "define" if in_define or define_failed else "test"
+        if define_failed:
+            d = self.define or {}
+            not_run = "not run: the program failed to define (%s)" % clean_text(d.get("msg"), 300)
+            tests = [test(i, False, error_type, not_run) for i in range(len(names))]
+        elif status != "passed":
+            for i in range(len(tests), len(names)):
+                if i == current and stop is not None:  # what stopped it, in the test it was running
+                    tests.append(test(i, False, stop[1], stop[2]))
+                else:
+                    tests.append(test(i, False, None, f"not run ({stop[0] if stop else status})"))
+        output = self.output.decode("utf-8", "replace")
+        detail = {
+            "exit": exit_desc,
+            "cpu_seconds": round(cpu, 4),
+            "max_rss_mb": round(maxrss_mb, 1),
+            "output_bytes": self.output_total,
+            "output_truncated": self.output_total > len(self.output),
+            "isolation": isolation_mode,
+        }
+        if stop is not None and stop[0] == "timeout":
+            detail["timeout"] = "cpu" if stop[1] == TIMEOUT_CPU else "wall"
+        if self.leftovers:
+            detail["leftover_processes"] = True
+        return {
+            "status": status,
+            "error_type": error_type,
+            "phase": phase,
+            "tests": tests,
+            "message": clean_text(message),
+            "traceback": traceback,
+            "output": output,
+            "seconds": round(self.seconds, 6),
+            "detail": detail,
+        }
+
+    def _stop_cause(self, lim: dict, cpu: float, maxrss_mb: float, in_define: bool, current: int | None,
+                    names: list[str]) -> tuple[str, str, str]:
+        """(status, error type, message) of a run that ended without its end message."""
+        cpu_limit = float(lim["cpu_seconds"])
+        signo = (
+            os.WTERMSIG(self.exit_status) if self.exit_status is not None and os.WIFSIGNALED(self.exit_status) else None
+        )
+        mem_limit = float(lim["memory_mb"])
+        if self.cpu_timed_out or signo == signal.SIGXCPU or (signo == signal.SIGKILL and cpu >= cpu_limit - 0.05):
+            how = f" ({signal_name(signo)})" if signo is not None and not self.cpu_timed_out else ""
+            return "timeout", TIMEOUT_CPU, f"CPU limit of {lim['cpu_seconds']}s exceeded{how}"
+        if self.timed_out:
+            return "timeout", TIMEOUT_WALL, (
+                f"wall-clock limit of {lim['wall_seconds']}s exceeded (CPU used {cpu:.2f}s of {lim['cpu_seconds']}s: "
+                "waiting, sleeping or starved)"
+            )
+        if signo is not None:
+            if mem_limit > 0 and maxrss_mb >= 0.9 * mem_limit:
+                return "memory", "MemoryError", (
+                    f"killed by {signal_name(signo)} at {maxrss_mb:.0f} MB (limit {lim['memory_mb']} MB)"
+                )
+            return "crashed", signal_name(signo), f"killed by {signal_name(signo)}"
+        where = (
+            "while defining the program" if in_define
+            else f"before reporting test {names[current]!r}" if current is not None and current < len(names)
+            else "before finishing"
+        )
+        if self.exit_status is not None and os.WIFEXITED(self.exit_status):
+            code = os.WEXITSTATUS(self.exit_status)
+            return "crashed", "exit without result", f"the program exited with code {code} {where}"
+        return "crashed", "exit without result", f"the program closed its result channel {where}"
+
+    def _exit_info(self) -> tuple[str | None, float, float]:
+        """(exit, CPU seconds, peak RSS in MB): from the child's rusage once it is reaped,
+        else the CPU time read from /proc while it still existed."""
+        ru = self.rusage
+        cpu = max((ru.ru_utime + ru.ru_stime) if ru else 0.0, self.cpu_seen or 0.0)
+        rss = (ru.ru_maxrss / 1024.0) if ru else 0.0
+        if self.exit_status is None:
+            return None, cpu, rss
+        if os.WIFSIGNALED(self.exit_status):
+            return signal_name(os.WTERMSIG(self.exit_status)), cpu, rss
+        return f"code {os.WEXITSTATUS(self.exit_status)}", cpu, rss
