@@ -4,6 +4,11 @@ Each problem's `check(candidate)` is split into one test per top-level assert, s
 feedback can name the failing assert. A check that loops or computes is kept as one test from
 its first computing statement on, since its asserts depend on that computation. The
 docstring's `>>>` examples become the visible tests: what a model may be shown.
+
+Helpers that the prompt defines and the tests call (`poly` of HumanEval/32, `encode_cyclic`
+of /38, `encode_shift` of /50) are part of the test setup, which runs after the candidate's
+program: a program that redefines them (`def poly(*a): return 0`) does not change what the
+tests use.
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ def load_problems() -> tuple[Problem, ...]:
 def to_problem(raw: dict) -> Problem:
     setup, scoring = split_check(raw["test"])
     examples = docstring_examples(raw["prompt"], raw["entry_point"])
+    helpers = prompt_helpers(raw["prompt"], raw["entry_point"], [t.source for t in examples + scoring])
+    if helpers:
+        setup = setup + "\n\n" + helpers
     return Problem(
         id=raw["task_id"],
         benchmark=BENCHMARK,
@@ -68,6 +76,25 @@ def split_check(test_source: str) -> tuple[str, list[TestCase]]:
             tests.append(_test(len(tests), prelude, [text(s) for s in body[position:]]))
             break
     return setup, tests
+
+
+def prompt_helpers(prompt: str, entry_point: str, tests: list[str]) -> str:
+    """The prompt's definitions (other than the entry point) that the tests call, with the
+    prompt's imports they may need; "" if the tests call none."""
+    module = ast.parse(prompt)
+    used = {n.id for source in tests for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Name)}
+    lines = prompt.splitlines(keepends=True)
+
+    def text(node: ast.stmt) -> str:
+        start = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
+        return "".join(lines[start - 1 : node.end_lineno])
+
+    definitions = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+    helpers = [n for n in module.body if isinstance(n, definitions) and n.name != entry_point and n.name in used]
+    if not helpers:
+        return ""
+    imports = [n for n in module.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    return "\n".join(text(n).rstrip() for n in imports + helpers) + "\n"
 
 
 def _is_noise(stmt: ast.stmt) -> bool:

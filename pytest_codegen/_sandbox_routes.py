@@ -1,0 +1,126 @@
+"""Where each test of a run is checked: in the checking process, or in the candidate's.
+
+A sandbox run has two processes: the candidate's, which defines the program and runs nothing
+trusted, and the checking process, which never runs candidate code. A *checked* test runs in
+the checking process with `candidate` (and the entry point's name) bound to a stub that sends
+the arguments to the candidate's process and gets back the result as plain data
+(`_sandbox_codec`): the candidate can return a wrong value or raise, but cannot reach the test,
+its asserts or the verdict. That takes a test that needs nothing else of the program: every
+name it reads is its own, the setup's (which includes the prompt's helpers, see
+`datasets.humaneval`), a builtin, or a name an earlier checked test bound.
+
+Every other test runs *in process*, as a flat `exec` would run it, in the candidate's process
+(where a candidate that walks frames or finds the harness's objects could forge its result):
+tests that read another name of the program, call the candidate only for its side effects,
+pass it a function (which cannot cross), use it other than by calling it (`candidate.attr`)
+or read names dynamically (`eval`, `globals()`). This module decides that from the sources
+alone, before anything runs; `routes` gives each test's route and, for the in-process ones,
+why. Imported by name by the sandbox server (see `_sandbox_bootstrap`) and by the package.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import typing
+from collections.abc import Sequence
+
+CHECKED = "checked"
+IN_PROCESS = "in-process"
+
+_BUILTINS = frozenset(dir(builtins))
+_DYNAMIC = frozenset({"eval", "exec", "globals", "locals", "vars", "__import__", "compile"})
+
+
+class Route(typing.NamedTuple):
+    path: str  # CHECKED or IN_PROCESS
+    reason: str = ""  # why a test runs in process
+
+
+def routes(tests: Sequence[str], setup: str, entry_point: str | None) -> list[Route]:
+    """The route of each test source, in order (tests share one namespace, so a test may use
+    what an earlier one bound: in the checking process, if that one was checked)."""
+    if not entry_point:
+        return [Route(IN_PROCESS, "no entry point to call")] * len(tests)
+    stubs = {"candidate", entry_point}
+    setup_tree = _parse(setup)
+    known = set(_BUILTINS | stubs | _bound(setup_tree))
+    setup_functions = _functions(setup_tree)
+    out = []
+    for source in tests:
+        tree = _parse(source)
+        if tree is None:  # reported as the test's error wherever it runs
+            out.append(Route(CHECKED))
+            continue
+        reason = _in_process_reason(tree, stubs, known, setup_functions)
+        out.append(Route(IN_PROCESS, reason) if reason else Route(CHECKED))
+        if not reason:
+            known |= _bound(tree)
+    return out
+
+
+def _parse(source: str) -> ast.Module | None:
+    try:
+        return ast.parse(source)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+
+
+def _in_process_reason(tree: ast.Module, stubs: set[str], known: set[str], setup_functions: set[str]) -> str:
+    loaded = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    dynamic = sorted(loaded & _DYNAMIC)
+    if dynamic:
+        return f"reads names dynamically ({', '.join(dynamic)})"
+    foreign = sorted(loaded - known - _bound(tree))
+    if foreign:
+        return f"uses {', '.join(foreign)} from the program"
+    functions = stubs | _functions(tree) | setup_functions
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Expr) and _calls_stub(node.value, stubs):
+            return "calls the candidate only for its side effects"
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in stubs:
+            return f"reads {node.value.id}.{node.attr}"
+        if _calls_stub(node, stubs):
+            assert isinstance(node, ast.Call)
+            for arg in [*node.args, *(k.value for k in node.keywords)]:
+                called = {id(n.func) for n in ast.walk(arg) if isinstance(n, ast.Call)}
+                for inner in ast.walk(arg):
+                    if isinstance(inner, ast.Lambda) or (
+                        isinstance(inner, ast.Name) and inner.id in functions and id(inner) not in called
+                    ):
+                        return "passes the candidate a function"
+    return ""
+
+
+def _calls_stub(node: ast.AST, stubs: set[str]) -> bool:
+    return isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in stubs
+
+
+def _bound(tree: ast.Module | None) -> set[str]:
+    """Every name a module binds anywhere (scopes are not told apart: a name bound in a nested
+    function counts too, which only ever makes a test look more self-contained than it is in
+    a way that fails loudly, with a NameError)."""
+    if tree is None:
+        return set()
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
+            names.add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.arg):
+            names.add(node.arg)
+        elif isinstance(node, (ast.ExceptHandler, ast.MatchAs, ast.MatchStar)) and node.name:
+            names.add(node.name)
+        elif isinstance(node, ast.MatchMapping) and node.rest:
+            names.add(node.rest)
+    return names
+
+
+def _functions(tree: ast.Module | None) -> set[str]:
+    """The functions and classes a module defines (which cannot cross to the candidate)."""
+    if tree is None:
+        return set()
+    return {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}

@@ -1,0 +1,62 @@
+"""Which tests the checking process runs, and which run in the candidate's process."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_codegen._sandbox_routes import CHECKED, IN_PROCESS, routes
+from pytest_codegen.datasets import humaneval
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "assert candidate([1, 2], 0.5) == True",
+        "assert f(3) == 4",
+        "import math\nassert math.isclose(candidate(2), 0.5)",
+        "assert abs(candidate(2) - 0.5) < 1e-6 and not candidate(0)",
+        "for i in range(9):\n    x = helper(i)\n    assert candidate(candidate(x)) is True",
+        "def check(candidate):\n    assert candidate(5) == 6\n\ncheck(f)",
+        "assert sorted(map(candidate, [1, 2])) == [2, 3]",
+    ],
+)
+def test_tests_that_only_call_the_candidate_are_checked(source):
+    assert routes([source], "def helper(v):\n    return v\n", "f") == [(CHECKED, "")]
+
+
+@pytest.mark.parametrize(
+    ("source", "why"),
+    [
+        ("assert candidate(1) == sys.getsizeof(1)", "uses sys from the program"),
+        ("assert Pair(1, 2) == candidate(1)", "uses Pair from the program"),
+        ("x = [3, 1]\ncandidate(x)\nassert x == [1, 3]", "side effects"),
+        ("assert candidate(lambda v: v) == 1", "passes the candidate a function"),
+        ("assert candidate(helper) == 1", "passes the candidate a function"),
+        ("assert candidate(candidate) == 1", "passes the candidate a function"),
+        ("assert candidate.__name__ == 'f'", "reads candidate.__name__"),
+        ("assert eval('candidate(1)') == 2", "reads names dynamically (eval)"),
+    ],
+)
+def test_tests_that_need_more_of_the_program_run_in_process(source, why):
+    (route,) = routes([source], "def helper(v):\n    return v\n", "f")
+    assert route.path == IN_PROCESS and why in route.reason
+
+
+def test_a_name_bound_by_an_earlier_test_counts_only_if_that_test_was_checked():
+    tests = ["values = [1, 2]", "assert candidate(values) == 3", "y = sys.maxsize", "assert candidate([y]) == y"]
+    assert [r.path for r in routes(tests, "", "f")] == [CHECKED, CHECKED, IN_PROCESS, IN_PROCESS]
+
+
+def test_without_an_entry_point_every_test_runs_in_process():
+    assert [r.path for r in routes(["assert g() == 1", "assert 1"], "", None)] == [IN_PROCESS, IN_PROCESS]
+
+
+def test_humaneval_helpers_that_the_tests_call_are_in_the_setup():
+    problems = {p.id: p for p in humaneval.load_problems()}
+    for task, helper in (("HumanEval/32", "def poly("), ("HumanEval/38", "def encode_cyclic("),
+                         ("HumanEval/50", "def encode_shift(")):
+        assert helper in problems[task].test_setup
+    assert "def is_palindrome(" not in problems["HumanEval/10"].test_setup  # the tests never call it
+    assert "import math" in problems["HumanEval/32"].test_setup
+    every_test = [(p, routes([t.source for t in p.tests], p.test_setup, p.entry_point)) for p in problems.values()]
+    assert all(r.path == CHECKED for _, rs in every_test for r in rs)
