@@ -333,6 +333,8 @@ class Server:
         st.seconds = time.monotonic() - run.t0
         if not z.reaped and st.cpu_seen is None:  # its CPU time, while /proc still has it
             st.cpu_seen = procs.proc_cpu(z.pid)
+            if st.cpu_seen is None and st.end:  # gone already: its rusage is on its way
+                self._wait_child(run, block=True)
         self._drain(run, budget=0.0)  # what is already in the pipes belongs to this run
 
     def _wait_child(self, run: Run, block: bool) -> bool:
