@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pytest_codegen.models.registry import (
     ModelConfigError,
@@ -28,6 +28,9 @@ from pytest_codegen.models.registry import (
     Registry,
     UnknownModel,
 )
+
+if TYPE_CHECKING:
+    from pytest_codegen.record import Record
 
 PROG = "pytest-codegen"
 EXIT_OK = 0
@@ -211,19 +214,25 @@ def _download(registry: Registry, names: list[str]) -> int:
 # ---------------------------------------------------------------------- report, compare
 
 
-def _load_run(path: Path) -> list[dict[str, Any]]:
-    """A results file's records, checked and with optional fields filled in (stats.normalize)."""
-    from pytest_codegen.results import read_records
-    from pytest_codegen.stats import StatsError, normalize
+def _load_run(paths: Sequence[Path]) -> list[Record]:
+    """The records of one run: its results file, or the files of its shards (a run split across
+    machines), given one by one or as the directory they were gathered in."""
+    from pytest_codegen.results import SUFFIXES, ResultsFileError, read_run, run_files
 
-    if not path.is_file():
-        raise CLIError(f"{path}: no such results file")
+    files = []
+    for path in paths:
+        if not path.exists():
+            raise CLIError(f"{path}: no such results file")
+        found = run_files(path)
+        if not found:
+            raise CLIError(f"{path}: no results files ({', '.join('*' + s for s in SUFFIXES)}) in this directory")
+        files += found
     try:
-        records = [normalize(record) for record in read_records(path)]
-    except StatsError as exc:
-        raise CLIError(f"{path}: {exc}") from exc
+        records = read_run(files)
+    except ResultsFileError as exc:
+        raise CLIError(f"{exc.path}: {exc}") from exc
     if not records:
-        raise CLIError(f"{path}: no records")
+        raise CLIError(f"{', '.join(map(str, paths))}: no records")
     return records
 
 
@@ -233,11 +242,14 @@ def _load_run(path: Path) -> list[dict[str, Any]]:
     description=(
         "Print the outcome tables of a results file (as the pytest run does), the pass@k table,\n"
         "pass@1 mean ± SD over sample indices and its 95% bootstrap interval over problems.\n"
+        "A run split across machines is given as its shards' files, or the directory they are\n"
+        "in: shards of other runs (other settings) or with an item in common are refused.\n"
         "--plot DIR also writes error_taxonomy.png, early_stopping.png and net_effect.png."
     ),
     arguments=[
         # not "run": that is where build_parser keeps the subcommand function
-        argument("results", type=Path, metavar="RUN.jsonl", help="results file of a run"),
+        argument("results", type=Path, nargs="+", metavar="RUN.jsonl",
+                 help="results file of a run (.jsonl or .jsonl.gz), its shards' files, or a directory of them"),
         argument("--plot", type=Path, metavar="DIR", help="write the figures into DIR (needs matplotlib)"),
     ],
 )
@@ -249,7 +261,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     try:
         text = render_tables(records) + "\n\n" + render_pass_stats(records)
     except StatsError as exc:
-        raise CLIError(f"{args.results}: {exc}") from exc
+        raise CLIError(f"{', '.join(map(str, args.results))}: {exc}") from exc
     print(text)
     if args.plot is not None:
         from pytest_codegen.figures import PlotUnavailable, write_figures
@@ -272,18 +284,21 @@ def cmd_report(args: argparse.Namespace) -> int:
         "exact McNemar test on discordant pairs, paired bootstrap 95% interval of Δ pass@1 and\n"
         "the effect in σ = Δ / √(SD_A² + SD_B²), SDs over sample indices. Runs of different\n"
         "benchmarks, feedback policies or problem sets are refused (exit status 2); --common\n"
-        "compares the problems both runs share instead."
+        "compares the problems both runs share instead. A run split across machines is given as\n"
+        "the directory of its shards' files."
     ),
     arguments=[
-        argument("run_a", type=Path, metavar="A.jsonl", help="results file of the baseline run"),
-        argument("run_b", type=Path, metavar="B.jsonl", help="results file of the run compared with it"),
+        argument("run_a", type=Path, metavar="A.jsonl",
+                 help="results file of the baseline run, or a directory of its shards' files"),
+        argument("run_b", type=Path, metavar="B.jsonl",
+                 help="results file of the run compared with it, or a directory of its shards' files"),
         argument("--common", action="store_true", help="restrict both runs to the problems they share"),
     ],
 )
 def cmd_compare(args: argparse.Namespace) -> int:
     from pytest_codegen.stats import ComparisonError, StatsError, compare, render_comparison
 
-    a_records, b_records = _load_run(args.run_a), _load_run(args.run_b)
+    a_records, b_records = _load_run([args.run_a]), _load_run([args.run_b])
     try:
         comparison = compare(a_records, b_records, restrict_to_common=args.common)
     except ComparisonError as exc:

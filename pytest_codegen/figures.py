@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import textwrap
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .outcome import PASSED
-from .report import _TRAILING, _outcome_after, by_benchmark
-from .stats import normalize
+from .report import _TRAILING, _outcome_after, by_benchmark, depth
+
+if TYPE_CHECKING:
+    from .record import Record
 
 FIGURES = ("error_taxonomy.png", "early_stopping.png", "net_effect.png")
 INSTALL_HINT = "pip install 'pytest-codegen[plot]'"
-
-Record = Mapping[str, Any]
 
 
 class PlotUnavailable(RuntimeError):
@@ -31,7 +31,7 @@ class PlotUnavailable(RuntimeError):
 
 def write_figures(records: Iterable[Record], out_dir: str | Path) -> list[Path]:
     """Write the three figures into `out_dir` (created if needed); their paths, in FIGURES order."""
-    grouped = by_benchmark(normalize(r) for r in records)
+    grouped = by_benchmark(records)
     if not grouped:
         raise ValueError("no records to plot")
     out = Path(out_dir)
@@ -69,13 +69,9 @@ def _integer_counts(ax: Any) -> None:
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def _depth(records: list[Record]) -> int:
-    return max(len(r.get("round_outcomes") or [None]) for r in records)
-
-
 def _samples(records: list[Record]) -> float:
     """Items per problem: counts divided by this are problems solved, mean over samples."""
-    return len(records) / len({r["problem_id"] for r in records})
+    return len(records) / len({r.problem_id for r in records})
 
 
 def _class_order(classes: set[str]) -> list[str]:
@@ -87,7 +83,7 @@ def _error_taxonomy(figure: Any, axes: list[Any], grouped: dict[str, list[Record
     _suptitle(figure, len(axes), "Error taxonomy: items per outcome class, as first attempt and as final outcome")
     for ax, (name, records) in zip(axes, grouped.items()):
         first = Counter(_outcome_after(r, 0) for r in records)
-        final = Counter(r["outcome_class"] for r in records)
+        final = Counter(r.outcome_class for r in records)
         classes = _class_order(set(first) | set(final))
         xs = range(len(classes))
         ax.bar([x - 0.2 for x in xs], [first[c] for c in classes], width=0.4, label="first attempt")
@@ -103,13 +99,13 @@ def _early_stopping(figure: Any, axes: list[Any], grouped: dict[str, list[Record
     _suptitle(figure, len(axes), "Early stopping: problems solved with the program as of each round "
               "(mean over samples; an item that stopped early keeps its last program)")
     for ax, (name, records) in zip(axes, grouped.items()):
-        rounds = range(_depth(records))
+        rounds = range(depth(records))
         per_problem = _samples(records)
         solved = [sum(_outcome_after(r, k) == PASSED for r in records) / per_problem for k in rounds]
         ax.plot(list(rounds), solved, marker="o")
         for k, value in zip(rounds, solved):
             ax.annotate(f"{value:.1f}", (k, value), textcoords="offset points", xytext=(0, 6), ha="center")
-        problems = len({r["problem_id"] for r in records})
+        problems = len({r.problem_id for r in records})
         ax.set_ylim(0, problems * 1.08)
         ax.set_xlim(-0.5, len(rounds) - 0.5)
         ax.set_xticks(list(rounds), ["first attempt" if k == 0 else f"round {k}" for k in rounds])
@@ -118,7 +114,7 @@ def _early_stopping(figure: Any, axes: list[Any], grouped: dict[str, list[Record
 
 
 def _early_stop_state(records: list[Record]) -> str:
-    flags = {r.get("early_stop") for r in records}
+    flags = {r.early_stop for r in records}
     if flags == {False}:
         return "no early stopping: every round ran on every item"
     if True in flags:
@@ -132,7 +128,7 @@ def _net_effect(figure: Any, axes: list[Any], grouped: dict[str, list[Record]]) 
     _suptitle(figure, len(axes), "Net effect per refinement round: fixes, regressions and net (items)"
               + (f" — {shared}" if shared else ""))
     for ax, (name, records) in zip(axes, grouped.items()):
-        rounds = list(range(1, _depth(records)))
+        rounds = list(range(1, depth(records)))
         fixes, regressions = [], []
         for k in rounds:
             before = [_outcome_after(r, k - 1) == PASSED for r in records]

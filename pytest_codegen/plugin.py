@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .outcome import ERROR
 from .settings import RunSettings
 
 if TYPE_CHECKING:
@@ -29,11 +28,12 @@ if TYPE_CHECKING:
     from .outcome import ExecutionResult
     from .pipelines import Pipeline
     from .pipelines.genome import Genome
+    from .record import Record
     from .results import ResultsWriter
     from .sandbox import Sandbox
     from .serving import ModelService
 
-RECORD_KEY = pytest.StashKey[dict]()
+VERDICT_KEY = pytest.StashKey["Candidate"]()  # the item's verified candidate: its record is built from it
 STATE_KEY = pytest.StashKey["CodegenState"]()
 
 # Status letters while a run progresses; the category stays "failed" so -rf still lists them.
@@ -166,16 +166,17 @@ class CodegenState:
     settings: RunSettings
     rootdir: Path | None = None
     writer: ResultsWriter | None = None
-    records: list[dict] = field(default_factory=list)
+    records: list[Record] = field(default_factory=list)
     sandbox: Sandbox | None = None
     models: ModelPool | None = None
     pipeline: Pipeline | None = None
     error: str | None = None  # a pipeline that could not be built: every item reports it
     genome: Genome | None = None  # what a model-backed pipeline runs, parsed once
     run_key: str = ""
-    # A resumed results file's records by nodeid, and those of them this session selected
-    # (collected, then deselected because they are done): only those count in its tables.
-    done: dict[str, dict] = field(default_factory=dict)
+    # A resumed results file's records by nodeid (a worker knows the nodeids only), and those of
+    # them this session selected (collected, then deselected because they are done): only those
+    # count in its tables.
+    done: dict[str, Record | None] = field(default_factory=dict)
     resumed: set[str] = field(default_factory=set)
     sandbox_cpu: int | None = None  # see `_sandbox_cpu`
     service: ModelService | None = None  # where models run (serving.py)
@@ -293,10 +294,10 @@ def pytest_configure(config: pytest.Config) -> None:
         # An xdist worker (a replacement for a crashed one too) resumes exactly what the
         # controller decided at the start, never what the results file holds by now: every
         # worker must collect the same items.
-        state.done = {nodeid: {"nodeid": nodeid} for nodeid in done_ids}
+        state.done = dict.fromkeys(done_ids)
     elif resume:
         previous = _previous_records(results, state.run_key)
-        state.done = {r["nodeid"]: r for r in previous}
+        state.done = {r.nodeid: r for r in previous}
     from .serving import ModelService, is_external
 
     if _is_xdist_worker(config):
@@ -355,19 +356,19 @@ def _xdist_workers(config: pytest.Config) -> int:
     return count
 
 
-def _previous_records(path: str, key: str) -> list[dict]:
+def _previous_records(path: str, key: str) -> list[Record]:
     """Records of an interrupted run of the same work; another run's file is refused."""
-    from .results import ResultsFileError, read_records
+    from .results import ResultsFileError, read_run
 
     try:
-        records = list(read_records(path))
+        records = read_run([path])
     except ResultsFileError as error:
         raise pytest.UsageError(
             f"pytest-codegen: {path}: {error}; fix or remove it, or pass --codegen-fresh"
         ) from None
     except OSError as error:
         raise pytest.UsageError(f"pytest-codegen: cannot read {path}: {error}") from None
-    foreign = {r.get("run_key") for r in records} - {key}
+    foreign = {r.run_key for r in records} - {key}
     if foreign:
         raise pytest.UsageError(
             f"pytest-codegen: {path} holds results of a run with other settings; resume it "
@@ -494,35 +495,25 @@ class Candidate:
         self._sandbox = sandbox
         self._item = item
         self.result: ExecutionResult | None = None
+        self.round_verdicts: list[str] = []
 
     def verify(self) -> None:
         """Run every scoring test; fail the item with the classified reason unless all pass."""
-        from .results import build_record
         from .verdict import describe_failure, judge, judge_rounds
 
         result = self.result = judge(self._sandbox, self.problem, self.program)
-        verdicts = judge_rounds(self._sandbox, self.solution, result)
-        record = build_record(
-            self.solution, result, nodeid=self._item.nodeid, round_verdicts=verdicts,
-            run_key=_state(self._item.config).run_key,
-        )
-        record["sandbox"] = {"isolation": self._sandbox.isolation,
-                             "uid": getattr(self._sandbox, "sandbox_uid", None)}
-        self._item.stash[RECORD_KEY] = record
-        for name in ("outcome", "error_type", "pipeline", "benchmark", "feedback", "rounds",
-                     "models", "tokens", "gen_seconds"):
-            value = record["timing"].get(name) if name == "gen_seconds" else record.get(name)
-            if value is None and name == "error_type":
-                value = ""  # always present, so JUnit consumers can rely on it
-            if value is None:
-                continue
-            if name == "rounds":  # programs written, first attempt included
-                value = len(record["round_outcomes"])
-            elif isinstance(value, list):
-                value = ",".join(map(str, value))
-            self._item.user_properties.append((name if name != "models" else "model", str(value)))
+        self.round_verdicts = judge_rounds(self._sandbox, self.solution, result)
+        self._item.stash[VERDICT_KEY] = self
         if not result.passed:
             pytest.fail(describe_failure(result), pytrace=False)
+
+    def record(self, run_key: str) -> Record:
+        from .record import Record
+
+        assert self.result is not None, "verify() first"
+        sandbox = {"isolation": self._sandbox.isolation, "uid": getattr(self._sandbox, "sandbox_uid", None)}
+        return Record.build(self.solution, self.result, nodeid=self._item.nodeid,
+                            round_verdicts=self.round_verdicts, run_key=run_key, sandbox=sandbox)
 
 
 @pytest.fixture
@@ -545,38 +536,58 @@ def solution(request: pytest.FixtureRequest, problem, codegen_sample: int) -> Ca
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     report = yield
-    record = item.stash.get(RECORD_KEY, None)
-    if record is not None and report.when == "call":
-        report.codegen = record  # builtin types only: crosses from xdist workers intact
-    elif record is None and report.failed and _is_codegen(item):
+    candidate = item.stash.get(VERDICT_KEY, None)
+    if candidate is not None and report.when == "call":
+        record = candidate.record(_state(item.config).run_key)
+        report.codegen = record.to_dict()  # builtin types only: crosses from xdist workers intact
+        properties = _junit_properties(record)
+        report.user_properties.extend(properties)
+        item.user_properties.extend(properties)  # the teardown report's, which JUnit writes
+    elif candidate is None and report.failed and _is_codegen(item):
         # The pipeline or the harness broke (a model that will not load, a prompt longer than
         # the context): no verdict, but the item still counts, as an error, in pass@1.
+        from .record import Record
+
         callspec = getattr(item, "callspec", None)
         params = callspec.params if callspec else {}
         problem = params.get("problem")
-        report.codegen_error = {
-            "nodeid": item.nodeid,
-            "benchmark": getattr(problem, "benchmark", "?"),
-            "problem_id": getattr(problem, "id", "?"),
-            "sample": params.get("codegen_sample", 0),
-            "when": report.when,
-        }
+        report.codegen_error = Record.no_verdict(
+            nodeid=item.nodeid, benchmark=getattr(problem, "benchmark", "?"),
+            problem_id=getattr(problem, "id", "?"), sample=params.get("codegen_sample", 0),
+            pipeline=_state(item.config).settings.pipeline, when=report.when,
+        ).to_dict()
     return report
+
+
+def _junit_properties(record: Record) -> list[tuple[str, str]]:
+    """The testcase properties JUnit XML carries for an item."""
+    properties = [("outcome", record.outcome), ("error_type", record.error_type or ""),
+                  ("pipeline", record.pipeline), ("benchmark", record.benchmark)]
+    if record.feedback is not None:
+        properties.append(("feedback", record.feedback))
+    properties.append(("rounds", str(len(record.verdicts))))  # programs written, first attempt included
+    for name, value in (("model", record.properties.get("models")), ("tokens", record.properties.get("tokens")),
+                        ("gen_seconds", record.timing.get("gen_seconds"))):
+        if value is not None:
+            properties.append((name, ",".join(map(str, value)) if isinstance(value, list) else str(value)))
+    return properties
 
 
 def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config):
     if report.outcome == "rerun" and report.when == "???":  # see pytest_handlecrashitem
         return "rerun", "R", ("RERUN (worker crashed)", {"yellow": True})
-    record = getattr(report, "codegen", None)
-    if record is None or report.when != "call":
+    data = getattr(report, "codegen", None)
+    if data is None or report.when != "call":
         return None
+    from .record import Record
     from .report import round_chain
 
+    record = Record.from_dict(data)
     chain = round_chain(record)
     suffix = f" [{chain}]" if "→" in chain else ""
     if report.passed:
         return "passed", ".", ("PASSED" + suffix, {"green": True})
-    outcome_class = record["outcome_class"]
+    outcome_class = record.outcome_class
     letter = _LETTERS.get(outcome_class, "F")
     return "failed", letter, (f"FAILED ({outcome_class}){suffix}", {"red": True})
 
@@ -617,14 +628,18 @@ class CodegenController:
         """xdist: the resumed items a worker's collection selected."""
         self.state.resumed.update(getattr(node, "workeroutput", {}).get("codegen_resumed", ()))
 
-    def all_records(self) -> list[dict]:
-        """This session's records and the resumed ones it selected: what the tables count."""
-        resumed = [self.state.done[n] for n in sorted(self.state.resumed) if n in self.state.done]
-        return resumed + self.state.records
+    def all_records(self) -> list[Record]:
+        """This session's records (an item run again counts once, as it ended) and the resumed
+        ones it selected: what the tables count."""
+        resumed = [r for n in sorted(self.state.resumed) if (r := self.state.done.get(n)) is not None]
+        return resumed + list({r.nodeid: r for r in self.state.records}.values())
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        record = getattr(report, "codegen", None)
-        if record is not None and report.when == "call":
+        from .record import Record
+
+        data = getattr(report, "codegen", None)
+        if data is not None and report.when == "call":
+            record = Record.from_dict(data)
             self.state.records.append(record)
             if self.state.writer is not None:
                 self.state.writer.write(record)
@@ -632,11 +647,7 @@ class CodegenController:
         error = getattr(report, "codegen_error", None)
         if error is not None:
             # Counted in the tables and the gate, but not written: a resumed run retries it.
-            self.state.records.append({
-                **error, "pipeline": self.state.settings.pipeline, "passed": False,
-                "outcome": ERROR, "error_type": None, "outcome_class": ERROR,
-                "round_outcomes": [ERROR],
-            })
+            self.state.records.append(Record.from_dict(error))
         elif report.failed:
             self.other_failures += 1
 
@@ -649,7 +660,7 @@ class CodegenController:
         bar = session.config.getoption("codegen_min_pass")
         if bar is None or session.exitstatus not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
             return
-        from .report import pass_at_1
+        from .stats import pass_at_1
 
         scores = pass_at_1(self.all_records())
         self.gate = {name: (value, value >= bar) for name, value in scores.items()}
@@ -665,11 +676,11 @@ class CodegenController:
         records = self.all_records()
         if xml is None or not records:
             return
-        from .report import pass_at_1
+        from .stats import pass_at_1
 
         s = self.state.settings
         xml.add_global_property("pipeline", s.pipeline)
-        if any("feedback" in r for r in records):  # pipelines that show tests
+        if any(r.feedback is not None for r in records):  # pipelines that show tests
             xml.add_global_property("feedback", s.feedback)
         for benchmark, value in pass_at_1(records).items():
             xml.add_global_property(f"pass@1[{benchmark}]", f"{value:.4f}")
@@ -684,7 +695,7 @@ class CodegenController:
         terminalreporter.write_line(render_tables(records))
         if self.state.resumed:
             terminalreporter.write_line(f"({len(self.state.resumed)} items resumed from the results file)")
-        isolation = {r["sandbox"]["isolation"] for r in self.state.records if r.get("sandbox")}
+        isolation = {r.sandbox["isolation"] for r in self.state.records if r.sandbox}
         for line in sorted(isolation):
             terminalreporter.write_line(f"sandbox isolation: {line}")
         if self.state.writer is not None:

@@ -1,70 +1,15 @@
-"""Per-item result records and the JSONL file they are appended to as items finish."""
+"""Results files: records appended one JSON line each as items finish, and read back, several
+files (the shards of a run split across machines) as one run."""
 
 from __future__ import annotations
 
+import gzip
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
-from .outcome import ExecutionResult
-from .pipelines.base import Solution
-from .stats import StatsError
-
-
-def build_record(
-    solution: Solution,
-    result: ExecutionResult,
-    *,
-    nodeid: str = "",
-    round_verdicts: list[str] | None = None,
-    run_key: str = "",
-) -> dict[str, Any]:
-    """One item's record: builtin types only, so it travels from xdist workers unchanged.
-
-    `round_outcomes` is the scoring verdict of each program round (see verdict.judge_rounds).
-    """
-    problem = solution.problem
-    return {
-        "nodeid": nodeid,
-        "run_key": run_key,
-        "benchmark": problem.benchmark,
-        "problem_id": problem.id,
-        "sample": solution.sample,
-        "pipeline": solution.pipeline,
-        "program": solution.program,
-        "outcome": result.status,
-        "error_type": result.error_type,
-        "outcome_class": result.outcome_class,
-        "phase": result.phase,
-        "passed": result.passed,
-        "tests": [
-            {"name": t.name, "passed": t.passed, "error_type": t.error_type, "line": t.line}
-            for t in result.tests
-        ],
-        "message": result.message,
-        "rounds": [r.to_dict() for r in solution.rounds],
-        "round_outcomes": round_verdicts or [result.outcome_class],
-        **{k: v for k, v in solution.properties.items() if k not in TIMING_KEYS},
-        # Wall-clock facts vary between identical runs (rounds also carry their `seconds`).
-        "timing": {
-            "exec_seconds": round(result.seconds, 4),
-            **{k: v for k, v in solution.properties.items() if k in TIMING_KEYS},
-        },
-    }
-
-
-TIMING_KEYS = ("gen_seconds",)
-
-
-# Facts of the particular run (wall clock, the sandbox's uid) rather than of the work done.
-RUN_FACT_KEYS = ("timing", "sandbox")
-
-
-def without_run_facts(record: dict[str, Any]) -> dict[str, Any]:
-    """A record without wall-clock and sandbox facts: what two runs of the same work agree on."""
-    rounds = [{k: v for k, v in r.items() if k != "seconds"} for r in record.get("rounds", ())]
-    return {**{k: v for k, v in record.items() if k not in RUN_FACT_KEYS}, "rounds": rounds}
+from .record import Record, RecordError
 
 
 class ResultsWriter:
@@ -84,43 +29,97 @@ class ResultsWriter:
                 if existing.read(1) != b"\n":
                     self._file.write("\n")
 
-    def write(self, record: dict[str, Any]) -> None:
-        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+    def write(self, record: Record) -> None:
+        self._file.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
         self._file.flush()
 
     def close(self) -> None:
         self._file.close()
 
 
-class ResultsFileError(StatsError):
-    """A results file with a line that is no record (binary data, JSON that is not an object).
+class ResultsFileError(RecordError):
+    """A results file that holds no run: a line that is no record (binary data, JSON that is not
+    an object, a record lacking a required field), or shards that are not of one run.
 
-    A `StatsError`, so that `pytest-codegen report` and `compare` say which file; the message
-    names the line, `path` the file."""
+    The message names the line, `path` the file."""
 
     def __init__(self, path: Path, message: str) -> None:
         super().__init__(message)
         self.path = path
 
 
-def read_records(path: str | Path) -> Iterator[dict[str, Any]]:
-    """Records of a results file; a line cut short by a killed run (the beginning of a JSON
-    object that does not parse) is skipped. Anything else that is not a JSON object (binary
-    data, a list, a number) raises `ResultsFileError`."""
+def read_records(path: str | Path) -> Iterator[Record]:
+    """Records of a results file (gzipped when its name ends in .gz); a line cut short by a
+    killed run (the beginning of a JSON object that does not parse) is skipped. Anything else
+    that is not a record raises `ResultsFileError`."""
     path = Path(path)
-    with path.open("rb") as lines:
+    with (gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")) as lines:
         for number, raw in enumerate(lines, start=1):
             if not raw.strip():
                 continue
             line = raw.decode("utf-8", "replace")
             try:
-                record = json.loads(line)
+                data = json.loads(line)
             except ValueError:
                 if line.lstrip().startswith("{"):
                     continue  # a record cut short
                 raise ResultsFileError(
                     path, f"line {number} is not a JSON record (binary data or another format?)"
                 ) from None
-            if not isinstance(record, dict):
-                raise ResultsFileError(path, f"line {number} is not a JSON object but {type(record).__name__}")
-            yield record
+            if not isinstance(data, dict):
+                raise ResultsFileError(path, f"line {number} is not a JSON object but {type(data).__name__}")
+            try:
+                yield Record.from_dict(data)
+            except RecordError as error:
+                raise ResultsFileError(path, f"line {number}: {error}") from None
+
+
+SUFFIXES = (".jsonl", ".jsonl.gz")
+
+
+def run_files(path: str | Path) -> list[Path]:
+    """A results file, or the results files in a directory (a run's shards, gathered): its
+    *.jsonl and *.jsonl.gz files, a gzipped copy of a file present left out."""
+    path = Path(path)
+    if not path.is_dir():
+        return [path]
+    names = {p.name for p in path.iterdir() if p.is_file() and p.name.endswith(SUFFIXES)}
+    return [path / name for name in sorted(names) if not (name.endswith(".gz") and name[:-3] in names)]
+
+
+def read_run(paths: Iterable[str | Path]) -> list[Record]:
+    """The records of one run, from its results file or from the files of its shards (a run
+    split across machines, each writing its own file).
+
+    Refuses an item (benchmark, problem, sample) found in two files, and files of different
+    runs: records with different `run_key`s (the settings that shape results) in the files.
+    One file is read as it is (`stats` refuses an item twice in it)."""
+    files = [Path(p) for p in paths]
+    records: list[Record] = []
+    seen: dict[tuple[str, str, int], Path] = {}
+    keys: dict[str, Path] = {}
+    if len(files) == 1:
+        return list(read_records(files[0]))
+    resolved = [p.resolve() for p in files]
+    for index, path in enumerate(resolved):
+        if path in resolved[:index]:
+            raise ResultsFileError(files[index], "given twice")
+    for path in files:
+        shard = list(read_records(path))
+        for key in sorted({r.run_key for r in shard}):
+            if keys and key not in keys:
+                other, theirs = next(iter(keys.items()))
+                raise ResultsFileError(path, (
+                    f"holds records of another run than {theirs} (run key {key or 'none'} against "
+                    f"{other or 'none'}: other settings): shards of one run share every option but "
+                    "the problems they select"))
+            keys.setdefault(key, path)
+        for record in shard:
+            first = seen.setdefault(record.item, path)
+            if first != path:
+                benchmark, problem, sample = record.item
+                raise ResultsFileError(path, (
+                    f"{benchmark} {problem} sample {sample} is also in {first}: shards of a run "
+                    "must not overlap"))
+        records += shard
+    return records

@@ -21,17 +21,17 @@ import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from tabulate import tabulate
 
-from .outcome import PASSED
+if TYPE_CHECKING:
+    from .record import Record
 
 DEFAULT_RESAMPLES = 2000
 DEFAULT_SEED = 0
 CONFIDENCE = 0.95
 
-Record = Mapping[str, Any]
 # problem_id -> {sample index: passed}
 Outcomes = dict[str, dict[int, bool]]
 
@@ -40,7 +40,7 @@ PROBLEM_PAIRING = "per-problem"
 
 
 class StatsError(ValueError):
-    """Records that cannot be analysed as asked (required fields missing, duplicate items)."""
+    """Records that cannot be analysed as asked (an item twice)."""
 
 
 class ComparisonError(StatsError):
@@ -57,41 +57,11 @@ class ComparisonError(StatsError):
 # ----------------------------------------------------------------------------- records
 
 
-def normalize(record: Record) -> dict[str, Any]:
-    """A copy of `record` with the optional fields the tables rely on filled in.
-
-    `benchmark` and `problem_id` are required, and one of `passed` / `outcome_class`; a missing
-    `sample` is 0 (a one-sample run), and a missing `outcome_class` is "passed" or "unknown"
-    (the class outcome.py gives a failure without an exception type).
-    """
-    where = record.get("nodeid") or f"{str(dict(record))[:80]}..."
-    missing = [key for key in ("benchmark", "problem_id") if key not in record]
-    if "passed" not in record and "outcome_class" not in record:
-        missing.append("passed (or outcome_class)")
-    if missing:
-        raise StatsError(f"record {where} lacks {', '.join(missing)}")
-    if "passed" in record and not isinstance(record["passed"], bool):
-        raise StatsError(f"record {where}: 'passed' must be true or false, not {record['passed']!r:.40}")
-    sample = record.get("sample") or 0
-    if isinstance(sample, bool) or not isinstance(sample, int) or sample < 0:
-        raise StatsError(f"record {where}: 'sample' must be a whole number >= 0, not {sample!r:.40}")
-    out = dict(record)
-    out["sample"] = sample
-    out["passed"] = record["passed"] if "passed" in record else record["outcome_class"] == PASSED
-    # the class of a pass is "passed", of a failure never (see outcome.outcome_class)
-    if out["passed"]:
-        out["outcome_class"] = PASSED
-    elif out.get("outcome_class") in (None, PASSED) or not isinstance(out.get("outcome_class"), str):
-        out["outcome_class"] = "unknown"
-    return out
-
-
 def outcomes_by_benchmark(records: Iterable[Record]) -> dict[str, Outcomes]:
     """benchmark -> problem -> sample -> passed, sorted by benchmark and problem."""
     table: dict[str, dict[str, dict[int, bool]]] = defaultdict(lambda: defaultdict(dict))
-    for raw in records:
-        record = normalize(raw)
-        benchmark, problem, sample = record["benchmark"], str(record["problem_id"]), record["sample"]
+    for record in records:
+        benchmark, problem, sample = record.item
         samples = table[benchmark][problem]
         if sample in samples:
             # Averaging over duplicates would silently mix pipelines or appended runs.
@@ -99,12 +69,24 @@ def outcomes_by_benchmark(records: Iterable[Record]) -> dict[str, Outcomes]:
                 f"two records for {benchmark} {problem} sample {sample}: "
                 "does this file hold several runs or pipelines?"
             )
-        samples[sample] = record["passed"]
+        samples[sample] = record.passed
     return {name: {p: dict(s) for p, s in sorted(problems.items())} for name, problems in sorted(table.items())}
 
 
 def _rate(samples: Mapping[int, bool]) -> float:
     return sum(samples.values()) / len(samples)
+
+
+def _solved(outcomes: Outcomes) -> float:
+    """Problems solved: the sum over problems of each one's fraction of passing samples."""
+    return math.fsum(_rate(s) for s in outcomes.values())
+
+
+def pass_at_1(records: Iterable[Record]) -> dict[str, float]:
+    """benchmark -> pass@1: problems solved / problems, the mean over problems of each one's
+    fraction of passing samples (the unbiased pass@1 with any number of samples; equal to
+    passed / items when every problem has the same number)."""
+    return {name: _solved(outcomes) / len(outcomes) for name, outcomes in outcomes_by_benchmark(records).items()}
 
 
 def _complete_samples(outcomes: Outcomes) -> list[int]:
@@ -212,7 +194,7 @@ def _pass1(benchmark: str, outcomes: Outcomes, *, resamples: int, seed: int) -> 
         problems=len(outcomes),
         samples=len(complete),
         per_sample=per_sample,
-        solved=math.fsum(rates),
+        solved=_solved(outcomes),
         solved_sd=_sd(per_sample),
         ci=bootstrap_interval(rates, resamples=resamples, seed=seed),
     )
@@ -337,7 +319,7 @@ def compare(
 def _check_feedback(a_records: list[Record], b_records: list[Record]) -> list[str]:
     policies = []
     for label, records in zip("AB", (a_records, b_records)):
-        found = sorted({str(r["feedback"]) for r in records if r.get("feedback") is not None})
+        found = sorted({r.feedback for r in records if r.feedback is not None})
         if len(found) > 1:
             raise ComparisonError(f"run {label} mixes feedback policies: {', '.join(found)}")
         policies.append(found[0] if found else None)

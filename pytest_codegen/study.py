@@ -25,9 +25,12 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from .record import Record
 
 __all__ = [
     "Cell", "ROWS", "Row", "STUDY_PLAN", "cells_for", "compress_results", "render_report", "restore_results",
@@ -224,36 +227,28 @@ def compress_results(cells: Iterable[Cell], out: Path) -> None:
 # ---------------------------------------------------------------------- the report
 
 
-def _records(path: Path) -> list[dict[str, Any]]:
-    from .results import read_records
+def _records(path: Path) -> list[Record]:
+    from .results import read_run
 
     restore_results(path)
-    return list(read_records(path)) if path.is_file() else []
+    return read_run([path]) if path.is_file() else []
 
 
-def _passed(record: Mapping[str, Any]) -> bool:
-    return record.get("passed") is True
-
-
-def _first_class(record: Mapping[str, Any]) -> str:
-    return (record.get("round_outcomes") or [record.get("outcome_class") or "unknown"])[0]
-
-
-def _cost(records: Sequence[Mapping[str, Any]]) -> tuple[str, str]:
+def _cost(records: Sequence[Record]) -> tuple[str, str]:
     """Generated tokens and generation+execution seconds per solved problem (cached rounds
     count with the time they took when generated)."""
-    solved = sum(_passed(r) for r in records)
+    solved = sum(r.passed for r in records)
     if not solved:
         return "n/a", "n/a"
-    tokens = sum(int(r.get("tokens") or 0) for r in records)
-    seconds = sum(sum(float(v) for v in (r.get("timing") or {}).values()) for r in records)
+    tokens = sum(r.tokens for r in records)
+    seconds = sum(sum(float(v) for v in r.timing.values()) for r in records)
     return f"{tokens / solved:,.0f}", f"{seconds / solved:,.1f}"
 
 
-def _fix_rates(records: Sequence[Mapping[str, Any]]) -> str:
+def _fix_rates(records: Sequence[Record]) -> str:
     """`NameError 3/4, AssertionError 5/40`: fixed / failing first attempts, per first class."""
-    firsts = Counter(_first_class(r) for r in records if _first_class(r) != "passed")
-    fixed = Counter(_first_class(r) for r in records if _first_class(r) != "passed" and _passed(r))
+    firsts = Counter(r.verdicts[0] for r in records if r.verdicts[0] != "passed")
+    fixed = Counter(r.verdicts[0] for r in records if r.verdicts[0] != "passed" and r.passed)
     return ", ".join(f"{name} {fixed[name]}/{n}" for name, n in firsts.most_common())
 
 
@@ -263,22 +258,22 @@ BREAKDOWN = (
 )
 
 
-def failure_breakdown(records: Sequence[Mapping[str, Any]], entry_points: Mapping[str, str],
+def failure_breakdown(records: Sequence[Record], entry_points: Mapping[str, str],
                       max_tokens: int = 512) -> Counter[str]:
     """Why single attempts failed, separating what can be the harness's fault (no code found,
     output cut at max tokens, the function under another name) from wrong programs."""
     reasons: Counter[str] = Counter()
     for record in records:
-        if _passed(record):
+        if record.passed:
             reasons["passed"] += 1
             continue
-        first = (record.get("rounds") or [{}])[0]
-        outcome = record.get("outcome_class")
-        message = record.get("message") or ""
-        entry = entry_points.get(record.get("problem_id", ""), "")
+        completion_tokens = record.rounds[0].completion_tokens if record.rounds else 0
+        outcome = record.outcome_class
+        message = record.message
+        entry = entry_points.get(record.problem_id, "")
         if outcome == "no code":
             reasons["no code extracted"] += 1
-        elif int(first.get("completion_tokens") or 0) >= max_tokens:
+        elif completion_tokens >= max_tokens:
             reasons["truncated at max tokens"] += 1
         elif outcome == "NameError" and entry and f"'{entry}'" in message:
             reasons["entry point missing or misnamed"] += 1
@@ -303,7 +298,7 @@ def _entry_points(benchmark: str) -> dict[str, str]:
     return {p.id: p.entry_point for p in problems}
 
 
-def _breakdown_section(cells: Sequence[Cell], loaded: Mapping[Cell, list[dict[str, Any]]]) -> list[str]:
+def _breakdown_section(cells: Sequence[Cell], loaded: Mapping[Cell, list[Record]]) -> list[str]:
     from tabulate import tabulate
 
     singles = [c for c in cells if c.row == "single" and c in loaded]
@@ -343,7 +338,7 @@ def render_report(out: Path, cells: Sequence[Cell], commands_prefix: str = "") -
                 try:
                     baseline = loaded[base_cell]
                     if base_cell.row == "single":  # shows the model no test results at all
-                        baseline = [{k: v for k, v in r.items() if k != "feedback"} for r in baseline]
+                        baseline = [r.without_properties("feedback") for r in baseline]
                     comparison = compare(baseline, records, restrict_to_common=True).benchmarks[0]
                     delta = f"{comparison.delta:+.0f} ({comparison.delta_pass1:+.3f})"
                     p = f"{comparison.p_value:.2g}"
@@ -396,7 +391,7 @@ def _machines_section(cells: Sequence[Cell], loaded: Mapping[Cell, Any], out: Pa
     return lines + [""]
 
 
-def _figures_section(cells: Sequence[Cell], loaded: Mapping[Cell, list[dict[str, Any]]], out: Path) -> list[str]:
+def _figures_section(cells: Sequence[Cell], loaded: Mapping[Cell, list[Record]], out: Path) -> list[str]:
     """`pytest-codegen report --plot` figures of every refinement cell."""
     try:
         from .figures import PlotUnavailable, write_figures

@@ -85,9 +85,10 @@ def test_a_record_cut_short_by_a_kill_is_still_skipped(tmp_path):
     from pytest_codegen.results import read_records
 
     path = tmp_path / "r.jsonl"
-    path.write_bytes(b'{"nodeid": "a", "passed": true}\n{"nodeid": "b", "pas\n{"nodeid": "c", "passed": \xc3\n'
-                     b'{"nodeid": "d", "passed": false}\n')
-    assert [r["nodeid"] for r in read_records(path)] == ["a", "d"]
+    record = b'{"benchmark": "b", "problem_id": "p", "nodeid": '
+    path.write_bytes(record + b'"a", "passed": true}\n' + record + b'"b", "pas\n' + record + b'"c", "passed": \xc3\n'
+                     + record + b'"d", "passed": false}\n')
+    assert [r.nodeid for r in read_records(path)] == ["a", "d"]
 
 
 def test_a_corrupt_generation_cache_is_a_usage_error_naming_the_file(pytester):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 import sys
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 from pytest_codegen.cli import main
+from pytest_codegen.record import Record
 from pytest_codegen.report import render_tables
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -76,7 +78,7 @@ def test_report_prints_the_tables_and_the_statistics(tmp_path: Path, capsys: pyt
     assert main(["report", str(path)]) == 0
     out, err = capsys.readouterr()
     assert err == ""
-    assert out.startswith(render_tables(REFINED))  # the pytest run's tables, unchanged
+    assert out.startswith(render_tables(map(Record.from_dict, REFINED)))  # the pytest run's tables, unchanged
     assert "net effect per round (no early stopping)" in out
     # Final outcomes: sample 0 solves HumanEval/0 and /2, sample 1 only /0.
     # pass@1 = 1.5 of 3 problems = 0.5; SD over samples = stdev(2, 1) = √0.5 ≈ 0.71 problems.
@@ -210,3 +212,100 @@ def test_compare_common_does_not_override_a_feedback_mismatch(
     b = write(tmp_path / "b.jsonl", simple(B, feedback="hidden"))
     assert main(["compare", str(a), str(b), "--common"]) == 2
     assert "different feedback policies" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- shards
+
+
+def shards(tmp_path: Path, records: list[dict[str, Any]], *groups: set[str]) -> list[Path]:
+    """`records` split by problem into one file per group, as machines running `--problems`
+    shards of one run write them."""
+    return [write(tmp_path / f"shard{i}.jsonl", [r for r in records if r["problem_id"] in group])
+            for i, group in enumerate(groups)]
+
+
+def test_report_of_a_runs_shards_is_the_report_of_the_whole_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    records = [{**r, "run_key": "k"} for r in REFINED]
+    assert main(["report", str(write(tmp_path / "whole.jsonl", records))]) == 0
+    whole = capsys.readouterr().out
+    (tmp_path / "shards").mkdir()
+    files = shards(tmp_path / "shards", records, {"HumanEval/0", "HumanEval/2"}, {"HumanEval/1"})
+    assert main(["report", *map(str, files)]) == 0
+    assert capsys.readouterr().out == whole
+    gzipped = tmp_path / "shards" / "shard0.jsonl.gz"
+    gzipped.write_bytes(gzip.compress(files[0].read_bytes()))  # a gzipped copy of a file present is left out
+    assert main(["report", str(tmp_path / "shards")]) == 0
+    assert capsys.readouterr().out == whole
+    files[0].unlink()  # now the gzipped file is the shard
+    assert main(["report", str(tmp_path / "shards")]) == 0
+    assert capsys.readouterr().out == whole
+
+
+def test_compare_reads_each_run_from_the_directory_of_its_shards(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a = write(tmp_path / "a.jsonl", simple(A, feedback="visible", run_key="a"))
+    b = write(tmp_path / "b.jsonl", simple(B, feedback="visible", run_key="b"))
+    assert main(["compare", str(a), str(b)]) == 0
+    whole = capsys.readouterr().out.split("\n", 2)[2]
+    for name, path in (("a", a), ("b", b)):
+        (tmp_path / name).mkdir()
+        shards(tmp_path / name, [json.loads(line) for line in path.read_text().splitlines()],
+               {"p1"}, {"p2", "p3"}, {"p4"})
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    assert capsys.readouterr().out.split("\n", 2)[2] == whole
+
+
+@pytest.mark.parametrize(
+    ("second", "message"),
+    [
+        ({"HumanEval/1", "HumanEval/2"},
+         "humaneval HumanEval/2 sample 0 is also in {first}: shards of a run must not overlap"),
+        ({"HumanEval/1"}, "holds records of another run than {first} (run key other against k: other settings)"),
+        (None, "given twice"),
+    ],
+    ids=["overlap", "mixed-runs", "twice"],
+)
+def test_shards_that_are_not_one_run_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], second: set[str] | None, message: str
+) -> None:
+    records = [{**r, "run_key": "k"} for r in REFINED]
+    first = write(tmp_path / "first.jsonl", [r for r in records if r["problem_id"] != "HumanEval/1"])
+    if second is None:
+        other = first
+    else:
+        run_key = "other" if "another run" in message else "k"
+        other = write(tmp_path / "second.jsonl",
+                      [{**r, "run_key": run_key} for r in records if r["problem_id"] in second])
+    for command in (["report", str(first), str(other)], ["compare", str(tmp_path), str(first)]):
+        if second is None and command[0] == "compare":
+            continue
+        assert main(command) == 2
+        out, err = capsys.readouterr()
+        assert out == ""
+        assert err.startswith(f"pytest-codegen: error: {other}: ") and message.format(first=first) in err
+
+
+def test_shards_of_a_pytest_run_split_with_problems_merge_into_the_whole_run(
+    pytester: pytest.Pytester, capsys: pytest.CaptureFixture[str]
+) -> None:
+    humaneval = str(Path(__file__).resolve().parent.parent / "benchmarks" / "humaneval")
+    problems = [f"HumanEval/{i}" for i in range(6)]
+    args = [humaneval, "--pipeline=null", "--samples=2", "-p", "no:cacheprovider"]
+    pytester.runpytest_subprocess(*args, f"--problems={','.join(problems)}", "--codegen-results=whole.jsonl")
+    for i, part in enumerate((problems[:2], problems[2:])):
+        pytester.runpytest_subprocess(*args, f"--problems={','.join(part)}", f"--codegen-results=shards/{i}.jsonl")
+    capsys.readouterr()  # the runs' output
+    assert main(["report", str(pytester.path / "whole.jsonl")]) == 0
+    whole = capsys.readouterr().out
+    assert "humaneval    12       0         0.000     12" in whole
+    assert main(["report", str(pytester.path / "shards")]) == 0
+    assert capsys.readouterr().out == whole
+    # A shard of another run (other settings) is refused.
+    pytester.runpytest_subprocess(*args, "--problems=HumanEval/7", "--exec-memory=512",
+                                  "--codegen-results=shards/2.jsonl")
+    capsys.readouterr()
+    assert main(["report", str(pytester.path / "shards")]) == 2
+    assert "holds records of another run" in capsys.readouterr().err

@@ -6,13 +6,13 @@ from pytest_codegen.pipelines import build_pipeline
 from pytest_codegen.pipelines.genome import GenomeError, genome_from_dict, load_genome
 from pytest_codegen.pipelines.loop import derive_seed
 from pytest_codegen.problems import Problem, TestCase
+from pytest_codegen.record import Record
 from pytest_codegen.report import (
     net_effect_table,
     render_tables,
     solved_after_round_table,
     transition_table,
 )
-from pytest_codegen.results import build_record
 from pytest_codegen.settings import RunSettings
 from pytest_codegen.verdict import judge, judge_rounds
 
@@ -50,7 +50,7 @@ def run(settings, models, sandbox, problems=(ADD, SUB, MUL)):
     for problem in problems:
         solution = pipeline.solve(problem, 0)
         result = judge(sandbox, problem, solution.program)
-        records.append(build_record(solution, result, round_verdicts=judge_rounds(sandbox, solution, result)))
+        records.append(Record.build(solution, result, round_verdicts=judge_rounds(sandbox, solution, result)))
     return records
 
 
@@ -62,15 +62,15 @@ def models():
 
 def test_single_pipeline_generates_once(models, sandbox):
     records = run(RunSettings(pipeline="single", model="gen"), models, sandbox)
-    assert [r["outcome_class"] for r in records] == ["NameError", "AssertionError", "passed"]
-    assert all(len(r["rounds"]) == 1 for r in records)
-    assert records[0]["rounds"][0]["model"] == "gen"
+    assert [r.outcome_class for r in records] == ["NameError", "AssertionError", "passed"]
+    assert all(len(r.rounds) == 1 for r in records)
+    assert records[0].rounds[0].model == "gen"
 
 
 def test_refine_fixes_name_errors_only_and_tables_match(models, sandbox):
     settings = RunSettings(pipeline="refine", generator="gen", refiner="fixer", rounds=3)
     records = run(settings, models, sandbox)
-    assert [r["round_outcomes"] for r in records] == [
+    assert [list(r.round_outcomes) for r in records] == [
         ["NameError", "passed"],
         ["AssertionError"] * 4,
         ["passed"],
@@ -90,7 +90,7 @@ def test_refine_fixes_name_errors_only_and_tables_match(models, sandbox):
 def test_hidden_feedback_shows_scoring_tests_and_is_recorded(models, sandbox):
     settings = RunSettings(pipeline="refine", generator="gen", refiner="fixer", feedback="hidden")
     records = run(settings, models, sandbox, problems=(SUB,))
-    assert records[0]["feedback"] == "hidden"
+    assert records[0].feedback == "hidden"
     assert any("candidate(5, 1)" in r.messages[-1].content for r in models.get("fixer").requests)
 
 
@@ -102,7 +102,7 @@ def test_no_early_stop_measures_regressions(sandbox):
     settings = RunSettings(pipeline="refine", generator="gen", refiner="flaky", rounds=2,
                            early_stop=False)
     records = run(settings, models, sandbox, problems=(MUL,))
-    assert records[0]["round_outcomes"] == ["passed", "AssertionError", "passed"]
+    assert list(records[0].round_outcomes) == ["passed", "AssertionError", "passed"]
     rows = [line.split() for line in net_effect_table(records).splitlines()[2:]]
     assert rows == [["1", "0", "1", "-1"], ["2", "1", "0", "1"]]
     assert "first-round passes broken by a later round: 0" in render_tables(records)
@@ -123,9 +123,9 @@ def test_analyzer_diagnosis_reaches_the_refiner(sandbox):
     )
     settings = RunSettings(pipeline="refine", generator="gen", refiner="fixer", analyzer="doctor")
     records = run(settings, models, sandbox, problems=(ADD,))
-    assert [r["role"] for r in records[0]["rounds"]] == ["generate", "analyze", "refine"]
+    assert [r.role for r in records[0].rounds] == ["generate", "analyze", "refine"]
     assert "The name bb is undefined" in seen[0]
-    assert records[0]["passed"]
+    assert records[0].passed
 
 
 def test_text_pipeline_reviews_without_execution_feedback(sandbox):
@@ -137,10 +137,10 @@ def test_text_pipeline_reviews_without_execution_feedback(sandbox):
     )
     settings = RunSettings(pipeline="text", generator="gen", refiner="fixer", critic="critic", rounds=2)
     records = run(settings, models, sandbox, problems=(SUB,))
-    assert [r["role"] for r in records[0]["rounds"]] == ["generate", "critic", "refine", "critic", "refine"]
+    assert [r.role for r in records[0].rounds] == ["generate", "critic", "refine", "critic", "refine"]
     assert all("Outcome:" not in text and "AssertionError" not in text for text in seen)
     assert "Looks wrong" in seen[0]
-    assert records[0]["passed"]
+    assert records[0].passed
 
 
 def test_missing_typing_import_is_never_a_name_error(sandbox):
@@ -152,8 +152,8 @@ def test_missing_typing_import_is_never_a_name_error(sandbox):
     bare = "def has_close_elements(numbers: List[float], threshold: float) -> bool:\n" + body
     models = FakeModels(gen=ScriptedBackend("gen", lambda text: fenced(bare)))
     records = run(RunSettings(pipeline="refine", model="gen"), models, sandbox, problems=(problem,))
-    assert records[0]["outcome_class"] == "passed"
-    assert records[0]["round_outcomes"] == ["passed"]
+    assert records[0].outcome_class == "passed"
+    assert list(records[0].round_outcomes) == ["passed"]
 
 
 def test_seeds_differ_per_problem_sample_round_and_role_and_follow_the_base_seed():
@@ -193,10 +193,10 @@ def test_study_genome_runs_unchanged(tmp_path, sandbox):
         "gemma3:1b": ScriptedBackend("g", lambda text: "diagnosis"),
     })
     records = run(RunSettings(pipeline=str(path)), models, sandbox)
-    assert [r["passed"] for r in records] == [True, False, True]
+    assert [r.passed for r in records] == [True, False, True]
     # sub: 2 iterations of stage 1, then analyzer + refiner of stage 2
-    assert [r["role"] for r in records[1]["rounds"]] == ["generate", "refine", "refine", "analyze", "refine"]
-    assert records[1]["rounds"][0]["template_hash"]
+    assert [r.role for r in records[1].rounds] == ["generate", "refine", "refine", "analyze", "refine"]
+    assert records[1].rounds[0].template_hash
     assert models.get("qwen2.5:1.5b").requests[0].messages[0].content == "Output ONLY the function code."
 
 
@@ -221,5 +221,5 @@ def test_base_model_refinement_continues_a_started_function(sandbox):
     records = run(RunSettings(pipeline="refine", model="base"), models, sandbox, problems=(task,))
     prompt = models.get("base").requests[1].prompt
     assert prompt.startswith("# Task:") and "# It failed:" in prompt
-    assert records[0]["round_outcomes"] == ["AssertionError", "passed"]
-    assert records[0]["program"] == "def neg(x):\n    return -x\n"
+    assert list(records[0].round_outcomes) == ["AssertionError", "passed"]
+    assert records[0].program == "def neg(x):\n    return -x\n"

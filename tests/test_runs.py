@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_codegen.results import read_records, without_run_facts
+from pytest_codegen.results import read_records
 
 REPO = Path(__file__).resolve().parent.parent
 HUMANEVAL = str(REPO / "benchmarks" / "humaneval")
@@ -18,7 +18,7 @@ HUMANEVAL = str(REPO / "benchmarks" / "humaneval")
 
 def comparable(path: Path) -> list[str]:
     """A results file as a sorted list of records, wall-clock facts left out."""
-    return sorted(json.dumps(without_run_facts(r), sort_keys=True) for r in read_records(path))
+    return sorted(json.dumps(r.without_run_facts(), sort_keys=True) for r in read_records(path))
 
 
 def test_samples_make_items_with_sample_ids(pytester):
@@ -132,7 +132,7 @@ def test_killing_an_xdist_worker_loses_no_item(pytester, monkeypatch):
     assert (pytester.path / "killed").exists()
     assert "replacing crashed worker" in output
     records = list(read_records(pytester.path / "r.jsonl"))
-    assert sorted(r["problem_id"] for r in records) == sorted(problems.split(","))
+    assert sorted(r.problem_id for r in records) == sorted(problems.split(","))
     result.stdout.fnmatch_lines(["humaneval * 40 * 40 * 1.000"])
     assert result.ret == pytest.ExitCode.OK, output[-3000:]
     assert " skipped" not in output
@@ -152,6 +152,6 @@ def test_resume_after_a_killed_worker_is_decided_once_on_the_controller(pytester
     result = pytester.runpytest_subprocess(*args, f"--problems={everything}", "-n", "2", "-p", "codegen_killer")
     assert (pytester.path / "killed").exists()
     records = list(read_records(pytester.path / "r.jsonl"))
-    assert sorted(r["problem_id"] for r in records) == sorted(everything.split(","))
+    assert sorted(r.problem_id for r in records) == sorted(everything.split(","))
     result.stdout.fnmatch_lines(["humaneval * 40 * 40 * 1.000", "(20 items resumed from the results file)"])
     assert result.ret == pytest.ExitCode.OK

@@ -140,13 +140,15 @@ def test_control_characters_and_ansi_are_stripped_from_class_names(box):
 
 
 def test_tables_count_passes_from_the_passed_flag_only():
-    from pytest_codegen.report import outcome_table, pass_at_1
+    from pytest_codegen.record import Record
+    from pytest_codegen.report import outcome_table
+    from pytest_codegen.stats import pass_at_1
 
-    records = [
+    records = [Record.from_dict(r) for r in (
         {"benchmark": "b", "problem_id": "p1", "passed": True, "outcome_class": "passed"},
         {"benchmark": "b", "problem_id": "p2", "passed": False, "outcome_class": "passed"},
         {"benchmark": "b", "problem_id": "p3", "passed": False, "outcome_class": "\x1b[31mX"},
-    ]
+    )]
     table = outcome_table(records).splitlines()
     assert table[0].split() == ["benchmark", "items", "passed", "pass@1", "X", "unknown"]
     assert table[2].split() == ["b", "3", "1", "0.333", "1", "1"]

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pytest_codegen.record import Record
 from pytest_codegen.stats import (
     PROBLEM_PAIRING,
     SAMPLE_PAIRING,
@@ -19,15 +20,15 @@ from pytest_codegen.stats import (
     bootstrap_interval,
     compare,
     mcnemar_exact,
-    normalize,
     pass1_summary,
+    pass_at_1,
     pass_at_k,
     pass_at_k_table,
 )
 
 
-def record(problem: str, sample: int, passed: bool, benchmark: str = "humaneval", **extra: Any) -> dict[str, Any]:
-    return {
+def record(problem: str, sample: int, passed: bool, benchmark: str = "humaneval", **extra: Any) -> Record:
+    return Record.from_dict({
         "benchmark": benchmark,
         "problem_id": problem,
         "sample": sample,
@@ -35,10 +36,10 @@ def record(problem: str, sample: int, passed: bool, benchmark: str = "humaneval"
         "passed": passed,
         "outcome_class": "passed" if passed else "AssertionError",
         **extra,
-    }
+    })
 
 
-def run(table: dict[str, list[bool]], benchmark: str = "humaneval", **extra: Any) -> list[dict[str, Any]]:
+def run(table: dict[str, list[bool]], benchmark: str = "humaneval", **extra: Any) -> list[Record]:
     """Records of a run from {problem: [passed of sample 0, sample 1, ...]}."""
     return [
         record(problem, s, passed, benchmark, **extra)
@@ -128,15 +129,12 @@ def test_bootstrap_interval_is_seeded_and_sane() -> None:
     assert wide[0] <= first[0] and wide[1] >= first[1]
 
 
-def test_normalize_fills_optional_fields_and_names_missing_ones() -> None:
-    done = normalize({"benchmark": "b", "problem_id": "p", "outcome_class": "passed"})
-    assert (done["sample"], done["passed"]) == (0, True)
-    failed = normalize({"benchmark": "b", "problem_id": "p", "passed": False})
-    assert failed["outcome_class"] == "unknown"
-    with pytest.raises(StatsError, match="problem_id"):
-        normalize({"benchmark": "b", "passed": True, "nodeid": "x::y"})
-    with pytest.raises(StatsError, match="passed"):
-        normalize({"benchmark": "b", "problem_id": "p"})
+def test_pass_at_1_is_the_summary_mean_and_weighs_problems_equally() -> None:
+    # p1 has 3 samples (1 passes), p2 one (passes): (1/3 + 1) / 2, not 2 passes of 4 items.
+    records = run({"p1": [T, F, F], "p2": [T]}) + run({"m1": [F]}, benchmark="mbpp")
+    assert pass_at_1(records) == pytest.approx({"humaneval": 2 / 3, "mbpp": 0.0})
+    summary = pass1_summary(records)
+    assert {name: s.mean for name, s in summary.items()} == pass_at_1(records)
 
 
 def test_duplicate_items_are_refused() -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from pytest_codegen.cli import main
+from pytest_codegen.record import Record
 from pytest_codegen.study import (
     STUDY_PLAN,
     Cell,
@@ -96,7 +97,7 @@ def test_breakdown_separates_harness_faults_from_wrong_answers() -> None:
         record("e", ["NameError"], message="NameError: name 'math' is not defined"),
         record("f", ["AssertionError"]),
     ]
-    counts = failure_breakdown(records, {"d": "solve", "e": "solve"})
+    counts = failure_breakdown([Record.from_dict(r) for r in records], {"d": "solve", "e": "solve"})
     assert counts == {"passed": 1, "no code extracted": 1, "truncated at max tokens": 1,
                       "entry point missing or misnamed": 1, "NameError (undefined helper or import)": 1,
                       "wrong answer (AssertionError)": 1}

@@ -22,6 +22,8 @@ from tabulate import tabulate
 
 from ..pipelines.genome import Genome, genome_from_dict
 from ..problems import Problem
+from ..record import Record
+from ..results import ResultsWriter
 from ..stats import BenchmarkComparison, Comparison, compare, render_comparison
 from .config import SearchConfig, SearchState
 from .evaluate import EvalJob, EvalResult, Evaluator, canonical, evaluation_seed, plain
@@ -94,17 +96,16 @@ def describe(genome: Genome) -> str:
 
 
 def _records(label: str, problems: list[Problem], results: list[EvalResult], seeds: list[int],
-             feedback: str, genome: Genome) -> list[dict[str, Any]]:
-    """Results-file shaped records (what stats.compare and `pytest-codegen compare` read)."""
-    records = []
-    for k, (seed, result) in enumerate(zip(seeds, results)):
-        for problem, passed, outcome in zip(problems, result.passed, result.classes):
-            records.append({
-                "benchmark": problem.benchmark, "problem_id": problem.id, "sample": k,
-                "passed": passed, "outcome_class": outcome, "feedback": feedback,
-                "pipeline": f"evolve-{label}", "seed": seed, "genome": plain(genome),
-            })
-    return records
+             feedback: str, genome: Genome) -> list[Record]:
+    """The held-out items as records (what stats.compare and `pytest-codegen compare` read),
+    sample k being evaluation seed k."""
+    properties = {"feedback": feedback, "genome": plain(genome)}
+    return [
+        Record(benchmark=problem.benchmark, problem_id=problem.id, passed=passed, outcome_class=outcome,
+               sample=k, pipeline=f"evolve-{label}", properties={**properties, "seed": seed})
+        for k, (seed, result) in enumerate(zip(seeds, results))
+        for problem, passed, outcome in zip(problems, result.passed, result.classes)
+    ]
 
 
 def select_and_report(config: SearchConfig, state: SearchState, evaluator: Evaluator,
@@ -158,9 +159,12 @@ def select_and_report(config: SearchConfig, state: SearchState, evaluator: Evalu
     _write_json(out / "champion.json", {"fitness": assessed["champion"].search_fitness,
                                         "genome": plain(champion)})
     for label in ("champion", "baseline"):
-        with (out / f"holdout-{label}.jsonl").open("w", encoding="utf-8") as file:
+        writer = ResultsWriter(out / f"holdout-{label}.jsonl")
+        try:
             for record in records[label]:
-                file.write(json.dumps(record) + "\n")
+                writer.write(record)
+        finally:
+            writer.close()
 
     result = SelectionResult(
         champion=assessed["champion"], baseline=assessed["baseline"], comparison=comparison,

@@ -38,23 +38,21 @@ def load_benchmark(name: str, mbpp_data: str | None = None) -> tuple[Problem, ..
 
 def difficulty_rates(path: str | Path, benchmark: str | None = None) -> dict[str, float]:
     """problem id -> pass rate over that file's records (of `benchmark`, when given)."""
-    from ..results import read_records
+    from ..results import ResultsFileError, read_run
 
     if not Path(path).is_file():
         raise SubsetError(f"{path}: no such results file")
-    tally: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for record in read_records(path):
-        if "problem_id" not in record or ("passed" not in record and "outcome_class" not in record):
-            continue
-        if benchmark is not None and record.get("benchmark", benchmark) != benchmark:
-            continue
-        passed = record["passed"] if "passed" in record else record["outcome_class"] == "passed"
-        counts = tally[str(record["problem_id"])]
-        counts[0] += bool(passed)
-        counts[1] += 1
+    try:
+        records = read_run([path])
+    except ResultsFileError as error:
+        raise SubsetError(f"{path}: {error}") from None
+    tally: dict[str, list[bool]] = defaultdict(list)
+    for record in records:
+        if benchmark is None or record.benchmark == benchmark:
+            tally[record.problem_id].append(record.passed)
     if not tally:
         raise SubsetError(f"{path}: no records of {benchmark or 'any benchmark'} with a verdict")
-    return {pid: passed / total for pid, (passed, total) in tally.items()}
+    return {pid: sum(passed) / len(passed) for pid, passed in tally.items()}
 
 
 def stratified_sample(
