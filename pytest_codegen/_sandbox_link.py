@@ -40,10 +40,16 @@ class Broken(Exception):
 
 
 class Zygote:
-    """A child forked ahead of a job, confined as far as possible without knowing the job."""
+    """A child forked ahead of a job, confined as far as possible without knowing the job.
 
-    def __init__(self, pid: int, req_w: int, res_r: int, out_r: int, pidfd: int | None, work: str | None):
-        self.pid, self.req_w, self.res_r, self.out_r, self.pidfd = pid, req_w, res_r, out_r, pidfd
+    `pid` is its pid as the forker knows it (in the sandbox's PID namespace), `host_pid` its
+    pid here (None if it was gone before the server looked): for signals and /proc.
+    """
+
+    def __init__(self, pid: int, host_pid: int | None, req_w: int, res_r: int, out_r: int, pidfd: int | None,
+                 work: str | None):
+        self.pid, self.host_pid = pid, host_pid
+        self.req_w, self.res_r, self.out_r, self.pidfd = req_w, res_r, out_r, pidfd
         self.work = work
         self.reaped = False
 
@@ -63,14 +69,15 @@ class Zygote:
         try:
             if self.pidfd is not None:
                 signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
-            else:
-                os.kill(self.pid, signal.SIGKILL)
+            elif self.host_pid is not None:
+                os.kill(self.host_pid, signal.SIGKILL)
         except OSError:
             pass
-        try:
-            os.killpg(self.pid, signal.SIGKILL)  # its session/process group, while it still exists
-        except OSError:
-            pass
+        if self.host_pid is not None:
+            try:
+                os.killpg(self.host_pid, signal.SIGKILL)  # its session/process group, while it still exists
+            except OSError:
+                pass
 
 
 class ForkerLink:
@@ -86,14 +93,31 @@ class ForkerLink:
         self.zygote_work: list[str | None] = []  # work dirs of requested zygotes, in order
         self.exits: dict[int, tuple[int, Usage]] = {}  # zygote pid -> (wait status, usage)
         self.runs = 0
+        self.pidns = False  # the forker is in a PID namespace of its own
+        self.init: tuple[int, int] | None = None  # its first process: pid, the pipe that keeps it
         self.pid, self.sock, self.subreaper = self._start(rewriter, site_packages)
 
     def _start(self, rewriter: bool, site_packages: list[str]) -> tuple[int, _socket.socket, bool]:
         """Start the forker: a fresh interpreter in this server's namespaces and mounts that
         loads only the children's side (see `_sandbox_forker`). It inherits fds 0-2 (0 and 1
-        are /dev/null) and its end of a socket pair; no other fd of the server is inheritable."""
-        ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
+        are /dev/null) and its end of a socket pair; no other fd of the server is inheritable.
+
+        With a minimal root, it is in a new PID namespace (the server's children from then on
+        are in it; the server is not), with a /proc of its own. What could be done of that and
+        of forbidding user namespaces goes to the isolation."""
         iso = self.iso
+        if iso.minimal_root:
+            try:
+                isolation.unshare(isolation.CLONE_NEWPID)
+                self.init, proc = self._start_init()
+                self.pidns = True
+                if proc:
+                    iso.namespaces.append("pid")
+                else:
+                    iso.missing.append("no /proc of the PID namespace (the host's processes show)")
+            except OSError as e:
+                iso.missing.append(f"no PID namespace ({e.strerror})")
+        ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
         config = {
             "server_pid": self.server_pid, "sock": theirs.fileno(), "rewriter": rewriter,
             "site_packages": site_packages,
@@ -110,9 +134,61 @@ class ForkerLink:
             theirs.close()
         ready, _, _ = select.select([ours], [], [], 60.0)
         hello = ours.recv(16) if ready else b""
-        if hello[:1] != b"H":
+        if hello[:1] != b"H" or len(hello) != 3:
             raise RuntimeError("the forker did not start")
+        if hello[2:3] == b"1":
+            iso.no_userns = True
+        else:
+            iso.missing.append("user namespaces not blocked (no seccomp filter)")
         return pid, ours, hello[1:2] == b"1"
+
+    @staticmethod
+    def _start_init() -> tuple[tuple[int, int], bool]:
+        """The PID namespace's first process, a fork of this server: it mounts the namespace's
+        /proc over the host's (a process in the namespace must, and a fresh interpreter would
+        have no capabilities left in a user namespace), then waits for the server to go.
+        ((pid, the pipe that keeps it), whether /proc is mounted.)
+
+        Not the forker: a candidate's `kill(-1)` (the harness's last step as the sandbox uid)
+        fails with ESRCH when it finds no process to try but the first; the forker is one.
+        When this process ends (the server gone, its pipe closed), the kernel kills every
+        process of the namespace.
+        """
+        keep, hold = os.pipe()
+        told, tell = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(told)
+                try:
+                    flags = isolation.MS_NOSUID | isolation.MS_NODEV | isolation.MS_NOEXEC
+                    isolation.mount("proc", "/proc", "proc", flags)
+                    os.write(tell, b"1")
+                except OSError:
+                    os.write(tell, b"0")
+                for low, high in ((3, keep), (keep + 1, 1 << 16)):  # none of the server's fds
+                    os.closerange(low, high)
+                while os.read(keep, 1):
+                    pass
+            finally:
+                os._exit(0)
+        os.close(keep)
+        os.close(tell)
+        proc = os.read(told, 1) == b"1"
+        os.close(told)
+        return (pid, hold), proc
+
+    def close(self) -> None:
+        """End the forker (it exits when its socket closes, and its zygote with it: PDEATHSIG)
+        and the PID namespace."""
+        self.sock.close()
+        for pid, hold in ((self.pid, None), *([self.init] if self.init else [])):
+            if hold is not None:
+                os.close(hold)
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
 
     # --- messages ---------------------------------------------------------------------
 
@@ -149,13 +225,14 @@ class ForkerLink:
             self.exits[pid] = (status, Usage(utime, stime, maxrss))
         elif data[:1] == b"Z" and len(data) == forker.SPAWNED.size and len(fds) in (3, 4) and self.zygote_requested:
             _, pid = forker.SPAWNED.unpack(data)
+            host_pid = procs.host_pid(self.pid, pid) if self.pidns else pid
             pidfd = fds[3] if len(fds) == 4 else None
             for fd in fds[1:3]:
                 try:
                     fcntl.fcntl(fd, 1031, 1 << 20)  # F_SETPIPE_SZ: fewer wake-ups for chatty programs
                 except OSError:
                     pass
-            self.zygote = Zygote(pid, fds[0], fds[1], fds[2], pidfd, self.zygote_work.pop(0))
+            self.zygote = Zygote(pid, host_pid, fds[0], fds[1], fds[2], pidfd, self.zygote_work.pop(0))
             self.zygote_requested = False
         else:
             for fd in fds:
@@ -247,7 +324,7 @@ class ForkerLink:
         if children is None:
             children = set(procs.descendants(self.pid))
         if self.zygote is not None:
-            children.discard(self.zygote.pid)
+            children.discard(self.zygote.host_pid)
         return children
 
     def settle(self, timeout: float = 1.0) -> bool:
@@ -279,7 +356,7 @@ class ForkerLink:
                     os.killpg(pgid, signal.SIGKILL)
                 except OSError:
                     pass
-            spare = {self.pid, self.zygote.pid if self.zygote is not None else 0}
+            spare = {self.pid, self.zygote.host_pid if self.zygote is not None else 0, self.init[0] if self.init else 0}
             for pid in procs.descendants(self.server_pid):
                 if pid not in spare:
                     try:

@@ -13,16 +13,32 @@ import signal
 import time
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# This process's /proc, taken at import: the isolation set-up later covers /proc with the
+# sandbox's own (its PID namespace's), where the server's processes have other numbers or none.
+PROC = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+def read(path: str) -> bytes:
+    """A file under this process's /proc (`path` relative to it)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC, dir_fd=PROC)
+    try:
+        chunks = [os.read(fd, 1 << 16)]
+        while chunks[-1]:
+            chunks.append(os.read(fd, 1 << 16))
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
+
+
+def _pids() -> list[str]:
+    return [entry for entry in os.listdir(PROC) if entry.isdigit()]
 
 
 def _proc_children() -> dict[int, list[int]]:
     children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for entry in _pids():
         try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
+            stat = read(f"{entry}/stat")
         except OSError:
             continue
         fields = stat[stat.rfind(b")") + 2 :].split()
@@ -44,17 +60,33 @@ def descendants(root: int) -> list[int]:
 def children(pid: int) -> set[int] | None:
     """The direct children of a single-threaded process; None where /proc cannot say."""
     try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return {int(child) for child in f.read().split()}
+        return {int(child) for child in read(f"{pid}/task/{pid}/children").split()}
     except (OSError, ValueError):
         return None
 
 
-def proc_cpu(pid: int) -> float | None:
+def host_pid(parent: int, pid: int) -> int | None:
+    """The pid here of the child of `parent` (a pid here) whose pid is `pid` in its own PID
+    namespace (the same, without one); None if there is no such child."""
+    for child in children(parent) or ():
+        try:
+            status = read(f"{child}/status")
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith(b"NSpid:"):
+                if int(line.split()[-1]) == pid:
+                    return child
+                break
+    return None
+
+
+def proc_cpu(pid: int | None) -> float | None:
     """The CPU time (user + system, seconds) of process `pid` so far; None if it is gone."""
+    if pid is None:
+        return None
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
+        stat = read(f"{pid}/stat")
         fields = stat[stat.rfind(b")") + 2 :].split()
         return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
     except (OSError, ValueError, IndexError):
@@ -64,12 +96,9 @@ def proc_cpu(pid: int) -> float | None:
 def uid_tasks(uid: int) -> int:
     """How many tasks (threads count, as for RLIMIT_NPROC) run as `uid`."""
     n = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for entry in _pids():
         try:
-            with open(f"/proc/{entry}/status") as f:
-                status = f.read()
+            status = read(f"{entry}/status").decode()
         except OSError:
             continue
         uid_line = re.search(r"^Uid:\s+(\d+)", status, re.M)
@@ -86,7 +115,10 @@ def kill_uid(uid: int | None, gid: int | None) -> bool:
     gets every process of the uid, including one being forked at that moment.
     """
     assert uid is not None and gid is not None and uid != 0
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:  # the sandbox's PID namespace is gone (and every process in it)
+        return False
     if pid == 0:
         try:
             os.setgroups([])

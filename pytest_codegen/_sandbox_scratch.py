@@ -16,9 +16,11 @@ import typing
 if typing.TYPE_CHECKING:
     from pytest_codegen import _sandbox_forker as forker
     from pytest_codegen import _sandbox_isolation as isolation
+    from pytest_codegen import _sandbox_procs as procs
 else:
     import _sandbox_forker as forker
     import _sandbox_isolation as isolation
+    import _sandbox_procs as procs
 
 # Reads of /proc listings: under glibc's mmap threshold, so each read is not an mmap/munmap
 # pair (which also raises the threshold and leaves the heap bigger for every fork)
@@ -113,7 +115,9 @@ def remove_tree(path: str) -> bool:
 
 
 class Scratch:
-    """The scratch space of an isolation that has one (`iso.scratch`)."""
+    """The scratch space of an isolation that has one (`iso.scratch`): a tmpfs per scratch
+    directory, and in them the read-only mounts that hold interpreter paths (`iso.pinned`),
+    which the clean-up keeps."""
 
     def __init__(self, iso: isolation.Isolation) -> None:
         self.iso = iso
@@ -153,7 +157,7 @@ class Scratch:
             emptied = True
             for d in iso.scratch_dirs:
                 with os.scandir(d) as found:
-                    entries = list(found)
+                    entries = [entry for entry in found if entry.path not in iso.pinned]
                 for entry in entries:
                     if entry.is_dir(follow_symlinks=False):
                         emptied = remove_tree(entry.path) and emptied  # never leaves the tmpfs
@@ -174,15 +178,21 @@ class Scratch:
 
     def renew(self) -> None:
         """Replace every scratch directory's tmpfs by a fresh, empty one (the old one goes
-        once nothing uses it: every process of the run is gone), and make the work dir."""
+        once nothing uses it: every process of the run is gone), the pinned paths moved over
+        to it, and make the work dir."""
+        aside = [(p, f"{isolation.STAGE_DIR}/{i}") for i, p in enumerate(self.iso.pinned)]
+        for p, spot in aside:
+            isolation.mount(p, spot, None, isolation.MS_MOVE)
         size = f"size={max(self.iso.scratch_mb, 1)}m,nr_inodes=8192"
         for d in self.iso.scratch_dirs:
-            mode = self.modes.get(d, 0o1777)
             try:
                 isolation.umount(d)
             except OSError:
                 pass  # mounted over below all the same
-            isolation.mount("tmpfs", d, "tmpfs", isolation.MS_NOSUID | isolation.MS_NODEV, f"{size},mode={mode:o}")
+            isolation.mount("tmpfs", d, "tmpfs", isolation.MS_NOSUID | isolation.MS_NODEV, f"{size},mode=1777")
+        for p, spot in aside:
+            os.mkdir(p, 0o755)
+            isolation.mount(spot, p, None, isolation.MS_MOVE)
         self.make_work_dir()
 
     def make_work_dir(self) -> None:
@@ -196,10 +206,9 @@ class Scratch:
         size_mb = max(size_mb, 1)
         if size_mb == self.iso.scratch_mb:
             return
-        for d in self.iso.scratch_mounts:
-            mode = "755" if d == "/run" else "1777"
+        for d in self.iso.scratch_dirs:
             flags = isolation.MS_REMOUNT | isolation.MS_NOSUID | isolation.MS_NODEV
-            isolation.mount(None, d, None, flags, f"size={size_mb}m,nr_inodes=8192,mode={mode}")
+            isolation.mount(None, d, None, flags, f"size={size_mb}m,nr_inodes=8192,mode=1777")
         self.iso.scratch_mb = size_mb
 
 
@@ -221,13 +230,13 @@ class Ipc:
         if "ipc" in iso.namespaces:
             for kind in ("shm", "msg", "sem"):
                 try:
-                    self.sysvipc[kind] = os.open(f"/proc/sysvipc/{kind}", os.O_RDONLY)
+                    self.sysvipc[kind] = os.open(f"sysvipc/{kind}", os.O_RDONLY | os.O_CLOEXEC, dir_fd=procs.PROC)
                 except OSError:
                     pass
         self.key_users: int | None = None
         if iso.uid is not None:
             try:
-                self.key_users = os.open("/proc/key-users", os.O_RDONLY)
+                self.key_users = os.open("key-users", os.O_RDONLY | os.O_CLOEXEC, dir_fd=procs.PROC)
             except OSError:
                 pass
 

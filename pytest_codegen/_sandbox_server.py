@@ -300,7 +300,7 @@ class Server:
                 st.timed_out = True
                 break
             if now >= cpu_check:
-                used = procs.proc_cpu(z.pid) if not z.reaped else None
+                used = procs.proc_cpu(z.host_pid) if not z.reaped else None
                 if used is not None and used >= cpu_limit:
                     st.cpu_timed_out, st.cpu_seen = True, used
                     break
@@ -332,7 +332,7 @@ class Server:
                 break
         st.seconds = time.monotonic() - run.t0
         if not z.reaped and st.cpu_seen is None:  # its CPU time, while /proc still has it
-            st.cpu_seen = procs.proc_cpu(z.pid)
+            st.cpu_seen = procs.proc_cpu(z.host_pid)
             if st.cpu_seen is None and st.end:  # gone already: its rusage is on its way
                 self._wait_child(run, block=True)
         self._drain(run, budget=0.0)  # what is already in the pipes belongs to this run
@@ -414,7 +414,7 @@ class Server:
                 procs.kill_uid(self.iso.uid, self.iso.gid)
             st.leftovers = not link.settle()
         else:
-            st.leftovers = not link.sweep(z.pid)
+            st.leftovers = not link.sweep(z.host_pid)
         if forced:
             self._drain(run, budget=1.0)
         if st.leftovers:
@@ -535,11 +535,7 @@ class Server:
                 step()
             except (Broken, OSError):
                 pass  # the forker is gone: what it left is swept up below
-        self.link.sock.close()  # the forker exits, and its zygote with it (PDEATHSIG)
-        try:
-            os.waitpid(self.link.pid, 0)
-        except ChildProcessError:
-            pass
+        self.link.close()
         if self.iso.uid is not None:
             procs.kill_uid(self.iso.uid, self.iso.gid)
         else:
