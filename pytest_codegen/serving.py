@@ -35,11 +35,12 @@ BATCHED_KEY = "codegen_model_server_batched"
 MAX_SLOTS = 64
 
 
-def check_model_server(value: str) -> None:
-    """`--model-server`: embedded, in-process or an http(s) URL; a ValueError otherwise."""
+def check_model_server(value: str, option: str = "--model-server") -> None:
+    """`--model-server` (or the ini key `option`): embedded, in-process or an http(s) URL; a
+    ValueError otherwise."""
     if value in (EMBEDDED, IN_PROCESS) or value.startswith(("http://", "https://")):
         return
-    raise ValueError(f"--model-server {value!r}: expected 'embedded', 'in-process' or the base "
+    raise ValueError(f"{option} {value!r}: expected 'embedded', 'in-process' or the base "
                      "URL of an OpenAI-compatible server (http://HOST:PORT/v1)")
 
 

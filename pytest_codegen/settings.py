@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 
@@ -65,24 +66,29 @@ def run_key(settings: RunSettings, genome: dict | None = None) -> str:
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def check_options(settings: RunSettings, *, samples: int | None = None, min_pass: float | None = None) -> None:
+def check_options(settings: RunSettings, *, samples: int | None = None, min_pass: float | None = None,
+                  names: Mapping[str, str] | None = None) -> None:
     """Refuse settings no run can mean, naming the option: a ValueError per bad value.
+
+    `names`: how to name a setting that did not come from its command-line option (an ini
+    key), by field name.
 
     (A zero memory limit would remove the limit, a zero or NaN timeout would fail or never
     end every run, zero tokens would make generation unbounded.)"""
     import math
 
     problems = []
+    names = names or {}
 
-    def positive(value: float | None, option: str, what: str) -> None:
+    def positive(value: float | None, name: str, option: str, what: str) -> None:
         if value is not None and (not math.isfinite(value) or value <= 0):
-            problems.append(f"{option} must be {what} greater than 0, not {value:g}")
+            problems.append(f"{names.get(name, option)} must be {what} greater than 0, not {value:g}")
 
-    positive(settings.exec_timeout, "--exec-timeout", "a number of seconds")
-    positive(settings.exec_memory_mb, "--exec-memory", "a number of MB")
-    positive(settings.max_tokens, "--max-tokens", "a number of tokens")
-    positive(settings.n_ctx, "--n-ctx", "a context size")
-    positive(settings.threads, "--threads", "a thread count")
+    positive(settings.exec_timeout, "exec_timeout", "--exec-timeout", "a number of seconds")
+    positive(settings.exec_memory_mb, "exec_memory_mb", "--exec-memory", "a number of MB")
+    positive(settings.max_tokens, "max_tokens", "--max-tokens", "a number of tokens")
+    positive(settings.n_ctx, "n_ctx", "--n-ctx", "a context size")
+    positive(settings.threads, "threads", "--threads", "a thread count")
     t = settings.temperature
     if t is not None and (not math.isfinite(t) or t < 0):
         problems.append(f"--temperature must be 0 or more, not {t:g}")
