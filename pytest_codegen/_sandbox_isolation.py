@@ -26,8 +26,10 @@ import typing
 
 if typing.TYPE_CHECKING:
     from pytest_codegen import _sandbox_forker as forker
+    from pytest_codegen._sandbox_memcg import MemoryCap
 else:
     import _sandbox_forker as forker
+    from _sandbox_memcg import MemoryCap
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWIPC = 0x08000000
@@ -124,6 +126,7 @@ class Isolation:
         self.work = "/tmp/work"  # the child's work dir in the scratch space
         self.mqueue: str | None = None  # where this IPC namespace's POSIX message queues show
         self.no_userns = False  # creating user namespaces fails inside (the forker's seccomp filter)
+        self.memory: MemoryCap | None = None  # the runs' memory cgroup
         self.missing: list[str] = []  # mechanisms unavailable here, for the isolation line
         self.notes: list[str] = []
 
@@ -144,6 +147,8 @@ class Isolation:
         if self.minimal_root:
             parts.append("minimal read-only root (interpreter, stdlib, site-packages"
                          f"{'; datasets hidden' if self.datasets_hidden else ''}) + private tmpfs")
+        if self.memory is not None:
+            parts.append(f"memory cgroup v{self.memory.version} (a run's total)")
         if self.no_userns:
             parts.append("no user namespaces")
         if self.uid is None:
@@ -410,6 +415,9 @@ def setup_isolation(cfg: dict) -> Isolation:
         os.setresgid(NOBODY, NOBODY, NOBODY)
         os.setresuid(NOBODY, NOBODY, NOBODY)
         forker.prctl(forker.PR_SET_DUMPABLE, 1)  # like any process that never was root
+    iso.memory, why = MemoryCap.create()  # before the new root hides the cgroup file systems
+    if iso.memory is None:
+        iso.missing.append(why)
     if os.geteuid() == 0:
         try:
             unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC)

@@ -260,6 +260,12 @@ class Server:
         if self.scratch is not None:
             self.scratch.resize(int(lim["file_size_mb"]))
         z = self.link.take_zygote()
+        if self.iso.memory is not None and z.host_pid is not None:
+            try:  # (its job may ask for another limit)
+                self.iso.memory.limit(int(lim["memory_mb"]))
+                self.iso.memory.join(z.host_pid)
+            except OSError:
+                pass  # a zygote that died: the run says so
         run = Run(req, z, RunState(lim, [t[0] for t in tests], token), time.monotonic())
         try:
             forker.write_frame(z.req_w, payload)
@@ -282,7 +288,10 @@ class Server:
             self._stop(run, clean=False)
         if st.sandbox_error:  # the child could not be confined: the sandbox broke, not the program
             return {"ok": False, "error": st.sandbox_error}, run, False
-        return {"ok": True, "result": st.result(self.iso.mode)}, run, clean
+        result = st.result(self.iso.mode)
+        if self.iso.memory is not None and self.iso.memory.capped():
+            result["detail"]["memory_cap_mb"] = self.iso.memory.limit_mb  # it killed a process of the run
+        return {"ok": True, "result": result}, run, clean
 
     def _monitor(self, run: Run, wall: float, cpu_limit: float) -> None:
         """Watch the run until it ends, its CPU time reaches `cpu_limit` (the limit that
@@ -543,6 +552,8 @@ class Server:
             procs.kill_descendants(self.pid)
         if self.iso.run_dir:
             scratch.remove_tree(self.iso.run_dir)
+        if self.iso.memory is not None:
+            self.iso.memory.remove()
 
 
 # ---------------------------------------------------------------------------- main
