@@ -40,6 +40,20 @@ def sandbox():
         yield box
 
 
+# Plugins of this environment that none of the pytest runs the tests start uses: each costs
+# such a run about a second of CPU time per process (hypothesis's plugin imports all of
+# hypothesis at the end of every session, anyio's imports anyio), and the tests start dozens.
+UNUSED_BY_RUNS = "-p no:hypothesispytest -p no:anyio"
+
+
+@pytest.fixture
+def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    """pytester, whose runs (in-process and in subprocesses) leave out `UNUSED_BY_RUNS`; a test
+    that sets PYTEST_ADDOPTS itself replaces that."""
+    monkeypatch.setenv("PYTEST_ADDOPTS", UNUSED_BY_RUNS)
+    return pytester
+
+
 # The default model is fetched on first use; the tests never fetch a model (CI must not download
 # the Qwen files). Tests of the fetching paths unset this and serve fake packages locally.
 os.environ.setdefault("CODEGEN_OFFLINE", "1")
