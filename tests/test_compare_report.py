@@ -288,24 +288,37 @@ def test_shards_that_are_not_one_run_are_refused(
         assert err.startswith(f"pytest-codegen: error: {other}: ") and message.format(first=first) in err
 
 
+TOY_SUITE = """
+import pytest
+from pytest_codegen import Problem, TestCase
+
+PROBLEMS = [Problem(id=f"toy/{i}", benchmark="toy", entry_point="f", prompt="f()", canonical_solution="",
+                    tests=(TestCase("t0", "assert f() == 1"),)) for i in range(6)]
+
+
+@pytest.mark.parametrize("problem", PROBLEMS, ids=str)
+def test_toy(problem, solution):
+    solution.verify()
+"""
+
+
 def test_shards_of_a_pytest_run_split_with_problems_merge_into_the_whole_run(
     pytester: pytest.Pytester, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    humaneval = str(Path(__file__).resolve().parent.parent / "benchmarks" / "humaneval")
-    problems = [f"HumanEval/{i}" for i in range(6)]
-    args = [humaneval, "--pipeline=null", "--samples=2", "-p", "no:cacheprovider"]
-    pytester.runpytest_subprocess(*args, f"--problems={','.join(problems)}", "--codegen-results=whole.jsonl")
+    pytester.makepyfile(test_toy=TOY_SUITE)
+    problems = [f"toy/{i}" for i in range(6)]
+    args = ["--pipeline=null", "--samples=2", "-p", "no:cacheprovider", "-p", "no:terminal"]
+    pytester.runpytest(*args, "--codegen-results=whole.jsonl")
     for i, part in enumerate((problems[:2], problems[2:])):
-        pytester.runpytest_subprocess(*args, f"--problems={','.join(part)}", f"--codegen-results=shards/{i}.jsonl")
+        pytester.runpytest(*args, f"--problems={','.join(part)}", f"--codegen-results=shards/{i}.jsonl")
     capsys.readouterr()  # the runs' output
     assert main(["report", str(pytester.path / "whole.jsonl")]) == 0
     whole = capsys.readouterr().out
-    assert "humaneval    12       0         0.000     12" in whole
+    assert "toy          12       0         0.000     12" in whole
     assert main(["report", str(pytester.path / "shards")]) == 0
     assert capsys.readouterr().out == whole
     # A shard of another run (other settings) is refused.
-    pytester.runpytest_subprocess(*args, "--problems=HumanEval/7", "--exec-memory=512",
-                                  "--codegen-results=shards/2.jsonl")
+    pytester.runpytest(*args, "--exec-memory=512", "--codegen-results=shards/2.jsonl")
     capsys.readouterr()
     assert main(["report", str(pytester.path / "shards")]) == 2
     assert "holds records of another run" in capsys.readouterr().err

@@ -97,11 +97,13 @@ def test_a_bad_ini_value_is_a_usage_error_naming_its_key(pytester: pytest.Pytest
     result = pytester.runpytest()
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert f"ERROR: pytest-codegen: {key} in tox.ini{message}" in result.stderr.str()
-    # The same value on the command line overrides the ini file's.
+    # A good value on the command line overrides the ini file's (no terminal: no header, whose
+    # sandbox line would start a sandbox).
     flag = "--" + key.removeprefix("codegen_").replace("_", "-")
-    default = {"--exec-timeout": "10", "--exec-memory": "1024", "--feedback": "visible",
-               "--model-server": "in-process", "--pipeline": "reference"}[flag]
-    pytester.runpytest(f"{flag}={default}", "--pipeline=reference").assert_outcomes(passed=1)
+    good = {"--exec-timeout": "10", "--exec-memory": "1024", "--feedback": "visible",
+            "--model-server": "in-process", "--pipeline": "null"}[flag]
+    result = pytester.runpytest(f"{flag}={good}", "--pipeline=null", "--collect-only", "-p", "no:terminal")
+    assert result.ret == pytest.ExitCode.OK
 
 
 def test_a_run_pinned_in_pyproject_shows_its_header_and_writes_its_results(pytester: pytest.Pytester) -> None:
@@ -113,7 +115,7 @@ def test_a_run_pinned_in_pyproject_shows_its_header_and_writes_its_results(pytes
         codegen_results = "runs/pinned.jsonl"
     """)
     pytester.makepyfile(test_toy=SUITE)
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["codegen: pipeline=reference, feedback=visible, exec limits 3 s CPU / 512 MB"])
     (record,) = [json.loads(line) for line in (pytester.path / "runs" / "pinned.jsonl").read_text().splitlines()]
