@@ -188,9 +188,11 @@ class Record:
             "outcome_class": self.outcome_class,
             "phase": self.phase,
             "passed": self.passed,
-            "tests": [dataclasses.asdict(t) for t in self.tests],
+            "tests": [{"name": t.name, "passed": t.passed, "error_type": t.error_type, "line": t.line}
+                      for t in self.tests],
             "message": self.message,
-            "rounds": [r.to_dict() for r in self.rounds],
+            # Round.to_dict, without asdict's deep copies: every field is a scalar.
+            "rounds": [{name: getattr(r, name) for name in _ROUND_FIELDS} for r in self.rounds],
             "round_outcomes": list(self.round_outcomes),
             **self.properties,
             "timing": dict(self.timing),
@@ -240,7 +242,7 @@ class Record:
 
 
 _FIELDS = frozenset(f.name for f in dataclasses.fields(Record)) - {"properties"}
-_ROUND_FIELDS = frozenset(f.name for f in dataclasses.fields(Round))
+_ROUND_FIELDS = tuple(f.name for f in dataclasses.fields(Round))
 
 
 def _test(data: Mapping[str, Any]) -> TestRecord:
