@@ -28,18 +28,21 @@ How one execution runs
 ----------------------
 * At start the server isolates *itself*, so that the forker and every child inherit it:
   - as root: `unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC)` (no network: only a downed
-    loopback; no shared SysV IPC or abstract unix sockets), all mounts made private, every real
-    file system re-mounted read-only, fresh tmpfs over /tmp, /var/tmp, /dev/shm and /run (which
-    also hides host unix sockets there), directories others cannot enter (/root when the
-    interpreter is a pyenv under it) covered by an empty tmpfs with only the interpreter's
-    directories bound back read-only, and a sandbox uid/gid of `200000 + server pid`, unique to
-    this server, so concurrent servers (xdist workers) never share one;
+    loopback; no shared SysV IPC or abstract unix sockets), a minimal root file system
+    (`_sandbox_isolation`: system directories, the interpreter, its standard library and
+    site-packages, read-only, with installed datasets covered; no checkout, results, caches,
+    home or host sockets, wherever the venv is), a PID namespace with its own /proc (the
+    forker and everything it forks are in it, the server is not), and a sandbox uid/gid of
+    `200000 + server pid`, unique to this server, so concurrent servers (xdist workers) never
+    share one;
   - not root: the same namespaces inside an unprivileged user namespace if the kernel allows it
     (no uid change then), otherwise nothing but rlimits and process-group/descendant killing.
-  The writable places (/tmp, /var/tmp, /dev/shm, /run/lock) form the *scratch space*, with the
-  work dir /tmp/work owned by the sandbox uid; after every run, once every process of the run
-  is gone, it is emptied, the directories' modes restored, the work dir made anew and the
-  server's own SysV IPC objects and POSIX message queues removed (/run itself is read-only); the
+  In every mode the forker's seccomp filter forbids new user namespaces, and where a memory
+  cgroup can be had (`_sandbox_memcg`), each run's processes join it: their total is capped.
+  The writable places (/tmp, /var/tmp, /dev/shm, /run/lock) form the *scratch space*, tmpfs
+  each, with the work dir /tmp/work owned by the sandbox uid; after every run, once every
+  process of the run is gone, it is emptied, the directories' modes restored, the work dir made
+  anew and the server's own SysV IPC objects and POSIX message queues removed; the
   uid's kernel keyrings are emptied by the next child when /proc/key-users shows it has keys
   (the session keyring the children inherit is the forker's own, read-only to them). A run
   whose processes would not die ends the server instead: the client starts a new one.
