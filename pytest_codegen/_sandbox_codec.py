@@ -4,6 +4,9 @@ the arguments a test passes it), as bytes that rebuild only plain values on the 
 Plain values are None, bool, int, float, complex, str, bytes, and lists, tuples, dicts, sets
 and frozensets of them, of exactly those types: a subclass (an int with its own `__eq__`), a
 generator or any other object is refused by `encode` with a message that says what and where.
+Four standard-library containers whose `==` against plain values is their base type's cross as
+that type: `collections.Counter`, `OrderedDict` and `defaultdict` as a dict, a named tuple as a
+tuple (MBPP's reference solutions return them).
 `decode` builds fresh objects of those types only, so nothing the sending process made (an
 object that says it equals everything, a `__hash__` or `__repr__` of its own) reaches the
 receiver, whatever bytes it sends: malformed input raises `Malformed`.
@@ -19,20 +22,26 @@ it by name (see `_sandbox_bootstrap`), before any candidate code runs.
 from __future__ import annotations
 
 import _json
+import collections
 import typing
 
 MAX_DEPTH = 100  # containers within containers
-MAX_ITEMS = 1_000_000  # values in all
 MAX_BYTES = 16 << 20
 
-_PLAIN = "None, bool, int, float, complex, str, bytes, and lists, tuples, dicts, sets and frozensets of them"
+PLAIN = "None, bool, int, float, complex, str, bytes, and lists, tuples, dicts, sets and frozensets of them"
 _SPECIAL_FLOATS = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
 _CONSTANTS = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
-_SEQUENCE_TAGS: dict[type, str] = {list: "l", tuple: "t", set: "s", frozenset: "f"}
+_SEQUENCE_TAGS: dict[type, str] = {list: '["l"', tuple: '["t"', set: '["s"', frozenset: '["f"'}
+_AS_DICT = (collections.Counter, collections.OrderedDict, collections.defaultdict)
 
 
 class NotPlain(TypeError):
-    """The value holds something other than plain data (or too much of it)."""
+    """The value holds something other than plain data (or too much of it); `what` names it
+    ("a generator at [2]")."""
+
+    def __init__(self, what: str, reason: str) -> None:
+        super().__init__(f"{what} {reason}")
+        self.what = what
 
 
 class Malformed(ValueError):
@@ -42,64 +51,86 @@ class Malformed(ValueError):
 def encode(value: object) -> bytes:
     """The encoding of `value`; `NotPlain` says what in it is not plain data, and where."""
     parts: list[str] = []
-    budget = [MAX_ITEMS]
-    _encode(value, parts, 0, budget, "")
+    try:
+        _encode(value, parts, 0)
+    except _Refused as refused:
+        where = " at " + "".join(reversed(refused.path)).strip() if refused.path else ""
+        raise NotPlain(refused.what + where, refused.reason) from None
     data = "".join(parts).encode("ascii")
     if len(data) > MAX_BYTES:
-        raise NotPlain(f"the value is {len(data)} bytes encoded, more than the {MAX_BYTES} that cross")
+        raise NotPlain("the value", f"is {len(data)} bytes encoded, more than the {MAX_BYTES} that cross")
     return data
 
 
-def _encode(value: typing.Any, parts: list[str], depth: int, budget: list[int], where: str) -> None:
-    budget[0] -= 1
-    if budget[0] < 0:
-        raise NotPlain(f"the value holds more than {MAX_ITEMS} items")
+class _Refused(Exception):
+    """Inside `encode`: what was refused, its path collected on the way out (innermost first)."""
+
+    def __init__(self, what: str, reason: str) -> None:
+        self.what, self.reason = what, reason
+        self.path: list[str] = []
+
+
+def _encode(value: typing.Any, parts: list[str], depth: int) -> None:
     kind = type(value)
-    if value is None:
-        parts.append("null")
-    elif kind is bool:
-        parts.append("true" if value else "false")
+    if kind is str:
+        parts.append(_json.encode_basestring_ascii(value))
     elif kind is int:
         try:
             parts.append(int.__repr__(value))
         except ValueError:  # longer than the interpreter converts to text
-            raise NotPlain(f"the int{_at(where)} has too many digits to cross") from None
+            raise _Refused("the int", "has too many digits to cross") from None
     elif kind is float:
         text = float.__repr__(value)
         parts.append(_SPECIAL_FLOATS.get(text, text))
-    elif kind is str:
-        parts.append(_json.encode_basestring_ascii(value))
+    elif kind in _SEQUENCE_TAGS:
+        if depth >= MAX_DEPTH:
+            raise _Refused("the value", f"nests containers more than {MAX_DEPTH} deep (or holds itself)")
+        parts.append(_SEQUENCE_TAGS[kind])
+        index = 0
+        try:
+            for item in kind.__iter__(value):
+                parts.append(",")
+                _encode(item, parts, depth + 1)
+                index += 1
+        except _Refused as refused:
+            refused.path.append(f"[{index}]" if kind is list or kind is tuple else f" item {index}")
+            raise
+        parts.append("]")
+    elif value is None:
+        parts.append("null")
+    elif kind is bool:
+        parts.append("true" if value else "false")
+    elif kind is dict:
+        if depth >= MAX_DEPTH:
+            raise _Refused("the value", f"nests containers more than {MAX_DEPTH} deep (or holds itself)")
+        parts.append('["d"')
+        index, key = 0, None
+        try:
+            for key, item in dict.items(value):
+                parts.append(",")
+                _encode(key, parts, depth + 1)
+                index += 1
+                parts.append(",")
+                _encode(item, parts, depth + 1)
+                index += 1
+        except _Refused as refused:
+            refused.path.append(f" key {index // 2}" if index % 2 == 0 else f"[{_key_text(key)}]")
+            raise
+        parts.append("]")
     elif kind is bytes:
         parts.append('["b","%s"]' % bytes.hex(value))
     elif kind is complex:
         parts.append('["c",')
-        _encode(complex.real.__get__(value), parts, depth, budget, where)
+        _encode(complex.real.__get__(value), parts, depth)
         parts.append(",")
-        _encode(complex.imag.__get__(value), parts, depth, budget, where)
+        _encode(complex.imag.__get__(value), parts, depth)
         parts.append("]")
-    elif kind in _SEQUENCE_TAGS or kind is dict:
-        if depth >= MAX_DEPTH:
-            raise NotPlain(f"the value{_at(where)} nests containers more than {MAX_DEPTH} deep (or holds itself)")
-        if kind is dict:
-            parts.append('["d"')
-            for index, (key, item) in enumerate(dict.items(value)):
-                parts.append(",")
-                _encode(key, parts, depth + 1, budget, f"{where} key {index}")
-                parts.append(",")
-                _encode(item, parts, depth + 1, budget, f"{where}[{_key_text(key)}]")
-        else:
-            parts.append('["%s"' % _SEQUENCE_TAGS[kind])
-            ordered = kind in (list, tuple)
-            for index, item in enumerate(kind.__iter__(value)):
-                parts.append(",")
-                _encode(item, parts, depth + 1, budget, f"{where}[{index}]" if ordered else f"{where} item {index}")
-        parts.append("]")
+    elif kind in _AS_DICT:
+        _encode(dict(value), parts, depth)
+    elif issubclass(kind, tuple) and type(getattr(kind, "_fields", None)) is tuple:  # a named tuple
+        _encode(tuple(tuple.__iter__(value)), parts, depth)
     else:
-        raise NotPlain(f"{_describe(kind)}{_at(where)} is not plain data (only {_PLAIN} cross)")
-
-
-def _at(where: str) -> str:
-    return f" at {where.strip()}" if where else ""
+        raise _Refused(_describe(kind), f"is not plain data (only {PLAIN} cross)")
 
 
 def _key_text(key: object) -> str:
@@ -165,29 +196,44 @@ def decode(data: bytes) -> object:
     return _build(raw, 0)
 
 
+def from_json(raw: object) -> object:
+    """The plain value an encoding stands for, from the encoding already parsed as JSON (a
+    message that carries it parsed whole); `Malformed` for anything else."""
+    return _build(raw, 0)
+
+
+_SCALARS = (type(None), bool, int, float, str)
+
+
 def _build(raw: object, depth: int) -> object:
     if type(raw) is not list:
-        return raw  # None, bool, int, float or str: what the scanner makes of JSON scalars
+        if type(raw) in _SCALARS:
+            return raw  # what JSON makes of its scalars
+        raise Malformed("a JSON object, which no encoding holds")
     if depth >= MAX_DEPTH or not raw or type(raw[0]) is not str:
         raise Malformed("an array that is not a tagged container (or nested too deep)")
-    tag, n = raw[0], len(raw)
+    tag, items = raw[0], raw[1:]
+    for i, item in enumerate(items):
+        if type(item) is list:
+            items[i] = _build(item, depth + 1)
+    n = len(items)
     try:
         if tag == "l":
-            return [_build(raw[i], depth + 1) for i in range(1, n)]
+            return items
         if tag == "t":
-            return tuple([_build(raw[i], depth + 1) for i in range(1, n)])
+            return tuple(items)
         if tag == "s":
-            return {_build(raw[i], depth + 1) for i in range(1, n)}
+            return set(items)
         if tag == "f":
-            return frozenset([_build(raw[i], depth + 1) for i in range(1, n)])
-        if tag == "d" and n % 2 == 1:
-            return {_build(raw[i], depth + 1): _build(raw[i + 1], depth + 1) for i in range(1, n, 2)}
-        if tag == "b" and n == 2 and type(raw[1]) is str:
-            return bytes.fromhex(raw[1])
-        if tag == "c" and n == 3 and type(raw[1]) is float and type(raw[2]) is float:
-            return complex(raw[1], raw[2])
+            return frozenset(items)
+        if tag == "d" and n % 2 == 0:
+            return dict(zip(items[::2], items[1::2]))
+        if tag == "b" and n == 1 and type(items[0]) is str:
+            return bytes.fromhex(items[0])
+        if tag == "c" and n == 2 and type(items[0]) is float and type(items[1]) is float:
+            return complex(items[0], items[1])
     except TypeError:  # a list as a set member or dict key
         raise Malformed(f"an unhashable value in a {tag!r} container") from None
     except ValueError:
         raise Malformed("bytes that are not hex") from None
-    raise Malformed(f"an array tagged {tag[:20]!r} of {n - 1} elements")
+    raise Malformed(f"an array tagged {tag[:20]!r} of {n} elements")

@@ -1,10 +1,10 @@
-"""The forker: the process that forks a sandbox server's children, and the harness they run.
+"""The forker: the process that forks a sandbox server's children.
 
 A sandbox server (`_sandbox_server`) starts this file in a fresh interpreter (see
 `_sandbox_bootstrap`), after it has set up its namespaces and mounts, so this process shares
 them, and asks it over a unix socket for *zygotes*: children forked ahead of a job, confined as
 far as possible without knowing it, that wait for the job on a pipe, confine themselves further
-(limits, the sandbox uid), and run `run_harness`.
+(limits, the sandbox uid), and run the harness (`_sandbox_harness`).
 
 Why a process of its own, and why this one is small: every fork copies the page tables of all
 the forking process has mapped and write-protects its memory; every page either side writes
@@ -33,13 +33,17 @@ import gc
 import io
 import marshal
 import os
-import re
 import resource
 import select
 import signal
 import struct
 import sys
 import typing
+
+if typing.TYPE_CHECKING:
+    from pytest_codegen import _sandbox_harness as harness
+else:
+    import _sandbox_harness as harness
 
 # isort: split
 # Pre-imported for the candidates: their imports of these are a dict lookup after the fork.
@@ -63,9 +67,8 @@ PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
-RESULT_FD = 3
-MAX_TEXT = 2000
-MAX_TB = 6000
+RESULT_FD, MAX_TEXT, MAX_TB = harness.RESULT_FD, harness.MAX_TEXT, harness.MAX_TB
+_ESC = _json.encode_basestring_ascii
 
 _HEADER = struct.Struct(">I")
 
@@ -235,14 +238,7 @@ def _setrlimit(which: int, value: int) -> None:
 
 
 
-# ------------------------------------------------------------------------- harness
-
-_FN_REPR = re.compile(r"<(?:function|built-in function|class) '?([\w.<>]+?)'? at 0x[0-9a-fA-F]+>|<class '([\w.<>]+)'>")
-_ESC = _json.encode_basestring_ascii
-
-
-PRISTINE_BUILTINS: dict = {}  # filled by main() before anything can change builtins
-
+# ------------------------------------------------------------------------- warm-up
 
 _WARM_UP = "from typing import List\ndef f(x: List[int]) -> int:\n    return sum(x)\nassert f([1, 2]) == 3\n"
 
@@ -256,251 +252,6 @@ def _warm_up() -> None:
     gc.freeze()  # the children's collections then never walk (and copy) these objects
     getattr(libc, "malloc_trim", lambda pad: 0)(0)
 
-
-def prepare_harness() -> list[tuple[dict, bytes]]:
-    """Done in the zygote before the job arrives: the pristine builtins (the snapshot the
-    forker took at start; after the fork this process's own copy, and the module attribute
-    is rebound so that no name leads to it) and the memory ballast. Returned in a list the
-    harness empties, so that nothing else keeps the ballast alive."""
-    global PRISTINE_BUILTINS
-    pristine, PRISTINE_BUILTINS = PRISTINE_BUILTINS, {}
-    return [(pristine, bytes(2 << 20))]
-
-
-def _make_harness() -> typing.Callable[[dict, int, bool, list], None]:
-    """Build, once in the forker, the harness every child runs: every reference it uses is
-    bound here, before any candidate code runs anywhere, and its helpers are made here; a child
-    only fills in its job (`run`). What a child does not touch, it does not copy."""
-    import builtins
-
-    _write, _exit, _getpid, _kill = os.write, os._exit, os.getpid, os.kill
-    _setrlimit_raw, _NPROC = resource.setrlimit, resource.RLIMIT_NPROC
-    _exc_info, _settrace, _setprofile = sys.exc_info, sys.settrace, sys.setprofile
-    _esc, _fn_sub = _ESC, _FN_REPR.sub
-    _str, _exact, _int = str, str.__str__, int
-    _len, _exec, _compile, _dict, _type = len, exec, compile, dict, type
-    _isinstance, _issubclass, _range, _reversed = isinstance, issubclass, range, reversed
-    max_text, max_tb = MAX_TEXT, MAX_TB
-    _tname = type.__dict__["__name__"].__get__
-    _BaseException, _MemoryError, _SyntaxError = BaseException, MemoryError, SyntaxError
-    _OSError = OSError
-    _stdout, _stderr = sys.stdout, sys.stderr
-    _fd = RESULT_FD
-    run: dict = {}  # this child's: pid, token, kill_all, sources (split only on failure)
-
-    def send(body: str) -> None:
-        if _getpid() != run["pid"]:  # a fork of the candidate wandered back into the harness
-            _exit(0)
-        data = ('{"t":"%s",%s}\n' % (run["token"], body)).encode()
-        while data:
-            try:
-                n = _write(_fd, data)
-            except _OSError:
-                _exit(0)  # the channel is gone: the server counts the missing reports
-            data = data[n:]
-
-    def cut(s: str, limit: int = max_text) -> str:
-        s = _exact(s)
-        return s if _len(s) <= limit else s[:limit] + "... [%d more characters]" % (_len(s) - limit)
-
-    def source_line(filename: str, lineno: typing.Any) -> str:  # lineno: checked below (mypy cannot see `_type`)
-        sources, split_sources = run["sources"], run["split"]
-        lines = split_sources.get(filename)
-        if lines is None and filename in sources:
-            lines = split_sources[filename] = sources[filename].splitlines()
-        if lines is None or _type(lineno) is not _int or not 0 < lineno <= _len(lines):
-            return ""
-        return cut(lines[lineno - 1].strip(), 500)
-
-    def explain(text: str) -> str:
-        """pytest's multi-line assertion explanation on one line, without function addresses."""
-        parts = []
-        for raw in text.split("\n"):
-            raw = raw.strip()
-            if raw.startswith("+"):
-                raw = raw[1:].strip()
-            if raw:
-                parts.append(raw)
-        return _fn_sub(lambda m: m.group(1) or m.group(2), " ".join(parts))
-
-    def describe(where: str) -> tuple[str, str, str, str]:
-        """(error type, message, line, traceback) of the exception being handled."""
-        et, ev, tb = _exc_info()
-        try:
-            return describe_exc(where, et, ev, tb)
-        except _BaseException:
-            try:
-                name = cut(_tname(et), 200)
-            except _BaseException:
-                name = "BaseException"
-            return name, name, "", ""
-
-    # ev: any exception, its SyntaxError attributes read only once `et` says it is one;
-    # tb: a traceback (types.TracebackType; `types` is not imported here) or None
-    def describe_exc(
-        where: str, et: type[BaseException] | None, ev: typing.Any, tb: typing.Any
-    ) -> tuple[str, str, str, str]:
-        try:
-            name = cut(_tname(et), 200)
-        except _BaseException:
-            name = "BaseException"
-        try:
-            text = cut(_str(ev))
-        except _BaseException:
-            text = "<exception str() failed>"
-        message = cut("%s: %s" % (name, text)) if text else name
-        frames = []
-        sources = run["sources"]
-        while tb is not None:
-            co = tb.tb_frame.f_code
-            if co.co_filename in sources:
-                frames.append((co.co_filename, tb.tb_lineno, co.co_name))
-            tb = tb.tb_next
-        out = ["Traceback (most recent call last):\n"]
-        if _len(frames) > 40:
-            skipped = _len(frames) - 30
-            frames = frames[:10] + [("", skipped, "")] + frames[-20:]
-        last, repeats = None, 0
-        for f in frames:
-            if f[0] == "":
-                out.append("  ... %d frames omitted ...\n" % f[1])
-                last = None
-                continue
-            if f == last:
-                repeats += 1
-                if repeats >= 3:
-                    continue
-            else:
-                if repeats >= 3:
-                    out.append("  [Previous line repeated %d more times]\n" % (repeats - 2))
-                repeats = 0
-            last = f
-            out.append('  File "%s", line %s, in %s\n' % f)
-            src = source_line(f[0], f[1])
-            if src:
-                out.append("    %s\n" % src)
-        if repeats >= 3:
-            out.append("  [Previous line repeated %d more times]\n" % (repeats - 2))
-        is_syntax = et is not None and _issubclass(et, _SyntaxError)
-        if is_syntax and _type(ev.filename) is str:
-            out.append('  File "%s", line %s\n' % (ev.filename, ev.lineno))
-            if _type(ev.text) is str:
-                out.append("    %s\n" % cut(ev.text.strip(), 500))
-        out.append(message + "\n")
-        trace = "".join(out)
-        if _len(trace) > max_tb:
-            trace = trace[: max_tb // 3] + "\n  ...\n" + trace[-(2 * max_tb) // 3 :]
-        line = ""
-        for f in _reversed(frames):
-            if f[0] == where or (where == "<define>" and f[0] in ("<candidate>", "<setup>")):
-                line = source_line(f[0], f[1])
-                break
-        if not line and is_syntax and _type(ev.text) is str:
-            line = cut(ev.text.strip(), 500)
-        if name == "AssertionError" and text:
-            values = cut(explain(text), 1000)
-            line = "%s  # %s" % (line, values) if line else values
-        return name, message, line, trace
-
-    def failure(kind: str, extra: str, info: tuple[str, str, str, str]) -> str:
-        return '"k":"%s"%s,"ok":false,"et":%s,"msg":%s,"line":%s,"tb":%s' % (
-            kind,
-            extra,
-            _esc(info[0]),
-            _esc(info[1]),
-            _esc(info[2]),
-            _esc(info[3]),
-        )
-
-    def finish() -> None:
-        for stream in (_stdout, _stderr):
-            try:
-                stream.flush()
-            except _BaseException:
-                pass
-        if run["kill_all"]:
-            try:
-                # No process of the uid may fork any more (not even a thread of this one,
-                # and the hard limit cannot be raised again), then kill every other one.
-                _setrlimit_raw(_NPROC, (0, 0))
-                _kill(-1, 9)
-            except _BaseException:
-                _exit(0)  # no end message: the server kills what is left
-        send('"k":"end"')
-        _exit(0)
-
-    def harness(job: dict, mypid: int, kill_all: bool, prepared: list[tuple[dict, bytes]]) -> None:
-        """Define the candidate and run the tests, reporting each on RESULT_FD. Never returns."""
-        ballast: bytes | None  # freed (None) on MemoryError
-        pristine, ballast = prepared.pop()  # ballast: freed on MemoryError so the report can be built
-        program, setup_code, entry = job["program"], job["setup"], job["entry_point"]
-        tests = job["tests"]  # [name, filename, source, code or None, compile error or None]
-        sources = {"<candidate>": program, "<setup>": job["setup_source"]}
-        for t in tests:
-            sources[t[1]] = t[2]
-        run.update(pid=mypid, token=job["token"], kill_all=kill_all, sources=sources, split={})
-
-        # --- define the candidate ---
-        ns = {"__name__": "__candidate__", "__builtins__": builtins}
-        try:
-            code = _compile(program, "<candidate>", "exec", dont_inherit=True)
-            _exec(code, ns)
-            before = _dict(ns)
-            if setup_code is not None:
-                _exec(setup_code, ns)
-            elif job["setup_error"] is not None:
-                raise _SyntaxError(job["setup_error"]["msg"])
-        except _BaseException as e:
-            if _isinstance(e, _MemoryError):
-                ballast = None  # noqa: F841
-            info = describe("<define>")
-            if _getpid() != mypid:
-                _exit(0)
-            send(failure("define", "", info))
-            finish()
-        if _getpid() != mypid:
-            _exit(0)
-        send('"k":"define","ok":true')
-
-        # --- the tests' namespace: the program's names (minus shadowed builtins), pristine builtins ---
-        setup_names = {k for k, v in ns.items() if k not in before or before[k] is not v}
-        tns = {}
-        for k, v in ns.items():
-            if k not in pristine or k == entry or k in setup_names:
-                tns[k] = v
-        tns["__builtins__"] = pristine  # this process's own copy: the program cannot reach it by name
-        tns["__name__"] = "__test__"
-        if entry:
-            if entry in ns:
-                tns["candidate"] = ns[entry]
-            else:
-                tns.pop("candidate", None)
-
-        for i in _range(_len(tests)):
-            _name, filename, _src, tcode, terr = tests[i]
-            if tcode is None:
-                send(failure("result", ',"i":%d' % i, (terr["et"], terr["msg"], terr["line"], "")))
-                continue
-            _settrace(None)
-            _setprofile(None)
-            try:
-                _exec(tcode, tns)
-            except _BaseException as e:
-                fatal = _isinstance(e, _MemoryError)
-                if fatal:
-                    ballast = None  # noqa: F841
-                info = describe(filename)
-                send(failure("result", ',"i":%d' % i, info))
-                if fatal:
-                    finish()
-            else:
-                send('"k":"result","i":%d,"ok":true' % i)
-        finish()
-
-    return harness
-
-
-run_harness = _make_harness()
 
 
 # -------------------------------------------------------------------------- forker
@@ -657,29 +408,28 @@ class Forker:
         req_fd = 4
         prepared: list = []
         try:
-            prepared = prepare_harness()
+            prepared = harness.prepare_harness()
         except Exception as e:  # reported with the job: a sandbox failure, not the candidate's
             setup_error = f"preparing the child failed: {type(e).__name__}: {e}"
 
-        # --- wait for the job ---
+        # --- wait for the job (the pipe then carries the server's requests: see the harness) ---
         try:
             job = marshal.loads(read_frame(req_fd))
         except (EOFError, OSError, ValueError):
             os._exit(0)
-        os.close(req_fd)
         if job is None:
             os._exit(0)
         if setup_error is not None:
-            self._child_report(job["token"], setup_error)
+            self._child_report(setup_error)
         try:
             self._confine(job, work or (iso.work if iso.scratch else None))
         except Exception as e:
-            self._child_report(job["token"], f"could not confine the child: {type(e).__name__}: {e}")
-        run_harness(job, os.getpid(), iso.uid is not None, prepared)
+            self._child_report(f"could not confine the child: {type(e).__name__}: {e}")
+        harness.run_harness(job, req_fd, os.getpid(), iso.uid is not None, prepared)
 
     @staticmethod
-    def _child_report(token: str, text: str) -> None:
-        data = '{"t":"%s","k":"sandbox_error","msg":%s}\n' % (token, _ESC(text))
+    def _child_report(text: str) -> None:
+        data = '{"k":"sandbox_error","msg":%s}\n' % _ESC(text)
         try:
             _write_all(RESULT_FD, data.encode())
         finally:
@@ -762,7 +512,7 @@ def main(config: str) -> None:
     sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr  # type: ignore[misc]
     import builtins
 
-    PRISTINE_BUILTINS.update(vars(builtins))
+    harness.PRISTINE_BUILTINS.update(vars(builtins))
     if cfg["rewriter"]:  # an explaining server's: every rewritten test needs its helpers
         import _pytest.assertion.rewrite  # noqa: F401
     iso = Confinement(cfg["uid"], cfg["gid"], cfg["userns"], cfg["scratch"], cfg["work"])

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import ast
 import builtins
+import collections
 import typing
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 CHECKED = "checked"
 IN_PROCESS = "in-process"
@@ -57,6 +58,31 @@ def routes(tests: Sequence[str], setup: str, entry_point: str | None) -> list[Ro
         if not reason:
             known |= _bound(tree)
     return out
+
+
+class Tally(typing.NamedTuple):
+    """Where a benchmark's scoring tests run: tests and problems per route, and why each
+    in-process test is one (problem id, test name, reason)."""
+
+    tests: collections.Counter[str]
+    problems: collections.Counter[str]  # "every test checked", "some in process", "every test in process"
+    in_process: list[tuple[str, str, str]]
+
+
+def tally(problems: Iterable[typing.Any]) -> Tally:
+    """The routes of every scoring test of `problems` (`pytest_codegen.Problem`s)."""
+    tests: collections.Counter[str] = collections.Counter()
+    kinds: collections.Counter[str] = collections.Counter()
+    in_process = []
+    for problem in problems:
+        scoring = problem.scoring_tests
+        found = routes([t.source for t in scoring], problem.test_setup, problem.entry_point)
+        tests.update(route.path for route in found)
+        checked = sum(route.path == CHECKED for route in found)
+        kinds["every test checked" if checked == len(found) else
+              "every test in process" if checked == 0 else "some in process"] += 1
+        in_process += [(problem.id, t.name, r.reason) for t, r in zip(scoring, found) if r.path != CHECKED]
+    return Tally(tests, kinds, in_process)
 
 
 def _parse(source: str) -> ast.Module | None:

@@ -1,14 +1,16 @@
 """The verdict of one run, from what the server saw of it: a state machine without I/O.
 
-The server feeds it the bytes of the run's result channel (`feed`), its output (`add_output`),
-its exit (`set_exit`) and what stopped it (`timed_out`, `cpu_timed_out`, `cpu_seen`,
-`seconds`, `leftovers`), and asks for the verdict (`result`). It accepts only the exact
-sequence of messages the harness writes (see `_sandbox_server`, "Verdicts"). Imported by name
+The server feeds it the bytes of the run's result channel (`feed`: the candidate's process's
+messages, queued in `inbox` for the checking, see `_sandbox_checking`), its output
+(`add_output`), its exit (`set_exit`) and what stopped it (`timed_out`, `cpu_timed_out`,
+`cpu_seen`, `seconds`, `leftovers`); the checking fills in the definition's report and each
+test's (`define`, `results`); then the server asks for the verdict (`result`). Imported by name
 from its directory like every sandbox file (see `_sandbox_bootstrap`).
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import re
@@ -57,15 +59,16 @@ class Usage(typing.NamedTuple):
 
 
 class RunState:
-    """One run: `limits` as the client sent them, the tests' `names` in order, and the run's
-    random `token` that every message on the result channel must carry."""
+    """One run: `limits` as the client sent them and the tests' `names` in order."""
 
-    def __init__(self, limits: dict, names: list[str], token: str) -> None:
-        self.limits, self.names, self.token = limits, names, token
+    def __init__(self, limits: dict, names: list[str]) -> None:
+        self.limits, self.names = limits, names
         self.buf = b""
         self.received = 0
+        self.inbox: collections.deque[dict] = collections.deque()  # messages for the checking
         self.define: dict | None = None
         self.results: list[dict] = []
+        self.closed = False  # the server has sent its last request: the end may come
         self.end = False
         self.corrupt: str | None = None
         self.sandbox_error: str | None = None
@@ -107,30 +110,20 @@ class RunState:
         except ValueError:
             self.corrupt = "unparsable message on the result channel"
             return
-        if not isinstance(msg, dict) or msg.get("t") != self.token:
-            self.corrupt = "a message without the run's token on the result channel"
+        if not isinstance(msg, dict):
+            self.corrupt = "a message on the result channel that is not an object"
             return
         kind = msg.get("k")
-        n = len(self.names)
         if kind == "sandbox_error" and self.define is None:
             self.sandbox_error = clean_text(msg.get("msg"))
             self.corrupt = "sandbox error"
-        elif kind == "define" and self.define is None:
-            self.define = msg
-        elif kind == "result" and self.define is not None and self.define.get("ok"):
-            if msg.get("i") != len(self.results) or len(self.results) >= n:
-                self.corrupt = "test reports out of order"
-            else:
-                self.results.append(msg)
-        elif kind == "end" and self.define is not None:
-            if self.define.get("ok") and len(self.results) != n and not any(
-                r.get("et") == "MemoryError" for r in self.results
-            ):
-                self.corrupt = "the run ended without reporting every test"
-            else:
+        elif kind == "end":
+            if self.closed:
                 self.end = True
+            else:
+                self.corrupt = "an end message before the server's last request"
         else:
-            self.corrupt = f"unexpected {str(kind)[:40]!r} message on the result channel"
+            self.inbox.append(msg)
 
     # --- the verdict ---
 
@@ -158,6 +151,8 @@ class RunState:
                 tests.append(test(i, False, clean_text(r.get("et"), 200), r.get("msg"), r.get("line")))
         reported_failure = next((r for r in self.results if r.get("ok") is not True), None)
         define_failed = self.define is not None and self.define.get("ok") is not True
+        if self.end and not define_failed and reported_failure is None and len(self.results) != len(names):
+            self.corrupt = self.corrupt or "the run ended without a report for every test"
         in_define = self.define is None
         # the test in progress when it stopped: the first one not reported (results come in order)
         current = (

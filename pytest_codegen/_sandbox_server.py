@@ -55,12 +55,14 @@ How one execution runs
   drops to the sandbox uid (setgroups/setresgid/setresuid; or drops every capability in the
   user-namespace mode), sets PDEATHSIG and runs the harness (NO_NEW_PRIVS and not being
   dumpable it has from the forker).
-* Tests (and the setup) are compiled by the server before the job is handed to the child
-  (cached by source: every further sample of a problem reuses them): as written for the verdict,
-  or through pytest's assertion rewriting on an *explaining* server, which `Sandbox.run` uses to
-  explain asserts that failed (its forker preloads the rewriter; the verdict server never loads
-  it, nor the threading it brings); the candidate program itself is compiled in the child,
-  under the rlimits, so a hostile program cannot hurt the server's compiler.
+* Tests (and the setup) are compiled by the server (cached by source: every further sample of
+  a problem reuses them): as written for the verdict, or through pytest's assertion rewriting
+  on an *explaining* server, which `Sandbox.run` uses to explain asserts that failed (its
+  forker preloads the rewriter; the verdict server never loads it, nor the threading it
+  brings); the candidate program itself is compiled in the child, under the rlimits, so a
+  hostile program cannot hurt the server's compiler. The child gets the program and the setup,
+  never the tests: the server runs them (`_sandbox_checking`), asking the child for each call
+  of the candidate on its job pipe, which stays open for those requests.
 * The server enforces the limits (select over the result and output pipes and a pidfd, with a
   deadline; output past the cap is drained and counted, never stored): the CPU-time limit
   decides (RLIMIT_CPU in the child, and the server's own reading of the child's CPU time once
@@ -77,34 +79,30 @@ How one execution runs
 
 Verdicts
 --------
-The harness reports on a dedicated pipe (fd 3), one JSON line per event, each carrying a random
-per-run token, written with references (`os.write`, the fd, the JSON string encoder, the
-builtins it uses) captured before any candidate code runs. The server accepts only the exact
-sequence it expects (define result, then a result for each test in order, then end) and
-passes a program only if it saw every test pass *and* the end message. Exiting early
-(`sys.exit`, `os._exit`, `exit()`), killing the parent, closing fds, replacing signal handlers,
-replacing entries of `builtins` (tests see a private, pristine copy of the builtins), shadowing
-builtins or the test helpers in the program's own namespace (tests run in their own namespace,
-seeded from the program's: `candidate`, the program's names and the setup's names), leaving
-threads or processes behind: none of those turns into a pass.
+The server checks the tests itself (`_sandbox_checking`): the child defines the program and
+then only answers calls, with the candidate's result as plain data (`_sandbox_codec`) or the
+exception it raised, on a dedicated pipe (fd 3, one JSON line per message). A test passes when
+the server's own asserts hold on those values; nothing the candidate does in its process
+(walking frames, `gc`, reading its own memory, writing on fd 3, returning an object whose
+`__eq__` always says True, redefining a prompt helper, exiting early, killing its parent,
+closing fds, leaving threads or processes behind) turns into a pass. Tests that need more of
+the program than its entry point (see `_sandbox_routes`: 3 of MBPP's 1,324, none of
+HumanEval's) still run in the child, as before: there the harness protects what it can (a
+private, pristine copy of the builtins, the test's own namespace, references captured before
+any candidate code runs), and a candidate that reaches into it can forge their report. A run
+passes only with every test's report and the child's end message, which it sends once the
+server has closed the job pipe.
 
-Deviation from a flat `exec`: the tests run in a namespace of their own (a copy of the
-program's namespace taken after the program and the setup are defined, minus names that shadow
-builtins, plus a private copy of the builtins). A program therefore does not see names the tests
-define, and rebinding its globals while a test runs does not change what the test sees.
+Deviations from a flat `exec`: a checked test sees the candidate through its results (arguments
+and results are copied across, so a test does not see the candidate mutate its arguments; a
+result that is not plain data keeps only its truth); an in-process test runs in a namespace of
+its own (a copy of the program's namespace taken after the program and the setup are defined,
+minus names that shadow builtins, plus a private copy of the builtins).
 
 Known limits
 ------------
-* The candidate and the harness share one process and one interpreter. A candidate that
-  deliberately introspects the harness (walking frames with `sys._getframe`, `gc.get_objects()`
-  to find the token or the test namespace, setting `f_trace` on a test frame to jump over an
-  assert, patching shared modules such as `math` or `_pytest.assertion.rewrite` helpers) can
-  still forge or hide a failure. Closing that needs the checking out of the candidate's
-  process: run the candidate in one process that only answers calls (arguments in, pickled/JSON
-  return values out) and evaluate the test's assertions in a separate process it cannot reach,
-  or a seccomp filter plus a stripped interpreter.
-* Objects that lie about equality (a return value whose `__eq__` always says True) pass an
-  `assert candidate(x) == y`; that is Python semantics, not something the sandbox can see.
+* In-process tests (above) share the candidate's process and can be forged by a candidate that
+  deliberately introspects the harness.
 * Without root there is no uid change: the candidate runs as the caller's uid and can signal
   the server and the caller's other processes (`isolation` says so).
 """
@@ -122,21 +120,28 @@ import time
 import typing
 
 # Sibling files, imported the way the bootstrap imports this one (by name, not through the
-# package; mypy reads them as the package's): the forker's module (the harness, the libc calls
-# and the framing), the isolation set-up, the link to the forker, the clean-up between runs,
-# the processes of the runs and the verdict of one run.
+# package; mypy reads them as the package's): the forker's module (the libc calls and the
+# framing), the isolation set-up, the link to the forker, the clean-up between runs, the
+# processes of the runs, where each test runs, the checking of the tests (and the framing of
+# its requests, the harness's) and the verdict of one run.
 if typing.TYPE_CHECKING:
     from pytest_codegen import _sandbox_forker as forker
     from pytest_codegen import _sandbox_isolation as isolation
     from pytest_codegen import _sandbox_procs as procs
+    from pytest_codegen import _sandbox_routes as routes
     from pytest_codegen import _sandbox_scratch as scratch
+    from pytest_codegen._sandbox_checking import Checking, Stopped
+    from pytest_codegen._sandbox_harness import FRAME
     from pytest_codegen._sandbox_link import Broken, ForkerLink, Zygote
     from pytest_codegen._sandbox_runstate import RunState, clean_text
 else:
     import _sandbox_forker as forker
     import _sandbox_isolation as isolation
     import _sandbox_procs as procs
+    import _sandbox_routes as routes
     import _sandbox_scratch as scratch
+    from _sandbox_checking import Checking, Stopped
+    from _sandbox_harness import FRAME
     from _sandbox_link import Broken, ForkerLink, Zygote
     from _sandbox_runstate import RunState, clean_text
 
@@ -183,15 +188,55 @@ def compile_trusted(filename: str, source: str, rewrite: bool = True) -> tuple[o
     return out
 
 
+_route_cache: dict[tuple[tuple[str, ...], str, str | None], list[bool]] = {}
+
+
+def checked(sources: tuple[str, ...], setup: str, entry_point: str | None) -> list[bool]:
+    """Which tests the server checks itself (see `_sandbox_routes`); cached like the code."""
+    key = (sources, setup, entry_point)
+    hit = _route_cache.get(key)
+    if hit is None:
+        hit = [r.path == routes.CHECKED for r in routes.routes(sources, setup, entry_point)]
+        if len(_route_cache) >= 1024:
+            _route_cache.pop(next(iter(_route_cache)))
+        _route_cache[key] = hit
+    return hit
+
+
 # -------------------------------------------------------------------------- server
 
 
 class Run:
-    """One run in progress: its zygote, when it started, and its verdict's state."""
+    """One run in progress: its zygote, when it started, its verdict's state, and its watch:
+    the limits' deadlines, the pipes still open, requests not yet written."""
 
     def __init__(self, req: dict, z: Zygote, state: RunState, t0: float) -> None:
         self.req, self.z, self.state, self.t0 = req, z, state, t0
-        self.output_cap = int(req["limits"]["output_bytes"])
+        lim = req["limits"]
+        self.output_cap = int(lim["output_bytes"])
+        self.cpu_limit = float(lim["cpu_seconds"])
+        self.deadline = t0 + float(lim["wall_seconds"])
+        self.cpu_check = t0 + self.cpu_limit  # CPU time grows no faster than the wall clock (one thread)
+        self.open_fds = [z.res_r, z.out_r]
+        self.outgoing = b""  # requests for the child, not yet written
+        self.over = False  # ended, stopped or broken: nothing more comes
+
+
+class Requests:
+    """The `Channel` of one run (see `_sandbox_checking`): requests on its job pipe, answers
+    through the server's watch of the run."""
+
+    def __init__(self, server: Server, run: Run) -> None:
+        self.server, self.run = server, run
+
+    def ask(self, kind: bytes, payload: bytes) -> dict:
+        self.run.outgoing += FRAME.pack(len(payload) + 1) + kind + payload
+        return self.receive()
+
+    def receive(self) -> dict:
+        if not self.server._watch(self.run, want_message=True):
+            raise Stopped
+        return self.run.state.inbox.popleft()
 
 
 class Server:
@@ -242,15 +287,15 @@ class Server:
         setup_code, setup_err = (None, None)
         if setup_src.strip():
             setup_code, setup_err = compile_trusted("<setup>", setup_src, bool(req.get("explain", True)))
-        token = os.urandom(16).hex()
-        job = {
-            "token": token,
+        entry_point = req.get("entry_point") or None
+        for test, route in zip(tests, checked(tuple(t[2] for t in tests), setup_src, entry_point)):
+            test.append(route)
+        job = {  # no tests: the server runs them (those in process it sends one by one)
             "program": req["program"],
             "setup": setup_code,
             "setup_error": setup_err,
             "setup_source": setup_src,
-            "entry_point": req.get("entry_point") or None,
-            "tests": tests,
+            "entry_point": entry_point,
             "limits": lim,
             "uid_tasks": procs.uid_tasks(os.getuid()) if self.iso.uid is None else 0,
         }
@@ -269,20 +314,24 @@ class Server:
                 self.iso.memory.join(z.host_pid)
             except OSError:
                 pass  # a zygote that died: the run says so
-        run = Run(req, z, RunState(lim, [t[0] for t in tests], token), time.monotonic())
+        run = Run(req, z, RunState(lim, [t[0] for t in tests]), time.monotonic())
         try:
             forker.write_frame(z.req_w, payload)
+            os.set_blocking(z.req_w, False)  # requests follow, written as the child takes them
         except OSError:
-            pass  # it died; the monitor sees that
-        os.close(z.req_w)
-        z.req_w = None  # type: ignore[assignment]
+            pass  # it died; the watch sees that
         st = run.state
         try:
             if self.iso.uid is not None:
                 # Fork the next zygote while this job runs: it stays root until its own job
                 # arrives, so nothing this run's clean-up does as the sandbox uid can touch it.
                 self.link.spawn_zygote()
-            self._monitor(run, float(lim["wall_seconds"]), float(lim["cpu_seconds"]))
+            setup = (setup_code, setup_src, setup_err)
+            Checking(tests, setup, entry_point, Requests(self, run), st, run.output_cap).run()
+            os.close(z.req_w)  # the child's cue to finish: its end message may come
+            z.req_w, st.closed = None, True  # type: ignore[assignment]
+            self._watch(run, want_message=False)
+            self._watched(run)
         except Exception:
             self._stop(run, clean=False)  # a bug here must not leave the run's child or fds
             raise
@@ -296,52 +345,76 @@ class Server:
             result["detail"]["memory_cap_mb"] = self.iso.memory.limit_mb  # it killed a process of the run
         return {"ok": True, "result": result}, run, clean
 
-    def _monitor(self, run: Run, wall: float, cpu_limit: float) -> None:
-        """Watch the run until it ends, its CPU time reaches `cpu_limit` (the limit that
-        decides: independent of the machine's load) or the wall clock `wall` (a backstop for
-        programs that wait rather than compute). RLIMIT_CPU stops the child in whole seconds
-        by itself; the server's own look at its CPU time, once the wall clock has passed the
-        limit, makes fractional limits exact and costs a run that ends sooner nothing."""
+    def _watch(self, run: Run, want_message: bool) -> bool:
+        """Watch the run, writing its pending requests, until a message for the checking has
+        come (`want_message`: True) or the run is over (False): its end, its exit, a corrupt
+        channel, its CPU time reaching the limit (the limit that decides: independent of the
+        machine's load) or the wall clock's deadline (a backstop for programs that wait rather
+        than compute). RLIMIT_CPU stops the child in whole seconds by itself; the server's own
+        look at its CPU time, once the wall clock has passed the limit, makes fractional limits
+        exact and costs a run that ends sooner nothing."""
         z, st, sock = run.z, run.state, self.link.sock
-        deadline = run.t0 + wall
-        cpu_check = run.t0 + cpu_limit  # CPU time grows no faster than the wall clock (one thread)
-        open_fds = [z.res_r, z.out_r]
         while True:
+            if want_message and st.inbox:
+                return True
+            if st.end or st.corrupt:
+                run.over = True
+            if run.over:
+                return False
+            if run.outgoing:
+                self._write_requests(run)
             now = time.monotonic()
-            if now >= deadline:
-                st.timed_out = True
-                break
-            if now >= cpu_check:
+            if now >= run.deadline:
+                st.timed_out = run.over = True
+                continue
+            if now >= run.cpu_check:
                 used = procs.proc_cpu(z.host_pid) if not z.reaped else None
-                if used is not None and used >= cpu_limit:
-                    st.cpu_timed_out, st.cpu_seen = True, used
-                    break
-                cpu_check = now + max(0.01, cpu_limit - used) if used is not None else now + 0.05
-            watch: list[int | _socket.socket] = [*open_fds, sock]  # the forker reports the child's exit
+                if used is not None and used >= run.cpu_limit:
+                    st.cpu_timed_out, st.cpu_seen, run.over = True, used, True
+                    continue
+                run.cpu_check = now + max(0.01, run.cpu_limit - used) if used is not None else now + 0.05
+            watch: list[int | _socket.socket] = [*run.open_fds, sock]  # the forker reports the child's exit
             if z.pidfd is not None:
                 watch.append(z.pidfd)
+            writing = [z.req_w] if run.outgoing and z.req_w is not None else []
             try:
-                ready, _, _ = select.select(watch, [], [], min(deadline, cpu_check) - now)
+                ready, writable, _ = select.select(watch, writing, [], min(run.deadline, run.cpu_check) - now)
             except InterruptedError:
                 continue
+            if writable:
+                self._write_requests(run)
             if sock in ready:
                 self.link.drain()
             if z.out_r in ready and not self._read_output(run):
-                open_fds.remove(z.out_r)
+                run.open_fds.remove(z.out_r)
             if z.res_r in ready:
                 try:
                     data = os.read(z.res_r, READ_SIZE)
                 except OSError:
                     data = b""
                 if not data:
-                    open_fds.remove(z.res_r)
+                    run.open_fds.remove(z.res_r)
                 else:
                     st.feed(data)
-                    if st.end or st.corrupt:
-                        break
             if (z.pidfd is not None and z.pidfd in ready) or z.pid in self.link.exits:
                 self._wait_child(run, block=True)
-                break
+                self._drain(run, budget=0.0)  # what it wrote before it went
+                run.over = True
+
+    def _write_requests(self, run: Run) -> None:
+        try:
+            written = os.write(run.z.req_w, run.outgoing)
+        except BlockingIOError:
+            return
+        except (OSError, TypeError):  # the child is gone (its exit is on its way), or the pipe closed
+            run.outgoing = b""
+            return
+        run.outgoing = run.outgoing[written:]
+
+    def _watched(self, run: Run) -> None:
+        """Once the run is over: its time, its CPU time while /proc has it, and what is left in
+        its pipes."""
+        z, st = run.z, run.state
         st.seconds = time.monotonic() - run.t0
         if not z.reaped and st.cpu_seen is None:  # its CPU time, while /proc still has it
             st.cpu_seen = procs.proc_cpu(z.host_pid)

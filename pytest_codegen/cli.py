@@ -136,6 +136,43 @@ def _error(message: str) -> None:
     print(f"{PROG}: error: {message}", file=sys.stderr)
 
 
+# ---------------------------------------------------------------------- routes
+
+
+@subcommand(
+    "routes",
+    help="which tests the sandbox server checks itself, and which run in the candidate's process",
+    description=(
+        "Count a benchmark's scoring tests by where the sandbox runs them: checked by the server\n"
+        "(the candidate only answers calls with plain data) or in the candidate's process (tests\n"
+        "that need more of the program than its entry point), and list the latter with the reason."
+    ),
+    arguments=[
+        argument("--benchmark", choices=("humaneval", "mbpp"), default="humaneval"),
+        argument("--mbpp-data", metavar="PATH", help="sanitized MBPP file (see the README)"),
+    ],
+)
+def cmd_routes(args: argparse.Namespace) -> int:
+    from pytest_codegen import _sandbox_routes
+    from pytest_codegen.datasets import humaneval, mbpp
+
+    try:
+        problems = humaneval.load_problems() if args.benchmark == "humaneval" else mbpp.load_problems(args.mbpp_data)
+    except mbpp.MBPPDataError as error:
+        raise CLIError(str(error)) from error
+    tally = _sandbox_routes.tally(problems)
+    total = sum(tally.tests.values())
+    print(f"{args.benchmark}: {total} scoring tests of {sum(tally.problems.values())} problems")
+    for path, label in ((_sandbox_routes.CHECKED, "checked by the server"),
+                        (_sandbox_routes.IN_PROCESS, "in the candidate's process")):
+        print(f"  {label:28s} {tally.tests[path]:5d} tests")
+    for kind in ("every test checked", "some in process", "every test in process"):
+        print(f"  problems, {kind:23s} {tally.problems[kind]:5d}")
+    for task, test, reason in tally.in_process:
+        print(f"  in process: {task} {test}: {reason}")
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------------- models
 
 

@@ -111,6 +111,22 @@ def test_what_no_encoding_looks_like_is_malformed(data):
         decode(data)
 
 
+def test_standard_containers_that_compare_as_their_base_type_cross_as_it():
+    from collections import Counter, OrderedDict, defaultdict, namedtuple
+
+    point = namedtuple("point", "x y")
+    value = [Counter("abca"), OrderedDict(b=1, a=2), defaultdict(list, k=[1]), point(1, 2)]
+    crossed = decode(encode(value))
+    assert crossed == [{"a": 2, "b": 1, "c": 1}, {"b": 1, "a": 2}, {"k": [1]}, (1, 2)]
+    assert [type(v) for v in crossed] == [dict, dict, dict, tuple]
+
+
+def test_not_plain_names_what_it_refused():
+    with pytest.raises(NotPlain) as caught:
+        encode({"k": [1, AlwaysEqual(2)]})
+    assert caught.value.what == "an int subclass AlwaysEqual at ['k'][1]"
+
+
 def test_decoded_values_are_fresh_objects_of_the_builtin_types():
     assert type(decode(encode(True))) is bool and decode(encode(None)) is None
     assert decode(b'["d",["t",1,2],["s","a"]]') == {(1, 2): {"a"}}

@@ -1,5 +1,6 @@
-"""The verdict state machine of the sandbox server (`_sandbox_runstate.RunState`), driven with
-scripted result-channel messages, exits and stops: no processes."""
+"""The verdict state machine of the sandbox server: the checking of a run's tests
+(`_sandbox_checking.Checking`) against a scripted candidate's process, and the verdict
+(`_sandbox_runstate.RunState`) from its reports, exits and stops: no processes."""
 
 from __future__ import annotations
 
@@ -11,41 +12,76 @@ from pathlib import Path
 import pytest
 
 from pytest_codegen import outcome
+from pytest_codegen._sandbox_codec import encode
 
-# Imported by name from its directory, as the sandbox server imports it (see _sandbox_bootstrap)
+# Imported by name from its directory, as the sandbox server imports them (see _sandbox_bootstrap)
 sys.path.insert(0, str(Path(outcome.__file__).parent))
 try:
+    import _sandbox_checking as checking
     import _sandbox_runstate as runstate
 finally:
     sys.path.pop(0)
 
-TOKEN = "0123456789abcdef"
 NAMES = ["first", "second", "third", "fourth"]
+TESTS = [f"assert candidate({i}) == {i + 1}" for i in range(4)]
 LIMITS = {"wall_seconds": 20.0, "cpu_seconds": 5.0, "memory_mb": 1024, "output_bytes": 100, "file_size_mb": 16,
           "max_processes": 64}
 
 
-def line(kind: str, token: str = TOKEN, **fields) -> bytes:
-    return json.dumps({"t": token, "k": kind, **fields}).encode() + b"\n"
+def line(kind: str, **fields) -> bytes:
+    return json.dumps({"k": kind, **fields}).encode() + b"\n"
 
 
-def ok(i: int) -> bytes:
-    return line("result", i=i, ok=True)
+def value(v: object) -> bytes:
+    return b'{"k":"value","v":' + encode(v) + b"}\n"
 
 
-def fail(i: int, et: str) -> bytes:
-    return line("result", i=i, ok=False, et=et, msg=f"{et}: boom", line="assert x", tb="Traceback ...")
+def raised(et: str, base: str, msg: str, tb: str = '  File "<candidate>", line 2, in f\n') -> bytes:
+    return line("raised", et=et, base=base, msg=msg, tb=tb)
 
 
-DEFINED = line("define", ok=True)
+DEFINED = line("define", ok=True, entry=True)
+RIGHT = [value(i + 1) for i in range(4)]
 END = line("end")
 
 
-def state(*messages: bytes, names=NAMES) -> runstate.RunState:
-    st = runstate.RunState(dict(LIMITS), list(names), TOKEN)
-    for message in messages:
-        st.feed(message)
-    return st
+class Script:
+    """The candidate's process, scripted: its messages in order (fed to the run's state as the
+    server feeds them); the requests it was sent. Out of messages, the run is over."""
+
+    def __init__(self, state: runstate.RunState, messages: list[bytes]) -> None:
+        self.state, self.messages, self.sent = state, list(messages), []
+
+    def ask(self, kind: bytes, payload: bytes) -> dict:
+        self.sent.append((kind, payload))
+        return self.receive()
+
+    def receive(self) -> dict:
+        while not self.state.inbox:
+            if not self.messages or self.state.corrupt:
+                raise checking.Stopped
+            self.state.feed(self.messages.pop(0))
+        return self.state.inbox.popleft()
+
+
+def compiled(*sources: str, checked: bool = True) -> list:
+    out = []
+    for i, source in enumerate(sources):
+        filename = f"<test {NAMES[i]}>"
+        out.append([NAMES[i], filename, source, compile(source, filename, "exec"), None, checked])
+    return out
+
+
+def check(*messages: bytes, sources=TESTS, setup: str = "", checked: bool = True, end: bool = True):
+    """Run the checking against `messages`, then the end (unless `end` is False)."""
+    st = runstate.RunState(dict(LIMITS), NAMES[: len(sources)])
+    script = Script(st, list(messages))
+    setup_code = compile(setup, "<setup>", "exec") if setup else None
+    checking.Checking(compiled(*sources, checked=checked), (setup_code, setup, None), "f", script, st, 100).run()
+    st.closed = True
+    if end and not st.corrupt:
+        st.feed(END)
+    return st, script
 
 
 def exited(code: int) -> int:
@@ -64,43 +100,153 @@ def classes(result: dict) -> list[str | None]:
     return [t["error_type"] for t in result["tests"]]
 
 
-def test_every_test_reported_and_the_end_is_a_pass():
-    st = state(DEFINED, *(ok(i) for i in range(4)), END)
+# --------------------------------------------------------------------------- checking
+
+
+def test_right_values_for_every_test_and_the_end_is_a_pass():
+    st, script = check(DEFINED, *RIGHT)
     st.set_exit(exited(0), usage(cpu=0.25))
     r = st.result("root")
     assert st.end and not st.corrupt
     assert (r["status"], r["error_type"], r["phase"]) == ("passed", None, None)
     assert [t["passed"] for t in r["tests"]] == [True] * 4
-    assert r["detail"]["cpu_seconds"] == 0.25 and r["detail"]["isolation"] == "root"
-    assert r["detail"]["exit"] == "code 0"
+    assert [kind for kind, _ in script.sent] == [b"C"] * 4
+    assert script.sent[2][1] == encode(((2,), {}))
+    assert r["detail"]["cpu_seconds"] == 0.25 and r["detail"]["exit"] == "code 0"
 
 
 def test_a_message_split_across_reads_counts_once_it_is_whole():
-    whole = DEFINED + ok(0) + ok(1) + ok(2) + ok(3) + END
-    st = runstate.RunState(dict(LIMITS), NAMES, TOKEN)
-    for i in range(0, len(whole), 7):
-        st.feed(whole[i : i + 7])
+    whole = DEFINED + b"".join(RIGHT)
+    st, _ = check(*(whole[i : i + 7] for i in range(0, len(whole), 7)))
     assert st.result("root")["status"] == "passed"
 
 
+def test_the_server_asserts_on_the_values_and_says_why():
+    st, _ = check(DEFINED, value(0), value(2), value([1]), value(None))
+    r = st.result("root")
+    assert (r["status"], r["error_type"], r["phase"]) == ("failed", "AssertionError", "test")
+    assert classes(r) == ["AssertionError", None, "AssertionError", "AssertionError"]
+    assert r["tests"][0]["line"] == "assert candidate(0) == 1"
+
+
+def test_an_exception_the_candidate_raised_is_its_class_with_its_frames():
+    st, _ = check(DEFINED, value(1), raised("MyError", "ValueError", "bad input"), *RIGHT[2:])
+    r = st.result("root")
+    assert classes(r) == [None, "MyError", None, None]
+    assert r["message"] == "MyError: bad input"
+    assert r["traceback"].splitlines() == [
+        "Traceback (most recent call last):",
+        '  File "<test second>", line 1, in <module>', "    assert candidate(1) == 2",
+        '  File "<candidate>", line 2, in f', "MyError: bad input",
+    ]
+
+
+def test_an_exception_is_raised_as_its_builtin_class_so_tests_can_catch_it():
+    source = "try:\n    candidate(0)\nexcept ValueError:\n    pass\nelse:\n    raise AssertionError('no error')"
+    st, _ = check(DEFINED, raised("MyError", "ValueError", "bad"), sources=[source])
+    assert st.result("root")["status"] == "passed"
+    st, _ = check(DEFINED, raised("MyExit", "SystemExit", "0"), sources=[source])
+    assert classes(st.result("root")) == ["MyExit"]
+
+
+def test_a_result_that_is_not_plain_data_keeps_its_truth_and_equals_nothing():
+    sources = ["assert candidate(0)", "assert not candidate(1)", "assert candidate(2) == 3",
+               "assert list(candidate(3)) == [1]"]
+    truthy = line("notplain", what="a Match", truth=True, error="")
+    falsy = line("notplain", what="a Match", truth=False, error="")
+    equal = line("notplain", what="an int subclass Yes", truth=True, error="")
+    st, _ = check(DEFINED, truthy, falsy, equal, line("notplain", what="a generator", truth=True, error=""),
+                  sources=sources)
+    r = st.result("root")
+    assert classes(r) == [None, None, "AssertionError", "TypeError"]
+    assert "the candidate returned a generator, which is not plain data" in r["tests"][3]["message"]
+
+
+def test_a_test_that_passes_the_candidate_a_function_fails_saying_so():
+    st, script = check(DEFINED, sources=["assert candidate(len) == 1"])
+    assert classes(st.result("root")) == ["TypeError"]
+    assert "passes the candidate a builtin_function_or_method" in st.result("root")["message"]
+    assert script.sent == []
+
+
+def test_the_setup_runs_here_and_its_helpers_are_the_tests_own():
+    setup = "def helper(v):\n    return v == 8\n"
+    st, _ = check(DEFINED, value(8), sources=["assert helper(candidate(7))"], setup=setup)
+    assert st.result("root")["status"] == "passed"
+    st, _ = check(DEFINED, value(9), sources=["assert helper(candidate(7))"], setup=setup)
+    assert st.result("root")["status"] == "failed"
+
+
+def test_in_process_tests_are_sent_and_their_reports_taken():
+    st, script = check(DEFINED, line("result", ok=True),
+                       line("result", ok=False, et="NameError", msg="NameError: x", line="x", tb=""),
+                       sources=TESTS[:2], checked=False)
+    r = st.result("root")
+    assert classes(r) == [None, "NameError"] and r["message"] == "NameError: x"
+    assert [kind for kind, _ in script.sent] == [b"T", b"T"]
+
+
+def test_a_program_that_fails_to_define_fails_every_test():
+    st, script = check(line("define", ok=False, et="SyntaxError", msg="SyntaxError: bad", line="def (", tb=""))
+    r = st.result("root")
+    assert (r["status"], r["error_type"], r["phase"]) == ("failed", "SyntaxError", "define")
+    assert classes(r) == ["SyntaxError"] * 4 and script.sent == []
+    assert all(t["message"].startswith("not run: the program failed to define (SyntaxError: bad") for t in r["tests"])
+
+
+def test_without_the_entry_point_the_tests_meet_a_name_error():
+    st, script = check(line("define", ok=True, entry=False), sources=TESTS[:1])
+    assert classes(st.result("root")) == ["NameError"] and script.sent == []
+
+
+def test_a_memory_error_ends_the_checking():
+    st, script = check(DEFINED, value(1), raised("MemoryError", "MemoryError", ""))
+    r = st.result("root")
+    assert (r["status"], r["error_type"]) == ("memory", "MemoryError")
+    assert classes(r) == [None, "MemoryError", None, None] and len(script.sent) == 2
+
+
+@pytest.mark.parametrize(
+    ("messages", "why"),
+    [
+        ((b"not json\n",), "unparsable"),
+        ((b"[1]\n",), "not an object"),
+        ((value(1),), "instead of the definition"),
+        ((DEFINED, line("result", ok=True)), "answered a call with 'result'"),
+        ((DEFINED, line("value", v={"a": 1})), "malformed value"),
+        ((DEFINED, line("value", v=["x", 1])), "malformed value"),
+        ((DEFINED, line("raised", et="E", base="Exception", msg=1, tb="")), "answered a call with 'raised'"),
+        ((DEFINED, value(1), END), "end message before the server's last request"),
+    ],
+)
+def test_anything_out_of_protocol_is_a_corrupt_result(messages, why):
+    st, _ = check(*messages, *RIGHT)
+    r = st.result("root")
+    assert (r["status"], r["error_type"]) == ("crashed", "corrupt result")
+    assert why in r["message"]
+    assert not any(t["passed"] for t in r["tests"][len(st.results):])
+
+
+def test_a_forged_end_without_every_report_is_no_pass():
+    st, _ = check(DEFINED, value(1), end=False)
+    st.feed(END)
+    r = st.result("root")
+    assert (r["status"], r["error_type"]) == ("crashed", "corrupt result")
+
+
+# ---------------------------------------------------------------------------- verdict
+
+
 def test_every_report_but_no_end_is_not_a_pass():
-    st = state(DEFINED, *(ok(i) for i in range(4)))
+    st, _ = check(DEFINED, *RIGHT, end=False)
     st.set_exit(exited(0), usage())
     r = st.result("root")
     assert (r["status"], r["error_type"]) == ("crashed", "exit without result")
     assert "before finishing" in r["message"]
 
 
-def test_the_class_is_the_first_failing_tests_and_every_test_keeps_its_own():
-    st = state(DEFINED, ok(0), fail(1, "AssertionError"), fail(2, "TypeError"), ok(3), END)
-    r = st.result("root")
-    assert (r["status"], r["error_type"], r["phase"]) == ("failed", "AssertionError", "test")
-    assert classes(r) == [None, "AssertionError", "TypeError", None]
-    assert r["message"] == "AssertionError: boom" and r["traceback"] == "Traceback ..."
-
-
 def test_an_early_failure_decides_over_a_later_timeout():
-    st = state(DEFINED, ok(0), fail(1, "AssertionError"))
+    st, _ = check(DEFINED, value(1), value(0), end=False)
     st.cpu_timed_out, st.cpu_seen = True, 5.0
     st.set_exit(killed(signal.SIGKILL), usage(cpu=5.0))
     r = st.result("root")
@@ -111,7 +257,7 @@ def test_an_early_failure_decides_over_a_later_timeout():
 
 @pytest.mark.parametrize("how", ["measured", "SIGXCPU", "SIGKILL at the limit"])
 def test_a_cpu_timeout(how):
-    st = state(DEFINED, ok(0))
+    st, _ = check(DEFINED, value(1), end=False)
     if how == "measured":
         st.cpu_timed_out, st.cpu_seen = True, 5.01
     elif how == "SIGXCPU":
@@ -126,7 +272,7 @@ def test_a_cpu_timeout(how):
 
 
 def test_a_wall_timeout_is_told_from_a_cpu_timeout():
-    st = state(DEFINED)
+    st, _ = check(DEFINED, end=False)
     st.timed_out = True
     st.set_exit(killed(signal.SIGKILL), usage(cpu=0.02))
     r = st.result("root")
@@ -136,7 +282,7 @@ def test_a_wall_timeout_is_told_from_a_cpu_timeout():
 
 
 def test_a_timeout_while_defining_is_in_the_define_phase():
-    st = state()
+    st, _ = check(end=False)
     st.timed_out = True
     r = st.result("root")
     assert (r["status"], r["phase"]) == ("timeout", "define")
@@ -144,12 +290,12 @@ def test_a_timeout_while_defining_is_in_the_define_phase():
 
 
 def test_a_crash_by_signal_and_an_early_exit():
-    st = state(DEFINED, ok(0))
+    st, _ = check(DEFINED, value(1), end=False)
     st.set_exit(killed(signal.SIGSEGV), usage())
     r = st.result("root")
     assert (r["status"], r["error_type"], r["message"]) == ("crashed", "SIGSEGV", "killed by SIGSEGV")
     assert classes(r) == [None, "SIGSEGV", None, None]
-    st = state(DEFINED, ok(0), ok(1))
+    st, _ = check(DEFINED, value(1), value(2), end=False)
     st.set_exit(exited(3), usage())
     r = st.result("root")
     assert (r["status"], r["error_type"]) == ("crashed", "exit without result")
@@ -157,80 +303,49 @@ def test_a_crash_by_signal_and_an_early_exit():
 
 
 def test_a_kill_near_the_memory_limit_is_a_memory_outcome():
-    st = state(DEFINED)
+    st, _ = check(DEFINED, end=False)
     st.set_exit(killed(signal.SIGKILL), usage(rss_mb=1000))
     r = st.result("root")
     assert (r["status"], r["error_type"]) == ("memory", "MemoryError")
     assert "at 1000 MB (limit 1024 MB)" in r["message"]
 
 
-def test_a_memory_error_may_end_the_run_before_the_remaining_tests():
-    st = state(DEFINED, ok(0), fail(1, "MemoryError"), END)
-    r = st.result("root")
-    assert st.end and not st.corrupt
-    assert (r["status"], r["error_type"]) == ("memory", "MemoryError")
-    assert classes(r) == [None, "MemoryError", None, None]
-
-
-def test_a_program_that_fails_to_define_fails_every_test():
-    st = state(line("define", ok=False, et="SyntaxError", msg="SyntaxError: bad", line="def (", tb=""), END)
-    r = st.result("root")
-    assert (r["status"], r["error_type"], r["phase"]) == ("failed", "SyntaxError", "define")
-    assert classes(r) == ["SyntaxError"] * 4
-    assert all(t["message"].startswith("not run: the program failed to define (SyntaxError: bad") for t in r["tests"])
-
-
-@pytest.mark.parametrize(
-    ("messages", "why"),
-    [
-        ((line("define", token="f" * 16, ok=True),), "without the run's token"),
-        ((b"not json\n",), "unparsable"),
-        ((DEFINED, ok(1)), "out of order"),
-        ((DEFINED, ok(0), ok(0)), "out of order"),
-        ((ok(0),), "unexpected 'result'"),
-        ((DEFINED, DEFINED), "unexpected 'define'"),
-        ((DEFINED, ok(0), END), "without reporting every test"),
-        ((DEFINED, *(ok(i) for i in range(4)), ok(4)), "out of order"),
-    ],
-)
-def test_anything_but_the_expected_sequence_is_a_corrupt_result(messages, why):
-    st = state(*messages, *(ok(i) for i in range(4)), END)
-    r = st.result("root")
-    assert (r["status"], r["error_type"]) == ("crashed", "corrupt result")
-    assert why in r["message"]
-    assert not any(t["passed"] for t in r["tests"][len(st.results):])
-
-
 def test_more_data_than_the_harness_writes_is_corrupt():
-    st = state(DEFINED)
+    st = runstate.RunState(dict(LIMITS), NAMES)
     st.feed(b" " * (runstate.MAX_RESULT_BYTES + 1))
     assert st.corrupt and "more data" in st.corrupt
     assert st.result("root")["error_type"] == "corrupt result"
 
 
 def test_a_sandbox_error_before_the_definition_is_kept_apart():
-    st = state(line("sandbox_error", msg="could not confine the child: EPERM"))
+    st, _ = check(line("sandbox_error", msg="could not confine the child: EPERM"), end=False)
     assert st.sandbox_error == "could not confine the child: EPERM"
     assert st.corrupt
 
 
 def test_output_past_the_cap_is_counted_not_kept():
-    st = state(DEFINED, *(ok(i) for i in range(4)), END)
+    st, _ = check(DEFINED, *RIGHT)
     st.add_output(b"x" * 60, 100)
     st.add_output(b"y" * 60, 100)
     st.add_output(b"z" * 10, 100)
     r = st.result("root")
     assert r["output"] == "x" * 60 + "y" * 40
     assert (r["detail"]["output_bytes"], r["detail"]["output_truncated"]) == (130, True)
-    st = state(DEFINED, *(ok(i) for i in range(4)), END)
+    st, _ = check(DEFINED, *RIGHT)
     st.add_output("é".encode() + b"\xff", 100)
     r = st.result("root")
     assert r["output"] == "é\ufffd" and not r["detail"]["output_truncated"]
 
 
+def test_what_a_checked_test_prints_joins_the_output():
+    st, _ = check(DEFINED, value(1), sources=["print('seen', candidate(0))"])
+    assert st.result("root")["output"] == "seen 1\n"
+
+
 def test_texts_are_cut_and_lose_object_addresses():
     long = "E: " + "x" * (runstate.MAX_TEXT + 50) + " <function f at 0x7f0011223344>"
-    st = state(DEFINED, line("result", i=0, ok=False, et="E", msg=long, line="", tb=""), END, names=["only"])
+    st, _ = check(DEFINED, line("result", ok=False, et="E", msg=long, line="", tb=""), sources=TESTS[:1],
+                  checked=False)
     message = st.result("root")["message"]
     assert message.endswith("more characters]") and len(message) < runstate.MAX_TEXT + 40
     assert runstate.clean_text("<function f at 0x7f0011223344>") == "<function f>"

@@ -1,0 +1,273 @@
+"""The server's side of a run: it runs the tests, the candidate's process only answers calls.
+
+The sandbox server never runs candidate code, and with this module it runs the tests itself:
+after the candidate's process has defined the program (see `_sandbox_harness`), `Checking`
+runs the setup (HumanEval's prompt helpers included) in a namespace of the server's, then every
+*checked* test (see `_sandbox_routes`) there, with `candidate` and the entry point's name bound
+to a stub. The stub sends the arguments to the candidate's process as plain data
+(`_sandbox_codec`) and returns what comes back: the result as plain data, built afresh here;
+or, for anything else (a generator, a `re.Match`, an int subclass with its own `__eq__`), a
+`NotPlainData` that keeps only the value's truth (a test may check that, or compare it: it is
+equal to nothing else, the identity comparison Python makes for objects without an `__eq__` of
+their own; any other use fails with a message that says why); or it raises the exception the
+call raised, as an instance of its nearest builtin class, described with the candidate's own
+class name, message and frames. Tests of other forms are sent to the candidate's process and
+run there (`in process`), as before; their reports are taken as they come.
+
+Whatever the candidate's process does (walk frames, `gc`, read its own memory, write on the
+result channel, return objects that claim equality, redefine the prompt's helpers), a checked
+test passes only if the values it returned make the server's own asserts hold. Anything out of
+protocol on the channel (a malformed value, a reply of the wrong kind) makes the run corrupt.
+Imported by name by the server (see `_sandbox_bootstrap`).
+"""
+
+from __future__ import annotations
+
+import builtins
+import marshal
+import sys
+import typing
+
+if typing.TYPE_CHECKING:
+    from pytest_codegen import _sandbox_codec as codec
+    from pytest_codegen._sandbox_harness import make_describer
+    from pytest_codegen._sandbox_runstate import RunState
+else:
+    import _sandbox_codec as codec
+    from _sandbox_harness import make_describer
+    from _sandbox_runstate import RunState
+
+
+class Stopped(BaseException):
+    """The run is over (timeout, exit, corrupt channel) while a test waited for an answer."""
+
+
+class Channel(typing.Protocol):
+    """The server's link to the run's candidate process."""
+
+    def ask(self, kind: bytes, payload: bytes) -> dict:
+        """Send a request; the next message from the candidate's process (Stopped if none comes)."""
+
+    def receive(self) -> dict:
+        """The next message from the candidate's process (Stopped if none comes)."""
+
+
+class NotPlainData:
+    """What the candidate returned when it was not plain data: its description and truth."""
+
+    __slots__ = ("_what", "_truth", "_truth_error")
+
+    def __init__(self, what: str, truth: bool | None, truth_error: str) -> None:
+        self._what, self._truth, self._truth_error = what, truth, truth_error
+
+    def _refuse(self, *args: object) -> typing.NoReturn:
+        raise TypeError(
+            f"the candidate returned {self._what}, which is not plain data (only {codec.PLAIN} reach "
+            "the checking): a test can check its truth or compare it, nothing more"
+        )
+
+    def __repr__(self) -> str:
+        return f"<not plain data: {self._what}>"
+
+    def __bool__(self) -> bool:
+        if self._truth is None:
+            raise TypeError(f"the truth of {self._what} is unknown: {self._truth_error}")
+        return self._truth
+
+    def __getattr__(self, name: str) -> typing.NoReturn:
+        raise AttributeError(f"{name}: the candidate returned {self._what}, which is not plain data")
+
+    __iter__ = __len__ = __getitem__ = __contains__ = __lt__ = __le__ = __gt__ = __ge__ = _refuse
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = __truediv__ = __float__ = __int__ = _refuse
+
+
+class _Output:
+    """sys.stdout and sys.stderr while a test runs here: what it prints joins the run's output."""
+
+    def __init__(self, state: RunState, cap: int) -> None:
+        self.state, self.cap = state, cap
+
+    def write(self, text: str) -> int:
+        self.state.add_output(str(text).encode("utf-8", "backslashreplace"), self.cap)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+class Checking:
+    """One run's tests, checked here: `tests` as the server compiled them ([name, filename,
+    source, code or None, compile error or None, checked]), the setup's code and source, the
+    entry point; results go into `state` (its `define` and `results`)."""
+
+    def __init__(self, tests: list, setup: tuple[typing.Any, str, dict | None], entry: str | None,
+                 channel: Channel, state: RunState, output_cap: int) -> None:
+        self.tests, self.entry, self.channel, self.state = tests, entry, channel, state
+        self.setup_code, setup_source, self.setup_error = setup
+        self.sources = {"<setup>": setup_source, **{t[1]: t[2] for t in tests}}
+        self.describer = make_describer(self.sources)
+        self.output = _Output(state, output_cap)
+        self.raised: tuple | None = None  # (exception, name, text, the candidate's frames) of the last call
+        self.over = False  # the run stopped while a test waited
+
+    # --- the stub ------------------------------------------------------------------------
+
+    def _stub(self, name: str) -> typing.Callable[..., typing.Any]:
+        """The candidate as the checked tests see it: a function of the entry point's name."""
+
+        def stub(*args: typing.Any, **kwargs: typing.Any) -> typing.Any:
+            return self.call(*args, **kwargs)
+
+        stub.__name__ = stub.__qualname__ = name  # as assertion explanations show it
+        return stub
+
+    def call(self, *args: typing.Any, **kwargs: typing.Any) -> typing.Any:
+        """A call of the candidate, answered by its process."""
+        try:
+            request = codec.encode((args, kwargs))
+        except codec.NotPlain as e:
+            raise TypeError(f"the test passes the candidate {e.what}, which cannot cross to the candidate's "
+                            f"process (only {codec.PLAIN} do)") from None
+        msg = self._ask(b"C", request)
+        kind = msg.get("k")
+        if kind == "value":
+            try:
+                return codec.from_json(msg.get("v"))
+            except codec.Malformed as e:
+                self._broken(f"the candidate's process sent a malformed value ({e})")
+        if kind == "notplain":
+            what, truth, error = msg.get("what"), msg.get("truth"), msg.get("error")
+            if type(what) is str and truth in (True, False, None) and type(error) is str:
+                return NotPlainData(what[:300], truth, error[:300])
+        elif kind == "raised":
+            fields = [msg.get(k) for k in ("et", "base", "msg", "tb")]
+            if all(type(v) is str for v in fields):
+                name, base, text, lines = typing.cast("list[str]", fields)
+                exc = self._stand_in(base, text)
+                self.raised = (exc, name[:200], text, [lines])
+                raise exc
+        self._broken(f"the candidate's process answered a call with {str(kind)[:40]!r}")
+
+    @staticmethod
+    def _stand_in(base: str, text: str) -> BaseException:
+        """An instance of the builtin exception class `base` (Exception if it is none)."""
+        cls = vars(builtins).get(base)
+        if not (isinstance(cls, type) and issubclass(cls, BaseException)):
+            cls = Exception
+        try:
+            return cls(text)
+        except Exception:
+            return cls.__new__(cls)
+
+    def _ask(self, kind: bytes, payload: bytes) -> dict:
+        if self.over:
+            raise Stopped
+        try:
+            return self.channel.ask(kind, payload)
+        except Stopped:
+            self.over = True
+            raise
+
+    def _broken(self, why: str) -> typing.NoReturn:
+        if not self.state.corrupt:
+            self.state.corrupt = why
+        self.over = True
+        raise Stopped
+
+    # --- the run -------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Take the definition's report, then check every test in order (stopping at the first
+        MemoryError, or when the run is over)."""
+        st = self.state
+        try:
+            defined = self.channel.receive()
+        except Stopped:
+            return
+        if defined.get("k") != "define" or defined.get("ok") not in (True, False):
+            self.state.corrupt = f"unexpected {str(defined.get('k'))[:40]!r} message instead of the definition"
+            return
+        if not defined["ok"]:
+            st.define = defined
+            return
+        tns: dict[str, typing.Any] = {"__builtins__": dict(vars(builtins)), "__name__": "__test__"}
+        failed = self._setup(tns)
+        if failed is not None:
+            st.define = failed
+            return
+        st.define = {"ok": True}
+        if self.entry and defined.get("entry") is True:
+            tns["candidate"] = tns[self.entry] = self._stub(self.entry)
+        for _name, filename, source, code, error, checked in self.tests:
+            if code is None:
+                report = {"ok": False, "et": error["et"], "msg": error["msg"], "line": error["line"], "tb": ""}
+            elif checked:
+                report = self._check(code, filename, tns)
+            else:
+                report = self._in_process(filename, source, code)
+            if self.over or st.corrupt:
+                return
+            st.results.append(report)
+            if report.get("et") == "MemoryError":
+                return
+
+    def _setup(self, tns: dict) -> dict | None:
+        if self.setup_error is not None:
+            return {"ok": False, "line": self.setup_error["line"], "tb": "",
+                    **{k: self.setup_error[k] for k in ("et", "msg")}}
+        if self.setup_code is None:
+            return None
+        try:
+            with self._printing():
+                exec(self.setup_code, tns)  # noqa: S102  # trusted: the suite's own setup
+        except BaseException:
+            return self._failure("<define>")
+        return None
+
+    def _check(self, code: typing.Any, filename: str, tns: dict) -> dict:
+        self.raised = None
+        try:
+            with self._printing():
+                exec(code, tns)  # noqa: S102  # trusted: the suite's test, compiled by the server
+        except BaseException:
+            return self._failure(filename)
+        return {"ok": True}
+
+    def _in_process(self, filename: str, source: str, code: typing.Any) -> dict:
+        try:
+            msg = self._ask(b"T", marshal.dumps((filename, source, code)))
+        except Stopped:
+            return {}
+        if msg.get("k") != "result" or msg.get("ok") not in (True, False):
+            try:
+                self._broken(f"the candidate's process answered a test with {str(msg.get('k'))[:40]!r}")
+            except Stopped:
+                return {}
+        if msg["ok"]:
+            return {"ok": True}
+        return {"ok": False, **{k: msg.get(k) for k in ("et", "msg", "line", "tb")}}
+
+    def _failure(self, where: str) -> dict:
+        ev = sys.exc_info()[1]
+        remote = None
+        if self.raised is not None and self.raised[0] is ev:
+            remote = self.raised[1:]
+        et, msg, line, tb = self.describer.describe(where, remote)
+        return {"ok": False, "et": et, "msg": msg, "line": line, "tb": tb}
+
+    def _printing(self) -> typing.ContextManager[None]:
+        return _Redirected(self.output)
+
+
+class _Redirected:
+    """sys.stdout and sys.stderr to `output` for a while."""
+
+    def __init__(self, output: _Output) -> None:
+        self.output = output
+
+    def __enter__(self) -> None:
+        self.saved = sys.stdout, sys.stderr
+        sys.stdout = sys.stderr = self.output
+
+    def __exit__(self, *exc: object) -> None:
+        sys.stdout, sys.stderr = self.saved

@@ -1,0 +1,24 @@
+"""`pytest-codegen routes`: where the sandbox runs each benchmark's scoring tests."""
+
+from __future__ import annotations
+
+from pytest_codegen import cli
+
+
+def test_every_humaneval_test_is_checked_by_the_server(capsys):
+    assert cli.main(["routes"]) == cli.EXIT_OK
+    out = capsys.readouterr().out
+    assert "humaneval: 1133 scoring tests of 164 problems" in out
+    assert "in the candidate's process       0 tests" in out and "in process:" not in out
+
+
+def test_mbpp_lists_the_tests_that_run_in_process_and_why(capsys, mbpp_path):
+    assert cli.main(["routes", "--benchmark", "mbpp", "--mbpp-data", str(mbpp_path)]) == cli.EXIT_OK
+    out = capsys.readouterr().out
+    assert "checked by the server         1321 tests" in out
+    assert "in process: Mbpp/596 assert[0]: uses sys from the program" in out
+
+
+def test_a_missing_mbpp_file_is_a_usage_error(capsys, tmp_path):
+    assert cli.main(["routes", "--benchmark", "mbpp", "--mbpp-data", str(tmp_path / "none.json")]) == cli.EXIT_USAGE
+    assert "not a file" in capsys.readouterr().err
