@@ -156,8 +156,11 @@ class Checking:
             cls = Exception
         try:
             return cls(text)
-        except Exception:
-            return cls.__new__(cls)
+        except Exception:  # a class that wants other arguments (UnicodeDecodeError, ExceptionGroup)
+            try:
+                return cls.__new__(cls)
+            except Exception:
+                return Exception(text)
 
     def _ask(self, kind: bytes, payload: bytes) -> dict:
         if self.over:

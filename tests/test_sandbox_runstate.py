@@ -147,6 +147,9 @@ def test_an_exception_is_raised_as_its_builtin_class_so_tests_can_catch_it():
     assert st.result("root")["status"] == "passed"
     st, _ = check(DEFINED, raised("MyExit", "SystemExit", "0"), sources=[source])
     assert classes(st.result("root")) == ["MyExit"]
+    for base in ("UnicodeDecodeError", "ExceptionGroup", "print", "NoSuchName"):  # no plain instance of these
+        st, _ = check(DEFINED, raised("Odd", base, "odd"), sources=TESTS[:1])
+        assert classes(st.result("root")) == ["Odd"]
 
 
 def test_a_result_that_is_not_plain_data_keeps_its_truth_and_equals_nothing():
