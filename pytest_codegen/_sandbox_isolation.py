@@ -26,10 +26,10 @@ import typing
 
 if typing.TYPE_CHECKING:
     from pytest_codegen import _sandbox_forker as forker
-    from pytest_codegen._sandbox_memcg import MemoryCap
+    from pytest_codegen._sandbox_cgroups import CpuMeter, MemoryCap
 else:
     import _sandbox_forker as forker
-    from _sandbox_memcg import MemoryCap
+    from _sandbox_cgroups import CpuMeter, MemoryCap
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWIPC = 0x08000000
@@ -127,6 +127,7 @@ class Isolation:
         self.mqueue: str | None = None  # where this IPC namespace's POSIX message queues show
         self.no_userns = False  # creating user namespaces fails inside (the forker's seccomp filter)
         self.memory: MemoryCap | None = None  # the runs' memory cgroup
+        self.cpu: CpuMeter | None = None  # the runs' CPU cgroup (without: each process's own CPU time)
         self.missing: list[str] = []  # mechanisms unavailable here, for the isolation line
         self.notes: list[str] = []
 
@@ -149,13 +150,16 @@ class Isolation:
                          f"{'; datasets hidden' if self.datasets_hidden else ''}) + private tmpfs")
         if self.memory is not None:
             parts.append(f"memory cgroup v{self.memory.version} (a run's total)")
+        if self.cpu is not None:
+            parts.append(f"CPU cgroup v{self.cpu.version} (a run's total CPU time)")
         if self.no_userns:
             parts.append("no user namespaces")
         if self.uid is None:
             parts.append("process group")
         line = " + ".join(parts)
         if self.uid is None and not self.namespaces:
-            line = "rlimits + process group only (not root: no network/filesystem isolation)"
+            cgroups = [part for part in parts if "cgroup" in part]
+            line = " + ".join(["rlimits", *cgroups, "process group only (not root: no network/filesystem isolation)"])
         elif self.uid is None:
             line += " (not root: runs as the caller's uid)"
         elif not self.namespaces:
@@ -418,6 +422,9 @@ def setup_isolation(cfg: dict) -> Isolation:
     iso.memory, why = MemoryCap.create()  # before the new root hides the cgroup file systems
     if iso.memory is None:
         iso.missing.append(why)
+    iso.cpu, why = CpuMeter.create(iso.memory)
+    if iso.cpu is None:
+        iso.missing.append(f"{why}: the CPU limit applies to each process alone")
     if os.geteuid() == 0:
         try:
             unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC)

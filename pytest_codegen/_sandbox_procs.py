@@ -11,6 +11,10 @@ import os
 import re
 import signal
 import time
+import typing
+
+if typing.TYPE_CHECKING:
+    from pytest_codegen._sandbox_cgroups import CpuMeter
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # This process's /proc, taken at import: the isolation set-up later covers /proc with the
@@ -91,6 +95,33 @@ def proc_cpu(pid: int | None) -> float | None:
         return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
     except (OSError, ValueError, IndexError):
         return None
+
+
+class RunCpu:
+    """The CPU time a run has used since it began: with the server's CPU cgroup (`meter`, the
+    run's zygote just joined), that of every process of the run, exited ones included; without
+    one, only its first process's own (`pid`, while it exists), so a run that forks gets more."""
+
+    def __init__(self, meter: CpuMeter | None, pid: int | None) -> None:
+        self.meter, self.pid = meter, pid
+        self.start = self._meter_seconds() if meter is not None else None
+        self.whole = self.start is not None  # every process's, not only the first's
+        # how fast it can grow (seconds a second): the candidate may widen its CPU affinity
+        self.rate = float(os.cpu_count() or 1) if self.whole else 1.0
+
+    def _meter_seconds(self) -> float | None:
+        try:
+            return self.meter.seconds() if self.meter is not None else None
+        except (OSError, ValueError):
+            return None
+
+    def used(self, alive: bool) -> float | None:
+        """Seconds so far; None where it cannot be read (without a cgroup: the first process
+        is gone, `alive` False, and its number may be another's now)."""
+        if self.start is not None:
+            now = self._meter_seconds()
+            return None if now is None else max(0.0, now - self.start)
+        return proc_cpu(self.pid) if alive else None
 
 
 def uid_tasks(uid: int) -> int:

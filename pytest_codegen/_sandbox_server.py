@@ -38,7 +38,9 @@ How one execution runs
   - not root: the same namespaces inside an unprivileged user namespace if the kernel allows it
     (no uid change then), otherwise nothing but rlimits and process-group/descendant killing.
   In every mode the forker's seccomp filter forbids new user namespaces, and where a memory
-  cgroup can be had (`_sandbox_memcg`), each run's processes join it: their total is capped.
+  cgroup can be had (`_sandbox_cgroups`), each run's processes join it: their total is capped;
+  so with a CPU cgroup, which measures the CPU time of all of a run's processes, exited ones
+  included (without one, only the child's own CPU time is seen: a run that forks gets more).
   The writable places (/tmp, /var/tmp, /dev/shm, /run/lock) form the *scratch space*, tmpfs
   each, with the work dir /tmp/work owned by the sandbox uid; after every run, once every
   process of the run is gone, it is emptied, the directories' modes restored, the work dir made
@@ -65,8 +67,8 @@ How one execution runs
   of the candidate on its job pipe, which stays open for those requests.
 * The server enforces the limits (select over the result and output pipes and a pidfd, with a
   deadline; output past the cap is drained and counted, never stored): the CPU-time limit
-  decides (RLIMIT_CPU in the child, and the server's own reading of the child's CPU time once
-  the wall clock has passed the limit: `timeout (cpu)`), the wall clock is a backstop for
+  decides (RLIMIT_CPU in each process, and the server's own reading of the run's CPU time, its
+  cgroup's: `timeout (cpu)`), the wall clock is a backstop for
   programs that wait (`timeout (wall)`). When the harness
   reported everything it has already, as the sandbox uid, set RLIMIT_NPROC to 0 (no process
   of the uid can fork any more) and sent SIGKILL to every other process of the uid with
@@ -210,13 +212,13 @@ class Run:
     """One run in progress: its zygote, when it started, its verdict's state, and its watch:
     the limits' deadlines, the pipes still open, requests not yet written."""
 
-    def __init__(self, req: dict, z: Zygote, state: RunState, t0: float) -> None:
-        self.req, self.z, self.state, self.t0 = req, z, state, t0
+    def __init__(self, req: dict, z: Zygote, state: RunState, t0: float, cpu: procs.RunCpu) -> None:
+        self.req, self.z, self.state, self.t0, self.cpu = req, z, state, t0, cpu
         lim = req["limits"]
         self.output_cap = int(lim["output_bytes"])
         self.cpu_limit = float(lim["cpu_seconds"])
         self.deadline = t0 + float(lim["wall_seconds"])
-        self.cpu_check = t0 + self.cpu_limit  # CPU time grows no faster than the wall clock (one thread)
+        self.cpu_check = t0 + self.cpu_limit / cpu.rate  # the soonest it can reach the limit
         self.open_fds = [z.res_r, z.out_r]
         self.outgoing = b""  # requests for the child, not yet written
         self.over = False  # ended, stopped or broken: nothing more comes
@@ -314,7 +316,14 @@ class Server:
                 self.iso.memory.join(z.host_pid)
             except OSError:
                 pass  # a zygote that died: the run says so
-        run = Run(req, z, RunState(lim, [t[0] for t in tests]), time.monotonic())
+        meter = None  # the CPU cgroup, once the zygote is in it
+        if self.iso.cpu is not None and z.host_pid is not None:
+            try:
+                self.iso.cpu.join(z.host_pid)
+                meter = self.iso.cpu
+            except OSError:
+                pass  # a zygote that died: the run says so
+        run = Run(req, z, RunState(lim, [t[0] for t in tests]), time.monotonic(), procs.RunCpu(meter, z.host_pid))
         try:
             forker.write_frame(z.req_w, payload)
             os.set_blocking(z.req_w, False)  # requests follow, written as the child takes them
@@ -338,6 +347,9 @@ class Server:
         clean = st.end and not st.corrupt and not st.timed_out and not st.cpu_timed_out
         if not clean:
             self._stop(run, clean=False)
+            used = run.cpu.used(alive=False) if run.cpu.whole else None
+            if used is not None:  # every process of the run is gone: all of its CPU time
+                st.cpu_seen = max(st.cpu_seen or 0.0, used)
         if st.sandbox_error:  # the child could not be confined: the sandbox broke, not the program
             return {"ok": False, "error": st.sandbox_error}, run, False
         result = st.result(self.iso.mode)
@@ -350,9 +362,10 @@ class Server:
         come (`want_message`: True) or the run is over (False): its end, its exit, a corrupt
         channel, its CPU time reaching the limit (the limit that decides: independent of the
         machine's load) or the wall clock's deadline (a backstop for programs that wait rather
-        than compute). RLIMIT_CPU stops the child in whole seconds by itself; the server's own
-        look at its CPU time, once the wall clock has passed the limit, makes fractional limits
-        exact and costs a run that ends sooner nothing."""
+        than compute). RLIMIT_CPU stops each process in whole seconds by itself; the server's
+        own look at the run's CPU time (see `procs.RunCpu`), once it may have reached the limit,
+        counts all of its processes, makes fractional limits exact and costs a run that ends
+        sooner nothing."""
         z, st, sock = run.z, run.state, self.link.sock
         while True:
             if want_message and st.inbox:
@@ -368,11 +381,12 @@ class Server:
                 st.timed_out = run.over = True
                 continue
             if now >= run.cpu_check:
-                used = procs.proc_cpu(z.host_pid) if not z.reaped else None
+                used = run.cpu.used(alive=not z.reaped)
                 if used is not None and used >= run.cpu_limit:
                     st.cpu_timed_out, st.cpu_seen, run.over = True, used, True
                     continue
-                run.cpu_check = now + max(0.01, run.cpu_limit - used) if used is not None else now + 0.05
+                left = (run.cpu_limit - used) / run.cpu.rate if used is not None else 0.05
+                run.cpu_check = now + max(0.01, left)
             watch: list[int | _socket.socket] = [*run.open_fds, sock]  # the forker reports the child's exit
             if z.pidfd is not None:
                 watch.append(z.pidfd)
@@ -412,14 +426,15 @@ class Server:
         run.outgoing = run.outgoing[written:]
 
     def _watched(self, run: Run) -> None:
-        """Once the run is over: its time, its CPU time while /proc has it, and what is left in
-        its pipes."""
+        """Once the run is over: its time, its CPU time (its cgroup's, or the child's while
+        /proc has it), and what is left in its pipes."""
         z, st = run.z, run.state
         st.seconds = time.monotonic() - run.t0
-        if not z.reaped and st.cpu_seen is None:  # its CPU time, while /proc still has it
-            st.cpu_seen = procs.proc_cpu(z.host_pid)
-            if st.cpu_seen is None and st.end:  # gone already: its rusage is on its way
-                self._wait_child(run, block=True)
+        used = run.cpu.used(alive=not z.reaped)
+        if used is not None:
+            st.cpu_seen = max(st.cpu_seen or 0.0, used)
+        elif not z.reaped and st.end:  # gone already: its rusage is on its way
+            self._wait_child(run, block=True)
         self._drain(run, budget=0.0)  # what is already in the pipes belongs to this run
 
     def _wait_child(self, run: Run, block: bool) -> bool:
@@ -628,8 +643,9 @@ class Server:
             procs.kill_descendants(self.pid)
         if self.iso.run_dir:
             scratch.remove_tree(self.iso.run_dir)
-        if self.iso.memory is not None:
-            self.iso.memory.remove()
+        for group in (self.iso.memory, self.iso.cpu):
+            if group is not None:
+                group.remove()
 
 
 # ---------------------------------------------------------------------------- main

@@ -1,6 +1,7 @@
 """What a candidate can see and do inside the sandbox (issue 12): a minimal file system
 whatever directory the venv is in (no datasets, checkout, results, caches or home), no host
-sockets, no host processes, no user namespaces, a memory cap on a run's total. Real `Sandbox`
+sockets, no host processes, no user namespaces, a memory cap on a run's total, a CPU limit on
+its total (every process's CPU time, exited ones included). Real `Sandbox`
 servers, as root (where the mechanisms apply), and venvs made for the purpose."""
 
 from __future__ import annotations
@@ -253,3 +254,65 @@ def test_a_checkout_under_tmp_survives_a_deep_tree_and_a_filled_scratch(monkeypa
             assert "'_sandbox_forker.py'" in r.output.split("FILES ")[1].splitlines()[0], r.output
             assert tmp_listing(tmp_path) in r.output, r.output
             assert "WRITE 30" in r.output  # EROFS
+
+
+# ---------------------------------------------------------------- a run's whole CPU time
+
+# Forks `n` children that each burn `secs` of CPU (each under the limit alone), waits for
+# them, then defines a correct `f`.
+FORKING = """
+import os, time
+kids = []
+for _ in range({n}):
+    pid = os.fork()
+    if pid == 0:
+        t = time.process_time()
+        while time.process_time() - t < {secs}:
+            pass
+        os._exit(0)
+    kids.append(pid)
+for pid in kids:
+    os.waitpid(pid, 0)
+""" + GOOD
+FORK_BOMB = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n" + GOOD
+# A CPU limit of 1 s, and a wall clock far above what the CPU time needs even under load.
+ONE_CPU_SECOND = Limits(wall_seconds=60.0, cpu_seconds=1.0, memory_mb=1024)
+
+
+def whole_run_cpu(box: Sandbox) -> None:
+    if "CPU cgroup" not in box.isolation:
+        pytest.skip(f"no CPU cgroup here: {box.isolation}")
+
+
+def test_children_that_each_stay_under_the_cpu_limit_exceed_it_together(box):
+    whole_run_cpu(box)
+    r = run(box, FORKING.format(n=3, secs=0.6), limits=ONE_CPU_SECOND)
+    assert r.status == outcome.TIMEOUT and r.error_type == "timeout (cpu)", r
+    assert r.detail["timeout"] == "cpu"
+    assert r.detail["cpu_seconds"] >= 1.0, r.detail
+    fine = run(box, FORKING.format(n=2, secs=0.3), limits=ONE_CPU_SECOND)  # 0.6 s together
+    assert fine.passed, fine
+    assert 0.6 <= fine.detail["cpu_seconds"] < 1.0, fine.detail
+
+
+def test_a_fork_bomb_is_stopped_at_the_cpu_limit_with_its_cpu_time(box):
+    whole_run_cpu(box)
+    r = run(box, FORK_BOMB, limits=ONE_CPU_SECOND)
+    assert r.status == outcome.TIMEOUT and r.error_type == "timeout (cpu)", r
+    assert 1.0 <= r.detail["cpu_seconds"] < 30.0, r.detail
+    assert run(box, GOOD, limits=ONE_CPU_SECOND).passed  # the next run starts from nothing
+
+
+def test_without_a_cgroup_the_isolation_line_says_cpu_time_is_per_process():
+    with Sandbox(LIMITS, degrade="none") as b:
+        assert "no CPU cgroup" in b.isolation and "each process alone" in b.isolation, b.isolation
+        r = run(b, FORKING.format(n=2, secs=0.3), limits=ONE_CPU_SECOND)
+        assert r.passed, r
+
+
+def test_mbpp_123s_reference_passes(box, mbpp_path):
+    problem = next(p for p in mbpp.load_problems(mbpp_path) if p.id == "Mbpp/123")
+    r = box.run(problem.canonical_solution, problem.tests, setup=problem.test_setup,
+                entry_point=problem.entry_point, limits=Limits(), explain=False)
+    assert r.passed, r
+    assert r.detail["cpu_seconds"] > 0.5, r.detail  # the run's CPU time is measured, not 0
