@@ -591,12 +591,11 @@ def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config):
     data = getattr(report, "codegen", None)
     if data is None or report.when != "call":
         return None
-    from .record import Record
-    from .report import round_chain
+    from .record import Record  # not .report: xdist workers call this hook, and render no tables
 
     record = Record.from_dict(data)
-    chain = round_chain(record)
-    suffix = f" [{chain}]" if "→" in chain else ""
+    # The scoring outcome of each program round: `NameError → AssertionError → passed`.
+    suffix = f" [{' → '.join(record.verdicts)}]" if len(record.verdicts) > 1 else ""
     if report.passed:
         return "passed", ".", ("PASSED" + suffix, {"green": True})
     outcome_class = record.outcome_class

@@ -52,11 +52,6 @@ def _failure_class(record: Record) -> str:
     return "unknown" if name == PASSED else name
 
 
-def round_chain(record: Record) -> str:
-    """`NameError → AssertionError → passed`: the scoring outcome of each program round."""
-    return " → ".join(record.verdicts)
-
-
 def _refined(records: list[Record]) -> list[Record]:
     return [r for r in records if len(r.round_outcomes) > 1 or r.genome.get("stages")]
 
