@@ -104,7 +104,8 @@ def outcome_class(status: str, error_type: str | None) -> str:
         name = printable_name(error_type, default="")
         if not name:
             return "unknown"
-        return f"{name} (exception)" if name in RESERVED_CLASSES else name
+        # case-blind: `PASSED` would read as a pass in a table as well as `passed`
+        return f"{name} (exception)" if name.lower() in RESERVED_CLASSES else name
     return status if status in STATUSES else "unknown"
 
 

@@ -70,9 +70,20 @@ def test_mbpp_loads_427_problems_from_the_shared_copy(mbpp_path):
 
 
 def test_mbpp_test_imports_become_setup(mbpp_path):
-    with_imports = [p for p in mbpp.load_problems(mbpp_path) if p.test_setup]
-    assert len(with_imports) == 13
+    problems = {p.id: p for p in mbpp.load_problems(mbpp_path)}
+    with_imports = [p for p in problems.values() if p.test_setup]
+    assert len(with_imports) == 14
     assert all("import" in p.test_setup for p in with_imports)
+    # Mbpp/596's tests read `sys`, which only the solution imports: the setup imports it, so a
+    # candidate's own `sys` cannot answer for the test
+    assert problems["Mbpp/596"].test_setup == "import sys"
+
+
+def test_mbpp_setup_imports_the_modules_only_the_program_imported():
+    record = {"task_id": 1, "prompt": "p", "code": "import math\ndef f(x): return x",
+              "test_imports": ["import re"],
+              "test_list": ["assert f(math.pi) == math.pi and re.match('a', 'a') and helper(1)"]}
+    assert mbpp.to_problem(record).test_setup == "import re\nimport math"
 
 
 def test_mbpp_env_var_is_used(monkeypatch, mbpp_path):

@@ -124,7 +124,7 @@ def test_an_exception_named_passed_is_not_a_pass(box):
     r = run(box, program)
     assert not r.passed and r.status == outcome.FAILED
     assert r.outcome_class == "passed (exception)"
-    for name in ("timeout", "memory", "crashed", "no code", "error", "unknown"):
+    for name in ("timeout", "memory", "crashed", "no code", "error", "unknown", "PASSED", "Failed"):
         assert outcome.outcome_class(outcome.FAILED, name) == f"{name} (exception)"
 
 

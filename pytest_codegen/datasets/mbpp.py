@@ -11,6 +11,7 @@ import ast
 import hashlib
 import json
 import os
+import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -112,9 +113,23 @@ def to_problem(record: dict) -> Problem:
         entry_point=entry_point(record["code"], asserts),
         tests=tests,
         canonical_solution=record["code"],
-        test_setup="\n".join(record.get("test_imports") or []),
+        test_setup="\n".join([*(record.get("test_imports") or []), *_modules_only_the_program_imports(record)]),
         metadata={"source_file": record.get("source_file", "")},
     )
+
+
+def _modules_only_the_program_imports(record: dict) -> list[str]:
+    """`import m` for each standard-library module the tests read but `test_imports` does not
+    import (Mbpp/596's tests use `sys`, which only the reference solution imports): the tests
+    get the real module, not whatever the candidate binds to that name."""
+    imported = set()
+    for line in record.get("test_imports") or []:
+        for node in ast.walk(ast.parse(line)):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                imported |= {(alias.asname or alias.name).split(".")[0] for alias in node.names}
+    read = {node.id for source in record["test_list"] for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)}
+    return [f"import {name}" for name in sorted(read - imported) if name in sys.stdlib_module_names]
 
 
 def entry_point(code: str, asserts: list[str]) -> str:
