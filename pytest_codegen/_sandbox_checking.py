@@ -14,6 +14,14 @@ call raised, as an instance of its nearest builtin class, described with the can
 class name, message and frames. Tests of other forms are sent to the candidate's process and
 run there (`in process`), as before; their reports are taken as they come.
 
+Requests are answered in the order they were sent, so the server need not wait for each: the
+calls whose arguments are all literals (`candidate([1.0, 2.0], 0.3)`, the form of nearly every
+benchmark assert) are all sent with the job, and a test's call takes the
+answer to the next of its own such requests when the arguments are the same (else it asks).
+One round trip instead of one per call; the candidate then may compute a call its test never
+makes (after an assert that failed first), which changes no verdict: a failed run does not wait
+for those answers, a passing one takes them all.
+
 Whatever the candidate's process does (walk frames, `gc`, read its own memory, write on the
 result channel, return objects that claim equality, redefine the prompt's helpers), a checked
 test passes only if the values it returned make the server's own asserts hold. Anything out of
@@ -24,6 +32,7 @@ Imported by name by the server (see `_sandbox_bootstrap`).
 from __future__ import annotations
 
 import builtins
+import collections
 import marshal
 import sys
 import typing
@@ -45,11 +54,21 @@ class Stopped(BaseException):
 class Channel(typing.Protocol):
     """The server's link to the run's candidate process."""
 
-    def ask(self, kind: bytes, payload: bytes) -> dict:
-        """Send a request; the next message from the candidate's process (Stopped if none comes)."""
+    def send(self, kind: bytes, payload: bytes) -> None:
+        """Queue a request (written as the candidate's process takes them)."""
 
     def receive(self) -> dict:
         """The next message from the candidate's process (Stopped if none comes)."""
+
+
+class _Request:
+    """A request sent, and once it has come, its answer."""
+
+    __slots__ = ("payload", "answer")
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload: bytes = payload
+        self.answer: dict | None = None
 
 
 class NotPlainData:
@@ -97,8 +116,9 @@ class _Output:
 
 class Checking:
     """One run's tests, checked here: `tests` as the server compiled them ([name, filename,
-    source, code or None, compile error or None, checked]), the setup's code and source, the
-    entry point; results go into `state` (its `define` and `results`)."""
+    source, code or None, compile error or None, checked, the encoded arguments of its literal
+    calls]), the setup's code, source and compile error, the entry point; results go into
+    `state` (its `define` and `results`)."""
 
     def __init__(self, tests: list, setup: tuple[typing.Any, str, dict | None], entry: str | None,
                  channel: Channel, state: RunState, output_cap: int) -> None:
@@ -109,6 +129,8 @@ class Checking:
         self.output = _Output(state, output_cap)
         self.raised: tuple | None = None  # (exception, name, text, the candidate's frames) of the last call
         self.over = False  # the run stopped while a test waited
+        self.unanswered: collections.deque[_Request] = collections.deque()  # in the order sent
+        self.ahead: collections.deque[_Request] = collections.deque()  # the running test's literal calls
 
     # --- the stub ------------------------------------------------------------------------
 
@@ -128,7 +150,8 @@ class Checking:
         except codec.NotPlain as e:
             raise TypeError(f"the test passes the candidate {e.what}, which cannot cross to the candidate's "
                             f"process (only {codec.PLAIN} do)") from None
-        msg = self._ask(b"C", request)
+        ahead = self.ahead
+        msg = self._answer(ahead.popleft() if ahead and ahead[0].payload == request else self._send(b"C", request))
         kind = msg.get("k")
         if kind == "value":
             try:
@@ -162,14 +185,24 @@ class Checking:
             except Exception:
                 return Exception(text)
 
-    def _ask(self, kind: bytes, payload: bytes) -> dict:
-        if self.over:
-            raise Stopped
-        try:
-            return self.channel.ask(kind, payload)
-        except Stopped:
-            self.over = True
-            raise
+    def _send(self, kind: bytes, payload: bytes) -> _Request:
+        request = _Request(payload)
+        self.channel.send(kind, payload)
+        self.unanswered.append(request)
+        return request
+
+    def _answer(self, request: _Request) -> dict:
+        """`request`'s answer, once those of the requests sent before it have come."""
+        while request.answer is None:
+            if self.over:
+                raise Stopped
+            try:
+                msg = self.channel.receive()
+            except Stopped:
+                self.over = True
+                raise
+            self.unanswered.popleft().answer = msg
+        return request.answer
 
     def _broken(self, why: str) -> typing.NoReturn:
         if not self.state.corrupt:
@@ -179,29 +212,35 @@ class Checking:
 
     # --- the run -------------------------------------------------------------------------
 
-    def run(self) -> None:
+    def run(self) -> bool:
         """Take the definition's report, then check every test in order (stopping at the first
-        MemoryError, or when the run is over)."""
+        MemoryError, or when the run is over). True if the candidate's process may still be
+        busy with calls no test made (the run failed: the server stops it)."""
         st = self.state
+        # sent with the job, before the program is even defined (a child whose program failed
+        # to define takes them and answers none)
+        ahead = [[self._send(b"C", p) for p in test[6]] if test[5] and test[3] is not None else []
+                 for test in self.tests]
         try:
             defined = self.channel.receive()
         except Stopped:
-            return
+            return False
         if defined.get("k") != "define" or defined.get("ok") not in (True, False):
             self.state.corrupt = f"unexpected {str(defined.get('k'))[:40]!r} message instead of the definition"
-            return
+            return False
         if not defined["ok"]:
             st.define = defined
-            return
+            return False
         tns: dict[str, typing.Any] = {"__builtins__": dict(vars(builtins)), "__name__": "__test__"}
         failed = self._setup(tns)
         if failed is not None:
             st.define = failed
-            return
+            return False
         st.define = {"ok": True}
         if self.entry and defined.get("entry") is True:
             tns["candidate"] = tns[self.entry] = self._stub(self.entry)
-        for _name, filename, source, code, error, checked in self.tests:
+        for (_name, filename, source, code, error, checked, _literal), literal in zip(self.tests, ahead):
+            self.ahead = collections.deque(literal)
             if code is None:
                 report = {"ok": False, "et": error["et"], "msg": error["msg"], "line": error["line"], "tb": ""}
             elif checked:
@@ -209,10 +248,17 @@ class Checking:
             else:
                 report = self._in_process(filename, source, code)
             if self.over or st.corrupt:
-                return
+                return False
             st.results.append(report)
             if report.get("et") == "MemoryError":
-                return
+                return bool(self.unanswered)
+        if not self.unanswered or any(not r["ok"] for r in st.results):
+            return bool(self.unanswered)
+        try:  # a passing run takes every answer: its end comes after them
+            self._answer(self.unanswered[-1])
+        except Stopped:
+            pass
+        return False
 
     def _setup(self, tns: dict) -> dict | None:
         if self.setup_error is not None:
@@ -238,7 +284,7 @@ class Checking:
 
     def _in_process(self, filename: str, source: str, code: typing.Any) -> dict:
         try:
-            msg = self._ask(b"T", marshal.dumps((filename, source, code)))
+            msg = self._answer(self._send(b"T", marshal.dumps((filename, source, code))))
         except Stopped:
             return {}
         if msg.get("k") != "result" or msg.get("ok") not in (True, False):

@@ -118,6 +118,28 @@ def _in_process_reason(tree: ast.Module, stubs: set[str], known: set[str], setup
     return ""
 
 
+def literal_calls(source: str, entry_point: str) -> list[tuple[tuple, dict]]:
+    """The arguments of the test's calls of the candidate whose arguments are all literals
+    (`candidate([1, 2], 0.5)`), in the order they appear: what the server can ask for before
+    the test runs (see `_sandbox_checking`), since they cannot depend on anything."""
+    tree = _parse(source)
+    if tree is None:
+        return []
+    stubs = {"candidate", entry_point}
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and _calls_stub(n, stubs)]
+    found = []
+    for call in sorted(calls, key=lambda n: (n.lineno, n.col_offset)):
+        if any(isinstance(a, ast.Starred) for a in call.args) or any(k.arg is None for k in call.keywords):
+            continue
+        try:
+            args = tuple(ast.literal_eval(a) for a in call.args)
+            kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords if k.arg is not None}
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            continue
+        found.append((args, kwargs))
+    return found
+
+
 def _calls_stub(node: ast.AST, stubs: set[str]) -> bool:
     return isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in stubs
 

@@ -69,9 +69,11 @@ class RunState:
         self.define: dict | None = None
         self.results: list[dict] = []
         self.closed = False  # the server has sent its last request: the end may come
+        self.settled = False  # a test failed and the server stopped the child: no test was cut short
         self.end = False
         self.corrupt: str | None = None
         self.sandbox_error: str | None = None
+        self.started = False  # the harness's "start": the candidate's code runs from then on
         self.timed_out = False  # the wall-clock backstop
         self.cpu_timed_out = False  # the CPU limit, as the server measured it
         self.cpu_seen: float | None = None  # the child's CPU time, read before it was reaped
@@ -114,9 +116,13 @@ class RunState:
             self.corrupt = "a message on the result channel that is not an object"
             return
         kind = msg.get("k")
-        if kind == "sandbox_error" and self.define is None:
+        if kind == "start" and not self.started:
+            self.started = True
+        elif kind == "sandbox_error" and not self.started:
             self.sandbox_error = clean_text(msg.get("msg"))
             self.corrupt = "sandbox error"
+        elif kind in ("start", "sandbox_error"):
+            self.corrupt = "the program wrote a harness message on the result channel"
         elif kind == "end":
             if self.closed:
                 self.end = True
@@ -156,7 +162,9 @@ class RunState:
         in_define = self.define is None
         # the test in progress when it stopped: the first one not reported (results come in order)
         current = (
-            len(self.results) if self.define is not None and not self.end and len(self.results) < len(names) else None
+            len(self.results)
+            if self.define is not None and not self.end and not self.settled and len(self.results) < len(names)
+            else None
         )
         exit_desc, cpu, maxrss_mb = self._exit_info()
         stop = None if self.end else self._stop_cause(lim, cpu, maxrss_mb, in_define, current, names)

@@ -127,6 +127,7 @@ import typing
 # processes of the runs, where each test runs, the checking of the tests (and the framing of
 # its requests, the harness's) and the verdict of one run.
 if typing.TYPE_CHECKING:
+    from pytest_codegen import _sandbox_codec as codec
     from pytest_codegen import _sandbox_forker as forker
     from pytest_codegen import _sandbox_isolation as isolation
     from pytest_codegen import _sandbox_procs as procs
@@ -137,6 +138,7 @@ if typing.TYPE_CHECKING:
     from pytest_codegen._sandbox_link import Broken, ForkerLink, Zygote
     from pytest_codegen._sandbox_runstate import RunState, clean_text
 else:
+    import _sandbox_codec as codec
     import _sandbox_forker as forker
     import _sandbox_isolation as isolation
     import _sandbox_procs as procs
@@ -205,6 +207,27 @@ def checked(sources: tuple[str, ...], setup: str, entry_point: str | None) -> li
     return hit
 
 
+_literal_cache: dict[tuple[str, str | None], list[bytes]] = {}
+
+
+def literal_requests(source: str, entry_point: str | None) -> list[bytes]:
+    """The encoded arguments of a checked test's calls with literal arguments, which the
+    checking asks for before the test runs (see `_sandbox_checking`); cached like the code."""
+    key = (source, entry_point)
+    hit = _literal_cache.get(key)
+    if hit is None:
+        hit = []
+        for args, kwargs in routes.literal_calls(source, entry_point) if entry_point else ():
+            try:
+                hit.append(codec.encode((args, kwargs)))
+            except codec.NotPlain:
+                pass  # (the test fails on it when it makes the call)
+        if len(_literal_cache) >= 2048:
+            _literal_cache.pop(next(iter(_literal_cache)))
+        _literal_cache[key] = hit
+    return hit
+
+
 # -------------------------------------------------------------------------- server
 
 
@@ -231,9 +254,8 @@ class Requests:
     def __init__(self, server: Server, run: Run) -> None:
         self.server, self.run = server, run
 
-    def ask(self, kind: bytes, payload: bytes) -> dict:
+    def send(self, kind: bytes, payload: bytes) -> None:
         self.run.outgoing += FRAME.pack(len(payload) + 1) + kind + payload
-        return self.receive()
 
     def receive(self) -> dict:
         if not self.server._watch(self.run, want_message=True):
@@ -291,7 +313,7 @@ class Server:
             setup_code, setup_err = compile_trusted("<setup>", setup_src, bool(req.get("explain", True)))
         entry_point = req.get("entry_point") or None
         for test, route in zip(tests, checked(tuple(t[2] for t in tests), setup_src, entry_point)):
-            test.append(route)
+            test += [route, literal_requests(test[2], entry_point) if route else []]
         job = {  # no tests: the server runs them (those in process it sends one by one)
             "program": req["program"],
             "setup": setup_code,
@@ -336,10 +358,12 @@ class Server:
                 # arrives, so nothing this run's clean-up does as the sandbox uid can touch it.
                 self.link.spawn_zygote()
             setup = (setup_code, setup_src, setup_err)
-            Checking(tests, setup, entry_point, Requests(self, run), st, run.output_cap).run()
-            os.close(z.req_w)  # the child's cue to finish: its end message may come
-            z.req_w, st.closed = None, True  # type: ignore[assignment]
-            self._watch(run, want_message=False)
+            if not Checking(tests, setup, entry_point, Requests(self, run), st, run.output_cap).run():
+                os.close(z.req_w)  # the child's cue to finish: its end message may come
+                z.req_w, st.closed = None, True  # type: ignore[assignment]
+                self._watch(run, want_message=False)
+            else:  # it failed, and its child may be busy with calls no test made: it is stopped
+                st.settled = True
             self._watched(run)
         except Exception:
             self._stop(run, clean=False)  # a bug here must not leave the run's child or fds

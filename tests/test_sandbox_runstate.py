@@ -18,6 +18,7 @@ from pytest_codegen._sandbox_codec import encode
 sys.path.insert(0, str(Path(outcome.__file__).parent))
 try:
     import _sandbox_checking as checking
+    import _sandbox_routes as routes
     import _sandbox_runstate as runstate
 finally:
     sys.path.pop(0)
@@ -51,10 +52,10 @@ class Script:
 
     def __init__(self, state: runstate.RunState, messages: list[bytes]) -> None:
         self.state, self.messages, self.sent = state, list(messages), []
+        self.busy = False
 
-    def ask(self, kind: bytes, payload: bytes) -> dict:
+    def send(self, kind: bytes, payload: bytes) -> None:
         self.sent.append((kind, payload))
-        return self.receive()
 
     def receive(self) -> dict:
         while not self.state.inbox:
@@ -64,22 +65,26 @@ class Script:
         return self.state.inbox.popleft()
 
 
-def compiled(*sources: str, checked: bool = True) -> list:
+def compiled(*sources: str, checked: bool = True, literal: bool = False) -> list:
     out = []
     for i, source in enumerate(sources):
         filename = f"<test {NAMES[i]}>"
-        out.append([NAMES[i], filename, source, compile(source, filename, "exec"), None, checked])
+        ahead = [encode(call) for call in routes.literal_calls(source, "f")] if literal else []
+        out.append([NAMES[i], filename, source, compile(source, filename, "exec"), None, checked, ahead])
     return out
 
 
-def check(*messages: bytes, sources=TESTS, setup: str = "", checked: bool = True, end: bool = True):
-    """Run the checking against `messages`, then the end (unless `end` is False)."""
+def check(*messages: bytes, sources=TESTS, setup: str = "", checked: bool = True, literal: bool = False,
+          end: bool = True):
+    """Run the checking against `messages` (the literal calls asked ahead if `literal`), then
+    the end (unless `end` is False, or the checking says the child may still be busy)."""
     st = runstate.RunState(dict(LIMITS), NAMES[: len(sources)])
     script = Script(st, list(messages))
     setup_code = compile(setup, "<setup>", "exec") if setup else None
-    checking.Checking(compiled(*sources, checked=checked), (setup_code, setup, None), "f", script, st, 100).run()
+    tests = compiled(*sources, checked=checked, literal=literal)
+    script.busy = checking.Checking(tests, (setup_code, setup, None), "f", script, st, 100).run()
     st.closed = True
-    if end and not st.corrupt:
+    if end and not st.corrupt and not script.busy:
         st.feed(END)
     return st, script
 
@@ -113,6 +118,32 @@ def test_right_values_for_every_test_and_the_end_is_a_pass():
     assert [kind for kind, _ in script.sent] == [b"C"] * 4
     assert script.sent[2][1] == encode(((2,), {}))
     assert r["detail"]["cpu_seconds"] == 0.25 and r["detail"]["exit"] == "code 0"
+
+
+def test_literal_calls_are_asked_before_the_tests_run_and_answered_in_order():
+    st, script = check(DEFINED, *RIGHT, literal=True)
+    assert st.result("root")["status"] == "passed"
+    assert script.sent == [(b"C", encode(((i,), {}))) for i in range(4)]  # no second request for any
+
+
+def test_a_call_that_is_not_the_next_literal_one_is_asked_for():
+    sources = ["assert candidate(0) == 1 and candidate(5 - 5) == 1", "x = 1\nassert candidate(x) == 2"]
+    st, script = check(DEFINED, value(1), value(1), value(2), sources=sources, literal=True)
+    assert st.result("root")["status"] == "passed"
+    assert script.sent == [(b"C", encode(((0,), {}))), (b"C", encode(((0,), {}))), (b"C", encode(((1,), {})))]
+
+
+def test_a_failed_run_does_not_wait_for_answers_no_test_wanted():
+    source = "assert candidate(0) == 1\nassert candidate(1) == 2"  # the second call never comes
+    st, script = check(DEFINED, value(5), sources=[source], literal=True)
+    assert script.busy and st.result("root")["status"] == "failed"
+    st, script = check(DEFINED, raised("MemoryError", "MemoryError", ""), sources=TESTS[:2], literal=True)
+    st.settled = True  # what the server says when it stops such a child
+    st.set_exit(killed(signal.SIGKILL), usage())
+    assert script.busy and classes(st.result("root")) == ["MemoryError", None]
+    st, script = check(DEFINED, value(1), value(2), sources=["assert candidate(0) == 1 or candidate(1)"],
+                       literal=True)
+    assert not script.busy and st.result("root")["status"] == "passed" and not script.messages
 
 
 def test_a_message_split_across_reads_counts_once_it_is_whole():
@@ -324,6 +355,17 @@ def test_a_sandbox_error_before_the_definition_is_kept_apart():
     st, _ = check(line("sandbox_error", msg="could not confine the child: EPERM"), end=False)
     assert st.sandbox_error == "could not confine the child: EPERM"
     assert st.corrupt
+
+
+def test_a_sandbox_error_from_the_program_is_its_own_failure():
+    """After the harness's start the channel is the candidate's too: a forged "sandbox_error"
+    (or a second start) is a verdict on the program, not a broken sandbox to retry forever."""
+    for forged in (line("sandbox_error", msg="forged"), line("start")):
+        st, _ = check(line("start"), forged, DEFINED, *RIGHT)
+        assert st.sandbox_error is None
+        r = st.result("root")
+        assert (r["status"], r["error_type"]) == ("crashed", "corrupt result")
+        assert "harness message" in r["message"]
 
 
 def test_output_past_the_cap_is_counted_not_kept():
