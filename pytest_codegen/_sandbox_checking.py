@@ -18,9 +18,11 @@ Requests are answered in the order they were sent, so the server need not wait f
 calls whose arguments are all literals (`candidate([1.0, 2.0], 0.3)`, the form of nearly every
 benchmark assert) are all sent with the job, and a test's call takes the
 answer to the next of its own such requests when the arguments are the same (else it asks).
-One round trip instead of one per call; the candidate then may compute a call its test never
-makes (after an assert that failed first), which changes no verdict: a failed run does not wait
-for those answers, a passing one takes them all.
+Where those are all the calls the tests can make (see `_sandbox_routes.only_literal_calls`),
+the job says so, and the candidate's process ends as soon as it has answered them: one round
+trip in all, as many as when the tests ran in that process. The candidate then may compute a
+call its test never makes (after an assert that failed first), which changes no verdict: a
+failed run does not wait for those answers, a passing one takes them all.
 
 Whatever the candidate's process does (walk frames, `gc`, read its own memory, write on the
 result channel, return objects that claim equality, redefine the prompt's helpers), a checked
@@ -56,6 +58,10 @@ class Channel(typing.Protocol):
 
     def send(self, kind: bytes, payload: bytes) -> None:
         """Queue a request (written as the candidate's process takes them)."""
+
+    def close(self) -> None:
+        """No request follows those queued: the candidate's process may end once it has
+        answered them."""
 
     def receive(self) -> dict:
         """The next message from the candidate's process (Stopped if none comes)."""
@@ -117,8 +123,8 @@ class _Output:
 class Checking:
     """One run's tests, checked here: `tests` as the server compiled them ([name, filename,
     source, code or None, compile error or None, checked, the encoded arguments of its literal
-    calls]), the setup's code, source and compile error, the entry point; results go into
-    `state` (its `define` and `results`)."""
+    calls, whether those are all the calls it can make]), the setup's code, source and compile
+    error, the entry point; results go into `state` (its `define` and `results`)."""
 
     def __init__(self, tests: list, setup: tuple[typing.Any, str, dict | None], entry: str | None,
                  channel: Channel, state: RunState, output_cap: int) -> None:
@@ -131,6 +137,7 @@ class Checking:
         self.over = False  # the run stopped while a test waited
         self.unanswered: collections.deque[_Request] = collections.deque()  # in the order sent
         self.ahead: collections.deque[_Request] = collections.deque()  # the running test's literal calls
+        self.closed = False  # every request is sent
 
     # --- the stub ------------------------------------------------------------------------
 
@@ -186,6 +193,8 @@ class Checking:
                 return Exception(text)
 
     def _send(self, kind: bytes, payload: bytes) -> _Request:
+        if self.closed:  # (a call `_sandbox_routes.only_literal_calls` did not foresee)
+            self._broken("a call of the candidate that the server did not foresee")
         request = _Request(payload)
         self.channel.send(kind, payload)
         self.unanswered.append(request)
@@ -216,11 +225,23 @@ class Checking:
         """Take the definition's report, then check every test in order (stopping at the first
         MemoryError, or when the run is over). True if the candidate's process may still be
         busy with calls no test made (the run failed: the server stops it)."""
+        busy = self._run()
+        st = self.state
+        # A defined program's genuine end follows the answers to every request (those not
+        # taken yet wait in the inbox).
+        if st.end and (st.define or {}).get("ok") and len(self.unanswered) > len(st.inbox) and not st.corrupt:
+            st.corrupt = "an end message before every request was answered"
+        return busy
+
+    def _run(self) -> bool:
         st = self.state
         # sent with the job, before the program is even defined (a child whose program failed
         # to define takes them and answers none)
         ahead = [[self._send(b"C", p) for p in test[6]] if test[5] and test[3] is not None else []
                  for test in self.tests]
+        if all(test[5] and test[7] for test in self.tests if test[3] is not None):
+            self.channel.close()  # then its end comes with its answers: no round trip more
+            self.closed = True
         try:
             defined = self.channel.receive()
         except Stopped:
@@ -239,7 +260,7 @@ class Checking:
         st.define = {"ok": True}
         if self.entry and defined.get("entry") is True:
             tns["candidate"] = tns[self.entry] = self._stub(self.entry)
-        for (_name, filename, source, code, error, checked, _literal), literal in zip(self.tests, ahead):
+        for (_name, filename, source, code, error, checked, _literal, _all), literal in zip(self.tests, ahead):
             self.ahead = collections.deque(literal)
             if code is None:
                 report = {"ok": False, "et": error["et"], "msg": error["msg"], "line": error["line"], "tb": ""}

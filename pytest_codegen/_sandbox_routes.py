@@ -125,18 +125,79 @@ def literal_calls(source: str, entry_point: str) -> list[tuple[tuple, dict]]:
     tree = _parse(source)
     if tree is None:
         return []
+    return [
+        (tuple(ast.literal_eval(a) for a in call.args), {k.arg: ast.literal_eval(k.value) for k in call.keywords})
+        for call in _literal_call_nodes(tree, {"candidate", entry_point})
+    ]
+
+
+_REPEATING = (ast.For, ast.AsyncFor, ast.While, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp, ast.Lambda,
+              ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+
+
+def only_literal_calls(source: str, entry_point: str) -> bool:
+    """Whether every call of the candidate the test can make is among its `literal_calls`,
+    each made at most once: none in a loop, comprehension, lambda or function, but a function
+    the test defines and calls once at its top level (HumanEval's `check(candidate)`), and the
+    candidate passed nowhere else. Then the server knows every request the test will need
+    before it runs, and tells the candidate's process up front that nothing more will come."""
+    tree = _parse(source)
+    if tree is None:
+        return False
     stubs = {"candidate", entry_point}
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    once = _called_once(tree)
+    literal = {id(call) for call in _literal_call_nodes(tree, stubs)}
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Name) and node.id in stubs and isinstance(node.ctx, ast.Load)):
+            continue
+        parent = parents.get(node)
+        if isinstance(parent, ast.Call) and parent.func is node:
+            if id(parent) not in literal or _repeats(parent, parents, once):
+                return False
+        elif not (isinstance(parent, ast.Call) and isinstance(parent.func, ast.Name) and parent.func.id in once
+                  and node in parent.args):
+            return False  # the candidate itself handed on: its calls cannot be seen
+    return True
+
+
+def _called_once(tree: ast.Module) -> set[str]:
+    """The functions defined at the module's top level whose only use is one call, itself a
+    statement at the top level."""
+    defined = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    uses = collections.Counter(n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id in defined)
+    return {
+        n.value.func.id for n in tree.body
+        if isinstance(n, ast.Expr) and isinstance(n.value, ast.Call) and isinstance(n.value.func, ast.Name)
+        and uses[n.value.func.id] == 1
+    }
+
+
+def _repeats(node: ast.AST, parents: dict, once: set[str]) -> bool:
+    """Whether `node` may run more than once: inside a loop, a comprehension, a lambda or a
+    function other than one called once."""
+    while node in parents:
+        node = parents[node]
+        if isinstance(node, ast.FunctionDef) and node.name in once and parents.get(node) is not None \
+                and isinstance(parents[node], ast.Module):
+            continue
+        if isinstance(node, _REPEATING):
+            return True
+    return False
+
+
+def _literal_call_nodes(tree: ast.Module, stubs: set[str]) -> list[ast.Call]:
     calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and _calls_stub(n, stubs)]
     found = []
     for call in sorted(calls, key=lambda n: (n.lineno, n.col_offset)):
         if any(isinstance(a, ast.Starred) for a in call.args) or any(k.arg is None for k in call.keywords):
             continue
         try:
-            args = tuple(ast.literal_eval(a) for a in call.args)
-            kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords if k.arg is not None}
+            for value in [*call.args, *(k.value for k in call.keywords)]:
+                ast.literal_eval(value)
         except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
             continue
-        found.append((args, kwargs))
+        found.append(call)
     return found
 
 

@@ -207,21 +207,23 @@ def checked(sources: tuple[str, ...], setup: str, entry_point: str | None) -> li
     return hit
 
 
-_literal_cache: dict[tuple[str, str | None], list[bytes]] = {}
+_literal_cache: dict[tuple[str, str | None], tuple[list[bytes], bool]] = {}
 
 
-def literal_requests(source: str, entry_point: str | None) -> list[bytes]:
+def literal_requests(source: str, entry_point: str | None) -> tuple[list[bytes], bool]:
     """The encoded arguments of a checked test's calls with literal arguments, which the
-    checking asks for before the test runs (see `_sandbox_checking`); cached like the code."""
+    checking asks for before the test runs, and whether they are all the calls it can make
+    (see `_sandbox_checking`); cached like the code."""
     key = (source, entry_point)
     hit = _literal_cache.get(key)
     if hit is None:
-        hit = []
+        requests, complete = [], bool(entry_point) and routes.only_literal_calls(source, str(entry_point))
         for args, kwargs in routes.literal_calls(source, entry_point) if entry_point else ():
             try:
-                hit.append(codec.encode((args, kwargs)))
+                requests.append(codec.encode((args, kwargs)))
             except codec.NotPlain:
-                pass  # (the test fails on it when it makes the call)
+                complete = False  # (the test fails on it when it makes the call)
+        hit = (requests, complete)
         if len(_literal_cache) >= 2048:
             _literal_cache.pop(next(iter(_literal_cache)))
         _literal_cache[key] = hit
@@ -244,6 +246,7 @@ class Run:
         self.cpu_check = t0 + self.cpu_limit / cpu.rate  # the soonest it can reach the limit
         self.open_fds = [z.res_r, z.out_r]
         self.outgoing = b""  # requests for the child, not yet written
+        self.closing = False  # the job pipe closes once they are
         self.over = False  # ended, stopped or broken: nothing more comes
 
 
@@ -256,6 +259,10 @@ class Requests:
 
     def send(self, kind: bytes, payload: bytes) -> None:
         self.run.outgoing += FRAME.pack(len(payload) + 1) + kind + payload
+
+    def close(self) -> None:
+        self.run.closing = True
+        self.server._write_requests(self.run)
 
     def receive(self) -> dict:
         if not self.server._watch(self.run, want_message=True):
@@ -313,7 +320,7 @@ class Server:
             setup_code, setup_err = compile_trusted("<setup>", setup_src, bool(req.get("explain", True)))
         entry_point = req.get("entry_point") or None
         for test, route in zip(tests, checked(tuple(t[2] for t in tests), setup_src, entry_point)):
-            test += [route, literal_requests(test[2], entry_point) if route else []]
+            test += [route, *(literal_requests(test[2], entry_point) if route else ([], False))]
         job = {  # no tests: the server runs them (those in process it sends one by one)
             "program": req["program"],
             "setup": setup_code,
@@ -359,7 +366,8 @@ class Server:
                 self.link.spawn_zygote()
             setup = (setup_code, setup_src, setup_err)
             if not Checking(tests, setup, entry_point, Requests(self, run), st, run.output_cap).run():
-                os.close(z.req_w)  # the child's cue to finish: its end message may come
+                if z.req_w is not None:
+                    os.close(z.req_w)  # the child's cue to finish: its end message may come
                 z.req_w, st.closed = None, True  # type: ignore[assignment]
                 self._watch(run, want_message=False)
             else:  # it failed, and its child may be busy with calls no test made: it is stopped
@@ -446,8 +454,11 @@ class Server:
             return
         except (OSError, TypeError):  # the child is gone (its exit is on its way), or the pipe closed
             run.outgoing = b""
-            return
-        run.outgoing = run.outgoing[written:]
+        else:
+            run.outgoing = run.outgoing[written:]
+        if run.closing and not run.outgoing and run.z.req_w is not None:
+            os.close(run.z.req_w)
+            run.z.req_w, run.state.closed = None, True  # type: ignore[assignment]
 
     def _watched(self, run: Run) -> None:
         """Once the run is over: its time, its CPU time (its cgroup's, or the child's while

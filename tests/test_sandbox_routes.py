@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_codegen._sandbox_routes import CHECKED, IN_PROCESS, routes
+from pytest_codegen._sandbox_routes import CHECKED, IN_PROCESS, literal_calls, only_literal_calls, routes
 from pytest_codegen.datasets import humaneval
 
 
@@ -60,3 +60,25 @@ def test_humaneval_helpers_that_the_tests_call_are_in_the_setup():
     assert "import math" in problems["HumanEval/32"].test_setup
     every_test = [(p, routes([t.source for t in p.tests], p.test_setup, p.entry_point)) for p in problems.values()]
     assert all(r.path == CHECKED for _, rs in every_test for r in rs)
+
+
+def test_literal_calls_in_the_order_they_appear():
+    source = "assert f(-1, k='x') and candidate([1.0], 0.3) == True\nassert candidate(candidate(2)) == 4"
+    assert literal_calls(source, "f") == [((-1,), {"k": "x"}), (([1.0], 0.3), {}), ((2,), {})]
+
+
+@pytest.mark.parametrize(
+    ("source", "only"),
+    [
+        ("assert candidate(1) == 2\nassert not f(3)", True),
+        ("def check(candidate):\n    assert candidate(1) == 2\n    assert candidate(2) == 3\n\ncheck(f)", True),
+        ("def check(candidate):\n    assert candidate(1) == 2\n\ncheck(f)\ncheck(f)", False),  # twice
+        ("for i in range(3):\n    assert candidate(1) == 2", False),
+        ("assert candidate(candidate(1)) == 3", False),  # the outer call's argument is no literal
+        ("assert all(candidate(x) for x in [1, 2])", False),
+        ("g = candidate\nassert g(1) == 2", False),
+        ("assert list(map(candidate, [1])) == [2]", False),
+    ],
+)
+def test_only_literal_calls_when_no_other_call_can_happen(source, only):
+    assert only_literal_calls(source, "f") is only

@@ -52,10 +52,14 @@ class Script:
 
     def __init__(self, state: runstate.RunState, messages: list[bytes]) -> None:
         self.state, self.messages, self.sent = state, list(messages), []
-        self.busy = False
+        self.busy = self.closed = False
 
     def send(self, kind: bytes, payload: bytes) -> None:
+        assert not self.closed, "a request after the last one"
         self.sent.append((kind, payload))
+
+    def close(self) -> None:
+        self.closed = self.state.closed = True  # as the server's, once the requests are written
 
     def receive(self) -> dict:
         while not self.state.inbox:
@@ -70,7 +74,8 @@ def compiled(*sources: str, checked: bool = True, literal: bool = False) -> list
     for i, source in enumerate(sources):
         filename = f"<test {NAMES[i]}>"
         ahead = [encode(call) for call in routes.literal_calls(source, "f")] if literal else []
-        out.append([NAMES[i], filename, source, compile(source, filename, "exec"), None, checked, ahead])
+        complete = literal and routes.only_literal_calls(source, "f")
+        out.append([NAMES[i], filename, source, compile(source, filename, "exec"), None, checked, ahead, complete])
     return out
 
 
@@ -124,6 +129,14 @@ def test_literal_calls_are_asked_before_the_tests_run_and_answered_in_order():
     st, script = check(DEFINED, *RIGHT, literal=True)
     assert st.result("root")["status"] == "passed"
     assert script.sent == [(b"C", encode(((i,), {}))) for i in range(4)]  # no second request for any
+    assert script.closed  # nothing but those can come: the child may end once it has answered
+
+
+def test_a_test_that_may_make_other_calls_keeps_the_channel_open():
+    sources = [*TESTS[:3], "for i in range(2):\n    assert candidate(i) == i + 1"]
+    st, script = check(DEFINED, *RIGHT[:3], value(1), value(2), sources=sources, literal=True)
+    assert st.result("root")["status"] == "passed" and not script.closed
+    assert [p for _, p in script.sent][3:] == [encode(((0,), {})), encode(((1,), {}))]
 
 
 def test_a_call_that_is_not_the_next_literal_one_is_asked_for():
@@ -259,6 +272,12 @@ def test_anything_out_of_protocol_is_a_corrupt_result(messages, why):
     assert (r["status"], r["error_type"]) == ("crashed", "corrupt result")
     assert why in r["message"]
     assert not any(t["passed"] for t in r["tests"][len(st.results):])
+
+
+def test_an_end_before_every_answer_is_corrupt():
+    st, _ = check(line("define", ok=True) + END, sources=TESTS[:2], literal=True, end=False)  # in one read
+    assert st.result("root")["error_type"] == "corrupt result"
+    assert "before every request was answered" in st.result("root")["message"]
 
 
 def test_a_forged_end_without_every_report_is_no_pass():
