@@ -337,6 +337,9 @@ def _make_harness() -> typing.Callable[[dict, int, int, bool, list], None]:
         run.update(pid=mypid, kill_all=kill_all, pristine=pristine, buffer=b"")
 
         ns = {"__name__": "__candidate__", "__builtins__": builtins}
+        # From here on the result channel is the candidate's too: a "sandbox_error" after this
+        # message is the program's doing, not a confinement failure.
+        send('"k":"start"')
         try:
             code = _compile(program, "<candidate>", "exec", dont_inherit=True)
             _exec(code, ns)
