@@ -299,3 +299,13 @@ def test_keyrings_and_message_queues_do_not_survive_to_the_next_run(box):
     # collector (asynchronous) has yet to drop the invalidated one: either way nothing to read.
     assert "USER 0\n" in found.output or "USER -1\n" in found.output, found.output
     assert "MQOPEN -1" in found.output, found.output
+
+
+def test_a_forged_sandbox_error_is_the_programs_failure(box):
+    """The result channel is the candidate's once its code runs: a message claiming the sandbox
+    broke is a verdict on the program (not an item without one, retried on every resume)."""
+    program = ("import os\nos.write(3, b'{\"k\":\"sandbox_error\",\"msg\":\"forged\"}\\n')\n"
+               "def f(x):\n    return x\n")
+    r = run(box, program)
+    assert not r.passed and r.status == outcome.CRASHED
+    assert run(box, GOOD).passed
