@@ -74,6 +74,7 @@ class RunState:
         self.corrupt: str | None = None
         self.sandbox_error: str | None = None
         self.started = False  # the harness's "start": the candidate's code runs from then on
+        self.memory_cap_mb: int | None = None  # set when the run's memory cgroup killed one of its processes
         self.timed_out = False  # the wall-clock backstop
         self.cpu_timed_out = False  # the CPU limit, as the server measured it
         self.cpu_seen: float | None = None  # the child's CPU time, read before it was reaped
@@ -185,6 +186,10 @@ class RunState:
             status, error_type, message = stop
         else:
             status = "passed"
+        # the cap killed one of the run's processes: whatever then failed, memory is the cause
+        if status in ("crashed", "failed") and self.memory_cap_mb is not None and not self.corrupt:
+            status, error_type = "memory", "MemoryError"
+            message = f"{message}: the run's processes together reached the memory cap of {self.memory_cap_mb} MB"
 
         if phase is None and status != "passed":
             phase = "define" if in_define or define_failed else "test"

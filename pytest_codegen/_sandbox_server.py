@@ -384,9 +384,11 @@ class Server:
                 st.cpu_seen = max(st.cpu_seen or 0.0, used)
         if st.sandbox_error:  # the child could not be confined: the sandbox broke, not the program
             return {"ok": False, "error": st.sandbox_error}, run, False
+        if self.iso.memory is not None and self.iso.memory.capped():  # it killed a process of the run
+            st.memory_cap_mb = self.iso.memory.limit_mb
         result = st.result(self.iso.mode)
-        if self.iso.memory is not None and self.iso.memory.capped():
-            result["detail"]["memory_cap_mb"] = self.iso.memory.limit_mb  # it killed a process of the run
+        if st.memory_cap_mb is not None:
+            result["detail"]["memory_cap_mb"] = st.memory_cap_mb
         return {"ok": True, "result": result}, run, clean
 
     def _watch(self, run: Run, want_message: bool) -> bool:

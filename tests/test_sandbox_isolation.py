@@ -219,7 +219,8 @@ def test_a_runs_total_memory_is_capped(box):
     if "memory cgroup" not in box.isolation:
         pytest.skip(f"no memory cgroup here: {box.isolation}")
     r = run(box, FOUR_TIMES_600 + GOOD)
-    assert not r.passed and r.status in (outcome.CRASHED, outcome.MEMORY, outcome.FAILED), r
+    assert not r.passed and r.status == outcome.MEMORY and r.outcome_class == outcome.MEMORY, r
+    assert "memory cap of 1024 MB" in r.message
     assert "ALLOCATED" not in r.output
     assert r.detail["memory_cap_mb"] == 1024
     fine = run(box, "block = b'x' * (600 << 20)" + GOOD)  # one of them alone is fine, next

@@ -393,6 +393,17 @@ def test_a_sandbox_error_from_the_program_is_its_own_failure():
         assert "harness message" in r["message"]
 
 
+def test_a_run_the_memory_cap_cut_short_is_memory():
+    """A process of the run killed by the memory cgroup: the run fails for memory, whichever
+    of its processes the kernel chose (the program's own assert on it, or the child itself)."""
+    st, _ = check(line("start"), DEFINED, RIGHT[0], end=False)
+    st.set_exit(killed(signal.SIGKILL), usage())
+    st.memory_cap_mb = 1024
+    r = st.result("root")
+    assert (r["status"], r["error_type"]) == ("memory", "MemoryError")
+    assert "memory cap of 1024 MB" in r["message"]
+
+
 def test_output_past_the_cap_is_counted_not_kept():
     st, _ = check(DEFINED, *RIGHT)
     st.add_output(b"x" * 60, 100)
