@@ -69,3 +69,30 @@ def test_concurrent_writers_share_one_cache(tmp_path):
         t.join()
     cache = GenerationCache(tmp_path)
     assert all(cache.get("m", request(seed=w * 1000 + i)) for w in range(4) for i in range(50))
+
+
+def test_workers_opening_a_new_cache_at_once_all_get_it(tmp_path):
+    """xdist workers open the same fresh cache together: switching it to WAL takes a lock for
+    which SQLite does not wait on the busy timeout, so a loser must retry, not fail its item."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    for attempt in range(20):
+        directory = tmp_path / str(attempt)
+        barrier, modes = context.Barrier(4), context.Queue()
+        workers = [context.Process(target=_open_cache, args=(directory, barrier, modes)) for _ in range(4)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(60)
+        assert sorted(modes.get(timeout=5) for _ in workers) == ["wal"] * 4
+
+
+def _open_cache(directory, barrier, modes) -> None:
+    barrier.wait()
+    try:
+        cache = GenerationCache(directory)
+        modes.put(cache._db.execute("PRAGMA journal_mode").fetchone()[0])
+        cache.close()
+    except Exception as error:
+        modes.put(repr(error))

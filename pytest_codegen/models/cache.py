@@ -30,14 +30,30 @@ CREATE TABLE IF NOT EXISTS generations (
 """
 
 
+_BUSY_SECONDS = 60
+
+
 class GenerationCache:
     def __init__(self, directory: str | Path) -> None:
         self.path = Path(directory) / "generations.sqlite3"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = sqlite3.connect(self.path, timeout=_BUSY_SECONDS, isolation_level=None)
+        self._use_wal()
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(_SCHEMA)
+
+    def _use_wal(self) -> None:
+        """Switch to WAL. Workers opening a new cache together race for the switch, and SQLite
+        answers the losers "database is locked" at once rather than after the busy timeout."""
+        deadline = time.monotonic() + _BUSY_SECONDS
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     @staticmethod
     def key(model_identity: str, request: GenerationRequest) -> str:
