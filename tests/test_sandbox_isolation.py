@@ -66,7 +66,9 @@ def secrets(tmp_path: Path) -> list[Path]:
 
 def tmp_listing(*kept: Path) -> str:
     """What the sandbox's /tmp holds: its work dir, and the way to what of `kept` lies under
-    /tmp (bound there: a venv, the sandbox's own files)."""
+    /tmp (bound there: a venv, the sandbox's own files), this run's venv and package included
+    (a checkout under /tmp)."""
+    kept += (Path(sys.prefix).resolve(), Path(outcome.__file__).resolve().parent)
     tops = {p.parts[2] for p in kept if p.parts[1:2] == ("tmp",)}
     return f"TMP {sorted({'work', *tops})}"
 
