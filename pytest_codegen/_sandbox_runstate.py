@@ -216,6 +216,8 @@ class RunState:
             detail["timeout"] = "cpu" if stop[1] == TIMEOUT_CPU else "wall"
         if self.leftovers:
             detail["leftover_processes"] = True
+        if self.memory_cap_mb is not None:
+            detail["memory_cap_mb"] = self.memory_cap_mb
         return {
             "status": status,
             "error_type": error_type,

@@ -387,8 +387,6 @@ class Server:
         if self.iso.memory is not None and self.iso.memory.capped():  # it killed a process of the run
             st.memory_cap_mb = self.iso.memory.limit_mb
         result = st.result(self.iso.mode)
-        if st.memory_cap_mb is not None:
-            result["detail"]["memory_cap_mb"] = st.memory_cap_mb
         return {"ok": True, "result": result}, run, clean
 
     def _watch(self, run: Run, want_message: bool) -> bool:

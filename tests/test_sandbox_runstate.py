@@ -401,7 +401,7 @@ def test_a_run_the_memory_cap_cut_short_is_memory():
     st.memory_cap_mb = 1024
     r = st.result("root")
     assert (r["status"], r["error_type"]) == ("memory", "MemoryError")
-    assert "memory cap of 1024 MB" in r["message"]
+    assert "memory cap of 1024 MB" in r["message"] and r["detail"]["memory_cap_mb"] == 1024
 
 
 def test_output_past_the_cap_is_counted_not_kept():
