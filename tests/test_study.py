@@ -103,6 +103,35 @@ def test_breakdown_separates_harness_faults_from_wrong_answers() -> None:
                       "wrong answer (AssertionError)": 1}
 
 
+def test_report_counts_refined_programs_that_changed(tmp_path: Path) -> None:
+    def refined(problem: str, programs: list[str], verdicts: list[str]) -> dict:
+        roles = ["generate"] + ["refine"] * (len(programs) - 1)
+        return {**record(problem, verdicts),
+                "rounds": [{"index": i, "role": role, "program": text, "completion_tokens": 80}
+                           for i, (role, text) in enumerate(zip(roles, programs))]}
+
+    records = [
+        refined("HumanEval/0", ["def f(): return 1"], ["passed"]),
+        refined("HumanEval/1", ["def f(): return 2", "def f(): return 2\n"], ["AssertionError"] * 2),
+        refined("HumanEval/2", ["def f(): return 3", "def f(): return 3", "def f(): return 4"],
+                ["AssertionError", "AssertionError", "passed"]),
+        refined("HumanEval/3", ["def f(): return 5"], ["AssertionError"]),  # nothing to feed back
+    ]
+    cell = Cell("m", "humaneval", "refine")
+    write(cell.results_path(tmp_path), records)
+    line = next(line for line in render_report(tmp_path, [cell]).splitlines() if line.startswith("| m "))
+    assert "| 2 refined, 1 changed " in line  # trailing whitespace is the same program
+
+
+def test_breakdown_puts_the_technical_reports_figure_next_to_the_measured_one(tmp_path: Path) -> None:
+    cell = Cell("qwen-coder-0.5b", "humaneval", "single")
+    write(cell.results_path(tmp_path), [record(f"HumanEval/{i}", ["passed" if i < 3 else "AssertionError"])
+                                        for i in range(4)])
+    lines = render_report(tmp_path, [cell]).splitlines()
+    assert any(line.startswith("| pass@1 here (%)") and "75.0" in line for line in lines)
+    assert any(line.startswith("| pass@1, technical report (%)") and "61.6" in line for line in lines)
+
+
 def test_results_travel_compressed_and_resume(tmp_path: Path) -> None:
     cell = Cell("m", "humaneval", "single")
     path = cell.results_path(tmp_path)
