@@ -13,6 +13,11 @@ zygote in before its job (a write of a few microseconds), so the forker and ever
 of the server stay out; the cgroups' own files are reached through directory fds (the
 sandbox's root does not show them). Imported by name from its directory like every sandbox
 file (see `_sandbox_bootstrap`).
+
+Each kind comes as two cgroups, *slots*, that runs take in turn: the next run's zygote joins
+the slot the current run is not in, while that run goes on (joining waits for an RCU grace
+period, about a millisecond, that would otherwise come between a job and its start), and each
+run is alone in its slot (the run before it in that slot is gone before its zygote joins).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import os
 import re
 
 PREFIX = "pytest-codegen-"
+SLOTS = 2
 
 
 def _unescape(field: str) -> str:
@@ -73,7 +79,7 @@ def _write(dir_fd: int, name: str, text: str) -> None:
 def _sweep(parent: int) -> None:
     """Remove the cgroups of servers that are gone (killed before they could): empty ones go."""
     for name in os.listdir(parent):
-        pid = name[len(PREFIX) :]
+        pid = name[len(PREFIX) :].split("-")[0]
         if name.startswith(PREFIX) and pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
             try:
                 os.rmdir(name, dir_fd=parent)
@@ -87,6 +93,9 @@ class Cgroup:
     def __init__(self, parent: int, name: str, version: str) -> None:
         self.parent, self.name, self.version = parent, name, version
         self.fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=parent)
+        # Its files stay open once used: opening a cgroup file costs several times reading
+        # or writing it, and a run reads and writes a few
+        self.files: dict[tuple[str, int], int] = {}  # (name, open flags) -> fd
 
     @classmethod
     def create(
@@ -131,11 +140,24 @@ class Cgroup:
                 why = f"no {resource} cgroup (cgroup v{version}: {e.strerror})"
         return None, why
 
+    def _file(self, name: str, flags: int) -> int:
+        fd = self.files.get((name, flags))
+        if fd is None:
+            fd = self.files[name, flags] = os.open(name, flags | os.O_CLOEXEC, dir_fd=self.fd)
+        return fd
+
+    def sibling(self) -> Cgroup:
+        """A second cgroup of this server next to this one (see `SLOTS`)."""
+        name = f"{self.name}-1"
+        os.mkdir(name, 0o755, dir_fd=self.parent)
+        return Cgroup(os.dup(self.parent), name, self.version)
+
     def read(self, name: str) -> str:
-        return _read(self.fd, name)
+        """The file's contents now (read from its start: the kernel makes them afresh)."""
+        return os.pread(self._file(name, os.O_RDONLY), 4096, 0).decode()
 
     def write(self, name: str, text: str) -> None:
-        _write(self.fd, name, text)
+        os.write(self._file(name, os.O_WRONLY), text.encode())
 
     def join(self, pid: int) -> None:
         """Move process `pid` (its threads too) in: what it does from now on counts."""
@@ -145,6 +167,9 @@ class Cgroup:
         """Once every member is gone (again: nothing)."""
         if self.fd < 0:
             return
+        for fd in self.files.values():
+            os.close(fd)
+        self.files.clear()
         os.close(self.fd)
         self.fd = -1
         try:
@@ -154,28 +179,45 @@ class Cgroup:
         os.close(self.parent)
 
 
-class MemoryCap:
-    """This server's memory cgroup (see the module's docstring)."""
+def _pair(group: Cgroup) -> list[Cgroup]:
+    try:
+        return [group, group.sibling()]
+    except OSError:
+        group.remove()
+        raise
 
-    def __init__(self, group: Cgroup) -> None:
-        self.group, self.version = group, group.version
+
+class MemoryCap:
+    """This server's memory cgroups, one per slot (see the module's docstring)."""
+
+    def __init__(self, groups: list[Cgroup]) -> None:
+        self.groups, self.version = groups, groups[0].version
         self.limit_mb: int | None = None
-        self.kills = self.oom_kills()
+        self.kills = [self.oom_kills(slot) for slot in range(SLOTS)]
 
     @classmethod
     def create(cls) -> tuple[MemoryCap | None, str]:
-        """This server's memory cgroup, or why there is none."""
+        """This server's memory cgroups, or why there are none."""
         group, why = Cgroup.create("memory", "memory", "memory", "memory.max")
-        return (cls(group), "") if group is not None else (None, why)
+        if group is None:
+            return None, why
+        try:
+            return cls(_pair(group)), ""
+        except OSError as e:
+            return None, f"no memory cgroup ({e.strerror})"
 
-    def join(self, pid: int) -> None:
-        self.group.join(pid)
+    def join(self, pid: int, slot: int) -> None:
+        self.groups[slot].join(pid)
 
     def limit(self, mb: int) -> None:
-        """Cap the members' total at `mb` MB, swap included (none: `mb` <= 0)."""
+        """Cap the members' total at `mb` MB, swap included (none: `mb` <= 0), in every slot."""
         if mb == self.limit_mb:
             return
-        g = self.group
+        for g in self.groups:
+            self._limit(g, mb)
+        self.limit_mb = mb
+
+    def _limit(self, g: Cgroup, mb: int) -> None:
         if self.version == "2":
             g.write("memory.max", str(mb << 20) if mb > 0 else "max")
             try:
@@ -192,49 +234,57 @@ class MemoryCap:
                     g.write(name, value)
             except FileNotFoundError:  # no swap accounting
                 g.write("memory.limit_in_bytes", value)
-        self.limit_mb = mb
 
-    def oom_kills(self) -> int:
-        """How many of its processes the kernel killed for its limit, so far."""
-        text = self.group.read("memory.events" if self.version == "2" else "memory.oom_control")
+    def oom_kills(self, slot: int) -> int:
+        """How many of the slot's processes the kernel killed for its limit, so far."""
+        text = self.groups[slot].read("memory.events" if self.version == "2" else "memory.oom_control")
         found = re.search(r"^oom_kill (\d+)", text, re.M)
         return int(found.group(1)) if found else 0
 
-    def capped(self) -> bool:
-        """Did the cap kill a process since the last call?"""
-        kills = self.oom_kills()
-        capped, self.kills = kills > self.kills, kills
+    def capped(self, slot: int) -> bool:
+        """Did the cap kill a process of the slot since the last call?"""
+        kills = self.oom_kills(slot)
+        capped, self.kills[slot] = kills > self.kills[slot], kills
         return capped
 
     def remove(self) -> None:
-        self.group.remove()
+        for g in self.groups:
+            g.remove()
 
 
 class CpuMeter:
-    """This server's CPU cgroup (see the module's docstring): the CPU time of every process
-    that was ever in it, so a run's is the difference over the run (a server runs one job at a
-    time, and starts it once the previous run's processes are gone)."""
+    """This server's CPU cgroups, one per slot (see the module's docstring): the CPU time of
+    every process that was ever in one, so a run's is the difference over the run (a slot has
+    one run at a time, and its next zygote joins once that run's processes are gone)."""
 
-    def __init__(self, group: Cgroup) -> None:
-        self.group, self.version = group, group.version
+    def __init__(self, groups: list[Cgroup], shared: bool = False) -> None:
+        self.groups, self.version, self.shared = groups, groups[0].version, shared
 
     @classmethod
     def create(cls, memory: MemoryCap | None) -> tuple[CpuMeter | None, str]:
-        """This server's CPU cgroup (the memory cap's where that is v2), or why there is none."""
+        """This server's CPU cgroups (the memory cap's where those are v2), or why there are none."""
         if memory is not None and memory.version == "2":
-            return cls(memory.group), ""
+            return cls(memory.groups, shared=True), ""
         group, why = Cgroup.create("CPU", "cpuacct", None, "cpu.stat")
-        return (cls(group), "") if group is not None else (None, why)
+        if group is None:
+            return None, why
+        try:
+            return cls(_pair(group)), ""
+        except OSError as e:
+            return None, f"no CPU cgroup ({e.strerror})"
 
-    def join(self, pid: int) -> None:
-        self.group.join(pid)
+    def join(self, pid: int, slot: int) -> None:
+        if not self.shared:  # else joined with the memory cap's
+            self.groups[slot].join(pid)
 
-    def seconds(self) -> float:
-        """The members' CPU time (user + system) so far, exited members' included."""
+    def seconds(self, slot: int) -> float:
+        """The slot's members' CPU time (user + system) so far, exited members' included."""
         if self.version == "2":
-            found = re.search(r"^usage_usec (\d+)", self.group.read("cpu.stat"), re.M)
+            found = re.search(r"^usage_usec (\d+)", self.groups[slot].read("cpu.stat"), re.M)
             return int(found.group(1)) / 1e6 if found else 0.0
-        return int(self.group.read("cpuacct.usage")) / 1e9
+        return int(self.groups[slot].read("cpuacct.usage")) / 1e9
 
     def remove(self) -> None:
-        self.group.remove()
+        if not self.shared:
+            for g in self.groups:
+                g.remove()

@@ -52,6 +52,7 @@ class Zygote:
         self.req_w, self.res_r, self.out_r, self.pidfd = req_w, res_r, out_r, pidfd
         self.work = work
         self.reaped = False
+        self.slot: int | None = None  # the cgroup slot it joined (see `_sandbox_cgroups`)
 
     def close_fds(self) -> None:
         for name in ("req_w", "res_r", "out_r", "pidfd"):
@@ -95,6 +96,7 @@ class ForkerLink:
         self.runs = 0
         self.pidns = False  # the forker is in a PID namespace of its own
         self.init: tuple[int, int] | None = None  # its first process: pid, the pipe that keeps it
+        self.on_zygote: typing.Callable[[Zygote], None] | None = None  # called with each zygote that arrives
         self.pid, self.sock, self.subreaper = self._start(rewriter, site_packages)
 
     def _start(self, rewriter: bool, site_packages: list[str]) -> tuple[int, _socket.socket, bool]:
@@ -225,8 +227,11 @@ class ForkerLink:
             self.exits[pid] = (status, Usage(utime, stime, maxrss))
         elif data[:1] == b"Z" and len(data) == forker.SPAWNED.size and len(fds) in (3, 4) and self.zygote_requested:
             _, pid = forker.SPAWNED.unpack(data)
-            host_pid = procs.host_pid(self.pid, pid) if self.pidns else pid
             pidfd = fds[3] if len(fds) == 4 else None
+            host_pid = pid
+            if self.pidns:
+                found = procs.pidfd_pid(pidfd, pid) if pidfd is not None else None
+                host_pid = found if found is not None else procs.host_pid(self.pid, pid)
             for fd in fds[1:3]:
                 try:
                     fcntl.fcntl(fd, 1031, 1 << 20)  # F_SETPIPE_SZ: fewer wake-ups for chatty programs
@@ -234,6 +239,8 @@ class ForkerLink:
                     pass
             self.zygote = Zygote(pid, host_pid, fds[0], fds[1], fds[2], pidfd, self.zygote_work.pop(0))
             self.zygote_requested = False
+            if self.on_zygote is not None:
+                self.on_zygote(self.zygote)
         else:
             for fd in fds:
                 os.close(fd)

@@ -17,6 +17,8 @@ if typing.TYPE_CHECKING:
     from pytest_codegen._sandbox_cgroups import CpuMeter
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# Taken at import: glibc reads it from /sys (or /proc/stat) at every call, tens of microseconds
+_CPUS = os.cpu_count() or 1
 # This process's /proc, taken at import: the isolation set-up later covers /proc with the
 # sandbox's own (its PID namespace's), where the server's processes have other numbers or none.
 PROC = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -61,12 +63,40 @@ def descendants(root: int) -> list[int]:
     return found
 
 
+_children_files: dict[int, int] = {}  # pid -> its children file, kept open (read once or more per run)
+
+
 def children(pid: int) -> set[int] | None:
     """The direct children of a single-threaded process; None where /proc cannot say."""
     try:
-        return {int(child) for child in read(f"{pid}/task/{pid}/children").split()}
+        fd = _children_files.get(pid)
+        if fd is None:
+            fd = _children_files[pid] = os.open(f"{pid}/task/{pid}/children", os.O_RDONLY | os.O_CLOEXEC, dir_fd=PROC)
+        chunks = [os.pread(fd, 1 << 16, 0)]
+        while len(chunks[-1]) == 1 << 16:
+            chunks.append(os.pread(fd, 1 << 16, len(chunks) << 16))
+        return {int(child) for child in b"".join(chunks).split()}
     except (OSError, ValueError):
+        fd = _children_files.pop(pid, None)
+        if fd is not None:
+            os.close(fd)
         return None
+
+
+def pidfd_pid(pidfd: int, pid: int) -> int | None:
+    """The pid here of the process a pidfd refers to, if it is `pid` in its own PID namespace
+    (what `host_pid` finds, from one small file); None if it has exited."""
+    try:
+        info = read(f"self/fdinfo/{pidfd}")
+    except OSError:
+        return None
+    here = inner = None
+    for line in info.splitlines():
+        if line.startswith(b"Pid:"):
+            here = int(line.split()[1])
+        elif line.startswith(b"NSpid:"):
+            inner = int(line.split()[-1])
+    return here if here is not None and here > 0 and inner == pid else None
 
 
 def host_pid(parent: int, pid: int) -> int | None:
@@ -100,18 +130,19 @@ def proc_cpu(pid: int | None) -> float | None:
 class RunCpu:
     """The CPU time a run has used since it began: with the server's CPU cgroup (`meter`, the
     run's zygote just joined), that of every process of the run, exited ones included; without
-    one, only its first process's own (`pid`, while it exists), so a run that forks gets more."""
+    one, only its first process's own (`pid`, while it exists), so a run that forks gets more.
+    `slot`: the run's cgroups (see `_sandbox_cgroups`)."""
 
-    def __init__(self, meter: CpuMeter | None, pid: int | None) -> None:
-        self.meter, self.pid = meter, pid
+    def __init__(self, meter: CpuMeter | None, slot: int, pid: int | None) -> None:
+        self.meter, self.slot, self.pid = meter, slot, pid
         self.start = self._meter_seconds() if meter is not None else None
         self.whole = self.start is not None  # every process's, not only the first's
         # how fast it can grow (seconds a second): the candidate may widen its CPU affinity
-        self.rate = float(os.cpu_count() or 1) if self.whole else 1.0
+        self.rate = float(_CPUS) if self.whole else 1.0
 
     def _meter_seconds(self) -> float | None:
         try:
-            return self.meter.seconds() if self.meter is not None else None
+            return self.meter.seconds(self.slot) if self.meter is not None else None
         except (OSError, ValueError):
             return None
 

@@ -234,6 +234,12 @@ class Ipc:
                 except OSError:
                     pass
         self.key_users: int | None = None
+        self.mqueue_empty = -1  # the size of this (new) namespace's queue directory with none
+        if iso.mqueue is not None:
+            try:
+                self.mqueue_empty = os.stat(iso.mqueue).st_size if not os.listdir(iso.mqueue) else -1
+            except OSError:
+                pass
         if iso.uid is not None:
             try:
                 self.key_users = os.open("key-users", os.O_RDONLY | os.O_CLOEXEC, dir_fd=procs.PROC)
@@ -256,8 +262,9 @@ class Ipc:
         queues a run left: the IPC namespace is this server's alone (never the host's: only
         with "ipc" unshared). (Kernel keyrings: each child clears its uid's, see the forker.)"""
         if self.iso.mqueue is not None:
-            try:
-                for name in os.listdir(self.iso.mqueue):
+            try:  # (the mqueue file system counts its queues in the directory's size)
+                size = os.stat(self.iso.mqueue).st_size
+                for name in os.listdir(self.iso.mqueue) if size != self.mqueue_empty else ():
                     try:
                         os.unlink(os.path.join(self.iso.mqueue, name))
                     except OSError:

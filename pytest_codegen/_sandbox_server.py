@@ -239,6 +239,7 @@ class Run:
 
     def __init__(self, req: dict, z: Zygote, state: RunState, t0: float, cpu: procs.RunCpu) -> None:
         self.req, self.z, self.state, self.t0, self.cpu = req, z, state, t0, cpu
+        self.slot = cpu.slot  # its cgroups (see `_sandbox_cgroups`)
         lim = req["limits"]
         self.output_cap = int(lim["output_bytes"])
         self.cpu_limit = float(lim["cpu_seconds"])
@@ -304,6 +305,29 @@ class Server:
         if self.scratch is not None:
             self.scratch.empty()
         self.link = ForkerLink(self.iso, self.pid, bool(cfg.get("rewriter")), list(cfg.get("site_packages", [])))
+        self.slot = 0  # the cgroup slot of the run in progress, else of the last one
+        self.running = False  # a run is in progress (its zygote has joined its slot)
+        self.link.on_zygote = self._join_ahead
+
+    def _join_ahead(self, z: Zygote) -> None:
+        """A zygote that arrives while a run goes on joins the other slot's cgroups at once,
+        off the next job's path (see `_sandbox_cgroups`): every earlier run in that slot is
+        gone, since a run starts once the runs before it are."""
+        if self.running:
+            self._join(z, 1 - self.slot)
+
+    def _join(self, z: Zygote, slot: int) -> None:
+        """Move a zygote into the slot's cgroups (one that died fails: its run says so)."""
+        if z.host_pid is None:
+            return
+        try:
+            if self.iso.memory is not None:
+                self.iso.memory.join(z.host_pid, slot)
+            if self.iso.cpu is not None:
+                self.iso.cpu.join(z.host_pid, slot)
+        except OSError:
+            return
+        z.slot = slot
 
     # --- one run --------------------------------------------------------------------
 
@@ -339,20 +363,19 @@ class Server:
         if self.scratch is not None:
             self.scratch.resize(int(lim["file_size_mb"]))
         z = self.link.take_zygote()
-        if self.iso.memory is not None and z.host_pid is not None:
+        if self.iso.memory is not None:
             try:  # (its job may ask for another limit)
                 self.iso.memory.limit(int(lim["memory_mb"]))
-                self.iso.memory.join(z.host_pid)
             except OSError:
-                pass  # a zygote that died: the run says so
+                pass
+        if z.slot is None:  # not joined ahead
+            self._join(z, 1 - self.slot)
         meter = None  # the CPU cgroup, once the zygote is in it
-        if self.iso.cpu is not None and z.host_pid is not None:
-            try:
-                self.iso.cpu.join(z.host_pid)
-                meter = self.iso.cpu
-            except OSError:
-                pass  # a zygote that died: the run says so
-        run = Run(req, z, RunState(lim, [t[0] for t in tests]), time.monotonic(), procs.RunCpu(meter, z.host_pid))
+        if z.slot is not None:
+            self.slot, meter = z.slot, self.iso.cpu
+        self.running = True
+        cpu = procs.RunCpu(meter, self.slot, z.host_pid)
+        run = Run(req, z, RunState(lim, [t[0] for t in tests]), time.monotonic(), cpu)
         try:
             forker.write_frame(z.req_w, payload)
             os.set_blocking(z.req_w, False)  # requests follow, written as the child takes them
@@ -376,6 +399,8 @@ class Server:
         except Exception:
             self._stop(run, clean=False)  # a bug here must not leave the run's child or fds
             raise
+        finally:
+            self.running = False
         clean = st.end and not st.corrupt and not st.timed_out and not st.cpu_timed_out
         if not clean:
             self._stop(run, clean=False)
@@ -384,7 +409,7 @@ class Server:
                 st.cpu_seen = max(st.cpu_seen or 0.0, used)
         if st.sandbox_error:  # the child could not be confined: the sandbox broke, not the program
             return {"ok": False, "error": st.sandbox_error}, run, False
-        if self.iso.memory is not None and self.iso.memory.capped():  # it killed a process of the run
+        if self.iso.memory is not None and self.iso.memory.capped(run.slot):  # it killed a process of the run
             st.memory_cap_mb = self.iso.memory.limit_mb
         result = st.result(self.iso.mode)
         return {"ok": True, "result": result}, run, clean

@@ -230,6 +230,21 @@ def test_a_runs_total_memory_is_capped(box):
     assert "memory_cap_mb" not in fine.detail
 
 
+def test_runs_take_the_two_cgroup_slots_in_turn(box):
+    # The next run's zygote joins the slot the current run is not in, while that run goes on
+    # (see `_sandbox_cgroups`): consecutive runs are each in a cgroup of their own.
+    if "memory cgroup" not in box.isolation and "CPU cgroup" not in box.isolation:
+        pytest.skip(f"no cgroups here: {box.isolation}")
+    show = "print('CGROUPS', sorted(open('/proc/self/cgroup').read().split()))\n" + GOOD
+    seen = []
+    for _ in range(4):
+        r = run(box, show)
+        assert r.passed, r
+        seen.append(r.output.split("CGROUPS ")[1].splitlines()[0])
+    assert seen[0] != seen[1] and seen[0] == seen[2] and seen[1] == seen[3], seen
+    assert "pytest-codegen-" in seen[0] and "pytest-codegen-" in seen[1], seen
+
+
 def test_a_checkout_under_tmp_survives_a_deep_tree_and_a_filled_scratch(monkeypatch, tmp_path):
     # The sandbox's own files bound into the private /tmp (as for a checkout there) stay, and
     # stay read-only, through clean-ups that remove trees deeper than any recursion.
