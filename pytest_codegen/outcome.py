@@ -116,6 +116,10 @@ def printable_name(name: object, limit: int = 200, default: str = "unknown") -> 
     """`name` as a class name fit for a terminal and a table: escape sequences and control
     or format characters removed, whitespace runs made one space; `default` if nothing is
     left."""
+    if (isinstance(name, str) and name.isascii() and name.isprintable() and 0 < len(name) <= limit
+            and name[0] != " " and name[-1] != " " and "  " not in name):
+        # The common case (an exception's name): printable ASCII, no escape, no space to fold.
+        return name
     text = _ANSI.sub("", name if isinstance(name, str) else "" if name is None else str(name))
     text = "".join(" " if ch.isspace() else ch for ch in text if ch.isspace() or unicodedata.category(ch)[0] != "C")
     text = " ".join(text.split())[:limit]

@@ -388,10 +388,17 @@ def _previous_records(path: str, key: str) -> list[Record]:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """xdist workers tell the controller which resumed items their collection selected."""
+    """xdist workers tell the controller which resumed items their collection selected, and
+    skip their terminal's summary sections."""
     state = session.config.stash.get(STATE_KEY, None)
     if state is not None and _is_xdist_worker(session.config):
         session.config.workeroutput["codegen_resumed"] = sorted(state.resumed)  # type: ignore[attr-defined]
+        if any(_is_codegen(item) for item in session.items):
+            # A worker's terminal writes to /dev/null (execnet keeps its stdout): the failure
+            # sections, which the controller prints, would be formatted for nobody, after the
+            # last item, while the controller waits (pytest looks up each failure's teardown
+            # report among every report: quadratic in the items).
+            session.config.option.no_summary = True
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -485,6 +492,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
             backstop = wall_backstop(s.exec_timeout) * (rounds + 3) + 60
             item.add_marker(pytest.mark.timeout(backstop, func_only=True))
+        _describe_failures_directly(item)
+
+
+def _describe_failures_directly(item: pytest.Item) -> None:
+    """A failed verdict (`pytest.fail(..., pytrace=False)`) is shown as its message alone, the
+    "value" style pytest picks for it; pytest would still filter the whole traceback first,
+    a path lookup and a stat per frame, for a traceback it does not show. The item's
+    `repr_failure` asks for that style without the filter (the same report); other failures,
+    and every failure under --full-trace, take pytest's way."""
+    full = item.repr_failure
+
+    def repr_failure(excinfo, *args, **kwargs):
+        if (isinstance(excinfo.value, pytest.fail.Exception) and not excinfo.value.pytrace
+                and not item.config.getoption("fulltrace", False)):
+            return excinfo.getrepr(style="value", tbfilter=False)
+        return full(excinfo, *args, **kwargs)
+
+    item.repr_failure = repr_failure  # type: ignore[method-assign]
 
 
 def _is_codegen(item: pytest.Item) -> bool:
@@ -591,14 +616,15 @@ def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config):
     data = getattr(report, "codegen", None)
     if data is None or report.when != "call":
         return None
-    from .record import Record  # not .report: xdist workers call this hook, and render no tables
-
-    record = Record.from_dict(data)
+    # `data` is Record.to_dict of a record Record.build made (classes already normalized): the
+    # two fields are read as they are, not parsed into a Record at every call (the terminal
+    # reporter asks once per report and again per failure in the summaries).
+    outcome_class = data["outcome_class"]
+    verdicts = data["round_outcomes"] or [outcome_class]
     # The scoring outcome of each program round: `NameError → AssertionError → passed`.
-    suffix = f" [{' → '.join(record.verdicts)}]" if len(record.verdicts) > 1 else ""
+    suffix = f" [{' → '.join(verdicts)}]" if len(verdicts) > 1 else ""
     if report.passed:
         return "passed", ".", ("PASSED" + suffix, {"green": True})
-    outcome_class = record.outcome_class
     letter = _LETTERS.get(outcome_class, "F")
     return "failed", letter, (f"FAILED ({outcome_class}){suffix}", {"red": True})
 
@@ -650,10 +676,9 @@ class CodegenController:
 
         data = getattr(report, "codegen", None)
         if data is not None and report.when == "call":
-            record = Record.from_dict(data)
-            self.state.records.append(record)
+            self.state.records.append(Record.from_dict(data))
             if self.state.writer is not None:
-                self.state.writer.write(record)
+                self.state.writer.write(data)  # already the JSON form: not rebuilt from the record
             return
         error = getattr(report, "codegen_error", None)
         if error is not None:

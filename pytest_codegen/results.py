@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from .record import Record, RecordError
 
@@ -29,8 +29,10 @@ class ResultsWriter:
                 if existing.read(1) != b"\n":
                     self._file.write("\n")
 
-    def write(self, record: Record) -> None:
-        self._file.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
+    def write(self, record: Record | Mapping[str, Any]) -> None:
+        """Append a record, or its JSON form (`Record.to_dict`, as an xdist worker sends it)."""
+        data = record.to_dict() if isinstance(record, Record) else record
+        self._file.write(json.dumps(data, ensure_ascii=False) + "\n")
         self._file.flush()
 
     def close(self) -> None:

@@ -125,6 +125,69 @@ def test_failure_shows_the_failing_test_and_values(suite):
     result.stdout.fnmatch_lines(["*AssertionError*", "*failing test t0*", "*assert 2 == 3*"])
 
 
+# Records, per failed call, whether the report's failure representation is the one pytest's
+# own `repr_failure` gives (serialized as xdist and reportlog send it).
+SAME_LONGREPR = '''
+import copy, json
+import pytest
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.when == "call" and report.failed:
+        theirs = copy.copy(report)
+        theirs.longrepr = type(item).repr_failure(item, call.excinfo)
+        serial = lambda r: item.config.hook.pytest_report_to_serializable(config=item.config, report=r)["longrepr"]
+        same = (serial(report) == serial(theirs), str(report.longrepr) == str(theirs.longrepr))
+        with open("same-longrepr.txt", "a") as f:
+            f.write(f"{item.nodeid} {same[0]} {same[1]}\\n")
+    return report
+'''
+
+
+@pytest.mark.parametrize("options", [[], ["--full-trace"], ["--tb=native"]])
+def test_a_failed_verdict_is_reported_as_pytest_would(suite, options):
+    """verify()'s failures skip pytest's traceback filtering (never shown for them): the report
+    must not change, nor what --full-trace shows (the whole traceback)."""
+    suite.makeconftest(SAME_LONGREPR)
+    suite.makepyfile(test_other="def test_plain():\n    assert 1 == 2\n")
+    result = suite.runpytest_subprocess("--pipeline=null", *options)
+    result.assert_outcomes(failed=4)
+    lines = (suite.path / "same-longrepr.txt").read_text().splitlines()
+    assert len(lines) == 4 and all(line.endswith(" True True") for line in lines), lines
+    if options == ["--full-trace"]:
+        result.stdout.fnmatch_lines(["*def verify(self)*"])
+    else:
+        assert "def verify(self)" not in result.stdout.str()
+
+
+# Writes, from each xdist worker's terminal summary, whether pytest's own sections are off.
+WORKER_SUMMARY = '''
+def pytest_terminal_summary(terminalreporter, config):
+    worker = getattr(config, "workerinput", {}).get("workerid")
+    if worker:
+        with open(f"summary-{worker}.txt", "w") as f:
+            f.write(str(terminalreporter.no_summary))
+'''
+
+
+@pytest.mark.slow
+def test_xdist_workers_skip_the_summary_sections_nobody_sees(suite):
+    """A worker's terminal goes to /dev/null: its failure sections are not formatted in a
+    codegen run, and stay as they were in runs without codegen items."""
+    suite.makeconftest(WORKER_SUMMARY)
+    suite.makepyfile(test_plain="def test_plain():\n    assert False\n")
+    result = suite.runpytest_subprocess("--pipeline=null", "-n", "2")
+    result.assert_outcomes(failed=4)
+    result.stdout.fnmatch_lines(["*= FAILURES =*", "*no code*"])  # the controller's, as before
+    assert {p.read_text() for p in suite.path.glob("summary-gw*.txt")} == {"True"}
+    for p in suite.path.glob("summary-gw*.txt"):
+        p.unlink()
+    plain = suite.runpytest_subprocess("test_plain.py", "-n", "2")
+    plain.assert_outcomes(failed=1)
+    assert {p.read_text() for p in suite.path.glob("summary-gw*.txt")} == {"False"}
+
+
 def test_status_letters_name_the_class(suite):
     replay = write_replay(suite.path / "s.jsonl", [
         {"task_id": "toy/add", "completion": "    return nope\n"},

@@ -68,7 +68,7 @@ def test_from_dict_fills_optional_fields_and_names_missing_ones() -> None:
         Record.from_dict({"benchmark": "b", "problem_id": "p", "passed": True, "nodeid": "x::y", "tests": [3]})
 
 
-def test_a_built_record_is_written_and_read_back_equal(tmp_path: Path) -> None:
+def built_record() -> Record:
     problem = Problem(id="toy/add", benchmark="toy", entry_point="add", prompt="add(a, b)",
                       tests=(TestCase("t0", "assert add(1, 2) == 3"),), canonical_solution="")
     rounds = [Round(0, "generate", "def add(a, b): return a - b", "AssertionError", model="m", completion_tokens=9),
@@ -76,8 +76,12 @@ def test_a_built_record_is_written_and_read_back_equal(tmp_path: Path) -> None:
     solution = Solution(problem, rounds[-1].program, "refine", 2, rounds,
                         {"feedback": "visible", "models": ["m"], "tokens": 30, "gen_seconds": 1.5})
     result = ExecutionResult("passed", tests=(TestResult("t0", True),), seconds=0.01234)
-    record = Record.build(solution, result, nodeid="t::x", round_verdicts=["AssertionError", "passed"],
-                          run_key="k", sandbox={"isolation": "test", "uid": None})
+    return Record.build(solution, result, nodeid="t::x", round_verdicts=["AssertionError", "passed"],
+                        run_key="k", sandbox={"isolation": "test", "uid": None})
+
+
+def test_a_built_record_is_written_and_read_back_equal(tmp_path: Path) -> None:
+    record = built_record()
     assert (record.item, record.verdicts, record.feedback, record.tokens) == (
         ("toy", "toy/add", 2), ("AssertionError", "passed"), "visible", 30)
     assert record.timing == {"exec_seconds": 0.0123, "gen_seconds": 1.5}
@@ -88,3 +92,17 @@ def test_a_built_record_is_written_and_read_back_equal(tmp_path: Path) -> None:
     assert list(read_records(tmp_path / "r.jsonl")) == [record]
     facts = record.without_run_facts()
     assert "timing" not in facts and "sandbox" not in facts and "seconds" not in facts["rounds"][1]
+
+
+def test_the_json_form_of_a_built_record_is_written_as_the_record_is(tmp_path: Path) -> None:
+    """The controller writes the JSON form an xdist worker sent (Record.to_dict) as it came:
+    the line must be the one the record itself gives, and read back as the record."""
+    record = built_record()
+    data = json.loads(json.dumps(record.to_dict()))  # as it crosses from a worker
+    assert Record.from_dict(data).to_dict() == data
+    for name, what in (("record.jsonl", record), ("dict.jsonl", data)):
+        writer = ResultsWriter(tmp_path / name)
+        writer.write(what)
+        writer.close()
+    assert (tmp_path / "dict.jsonl").read_bytes() == (tmp_path / "record.jsonl").read_bytes()
+    assert list(read_records(tmp_path / "dict.jsonl")) == [record]
