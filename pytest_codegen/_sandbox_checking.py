@@ -24,6 +24,13 @@ trip in all, as many as when the tests ran in that process. The candidate then m
 call its test never makes (after an assert that failed first), which changes no verdict: a
 failed run does not wait for those answers, a passing one takes them all.
 
+A checked test whose assert failed is explained here too, once the run is over (`explain`):
+it runs once more, compiled through pytest's assertion rewriting, in a copy of the namespace,
+its calls answered with the answers it got the first time, and the values the rewritten
+assert shows go into its report's line and message. No test runs after it, so nothing it does
+again reaches a verdict; where it calls the candidate otherwise (random arguments) the client
+explains it with a second run instead (see `Sandbox.run`).
+
 Whatever the candidate's process does (walk frames, `gc`, read its own memory, write on the
 result channel, return objects that claim equality, redefine the prompt's helpers), a checked
 test passes only if the values it returned make the server's own asserts hold. Anything out of
@@ -106,6 +113,16 @@ class NotPlainData:
     __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = __truediv__ = __float__ = __int__ = _refuse
 
 
+class _Discarded:
+    """sys.stdout and sys.stderr while a failed test runs again to be explained."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
 class _Output:
     """sys.stdout and sys.stderr while a test runs here: what it prints joins the run's output."""
 
@@ -127,12 +144,18 @@ class Checking:
     error, the entry point; results go into `state` (its `define` and `results`)."""
 
     def __init__(self, tests: list, setup: tuple[typing.Any, str, dict | None], entry: str | None,
-                 channel: Channel, state: RunState, output_cap: int) -> None:
+                 channel: Channel, state: RunState, output_cap: int,
+                 rewrite: typing.Callable[[str, str], typing.Any] | None = None) -> None:
         self.tests, self.entry, self.channel, self.state = tests, entry, channel, state
+        self.rewrite = rewrite  # a test's code through pytest's assertion rewriting: explain here
+        self.answered: list[tuple[bytes, dict]] = []  # the running test's calls and their answers
+        self.failed_asserts: list[tuple[int, list[tuple[bytes, dict]]]] = []  # (test, its calls)
+        self.explained: list[int] = []  # the tests whose failed assert `explain` explained
+        self.tns: dict[str, typing.Any] = {}  # the checked tests' namespace
         self.setup_code, setup_source, self.setup_error = setup
         self.sources = {"<setup>": setup_source, **{t[1]: t[2] for t in tests}}
         self.describer = make_describer(self.sources)
-        self.output = _Output(state, output_cap)
+        self.output: _Output | _Discarded = _Output(state, output_cap)
         self.raised: tuple | None = None  # (exception, name, text, the candidate's frames) of the last call
         self.over = False  # the run stopped while a test waited
         self.unanswered: collections.deque[_Request] = collections.deque()  # in the order sent
@@ -158,6 +181,11 @@ class Checking:
             raise TypeError(f"the test passes the candidate {e.what}, which cannot cross to the candidate's "
                             f"process (only {codec.PLAIN} do)") from None
         msg = self._answer(self._ahead(request) or self._send(b"C", request))
+        self.answered.append((request, msg))
+        return self._value(msg)
+
+    def _value(self, msg: dict) -> typing.Any:
+        """What a call returns (or raises) for the candidate's answer `msg`."""
         kind = msg.get("k")
         if kind == "value":
             try:
@@ -270,12 +298,16 @@ class Checking:
         st.define = {"ok": True}
         if self.entry and defined.get("entry") is True:
             tns["candidate"] = tns[self.entry] = self._stub(self.entry)
+        self.tns = tns
         for (_name, filename, source, code, error, checked, _literal, _all), literal in zip(self.tests, ahead):
             self.ahead = collections.deque(literal)
+            self.answered = []
             if code is None:
                 report = {"ok": False, "et": error["et"], "msg": error["msg"], "line": error["line"], "tb": ""}
             elif checked:
                 report = self._check(code, filename, tns)
+                if report.get("et") == "AssertionError" and self.rewrite is not None:
+                    self.failed_asserts.append((len(st.results), self.answered))
             else:
                 report = self._in_process(filename, source, code)
             if self.over or st.corrupt:
@@ -290,6 +322,53 @@ class Checking:
         except Stopped:
             pass
         return False
+
+    # --- explaining failed asserts ---------------------------------------------------------
+
+    def explain(self) -> None:
+        """Once every test has run: run each checked test whose assert failed once more, here,
+        compiled through pytest's assertion rewriting, its calls of the candidate answered
+        with the answers it got (in a copy of the namespace, its output dropped), and take the
+        values the rewritten assert shows into its report's line and message. Only where it
+        fails the same way again, making the same calls: a test that calls the candidate
+        otherwise (random arguments) is left for the client's explaining run. The verdict is
+        decided already: this changes no test's outcome, only how a failure reads."""
+        for index, answered in self.failed_asserts:
+            report = self.state.results[index]
+            _name, filename, source = self.tests[index][:3]
+            try:
+                code = self.rewrite(filename, source) if self.rewrite is not None else None
+                again = self._replay(code, filename, answered) if code is not None else None
+            except Exception:  # a rewriter that fails: no explanation here
+                again = None
+            if again is not None and again.get("et") == "AssertionError":
+                report["msg"], report["line"] = again["msg"], again["line"]
+                self.explained.append(index)
+
+    def _replay(self, code: typing.Any, filename: str, answered: list[tuple[bytes, dict]]) -> dict | None:
+        replies = collections.deque(answered)
+        strayed = []  # a call that was not made the first time (the test catches what it raises)
+
+        def replay(*args: typing.Any, **kwargs: typing.Any) -> typing.Any:
+            try:
+                request = codec.encode((args, kwargs))
+            except codec.NotPlain:
+                request = b""
+            if not replies or replies[0][0] != request:
+                strayed.append(request)
+                raise RuntimeError("not a call the test made the first time")
+            return self._value(replies.popleft()[1])
+
+        tns = dict(self.tns)
+        if self.entry and "candidate" in tns:
+            replay.__name__ = replay.__qualname__ = self.entry  # as the assertion shows it
+            tns["candidate"] = tns[self.entry] = replay
+        output, self.output = self.output, _Discarded()
+        try:
+            report = self._check(code, filename, tns)
+        finally:
+            self.output = output
+        return None if report.get("ok") or replies or strayed else report
 
     def _setup(self, tns: dict) -> dict | None:
         if self.setup_error is not None:
@@ -342,7 +421,7 @@ class Checking:
 class _Redirected:
     """sys.stdout and sys.stderr to `output` for a while."""
 
-    def __init__(self, output: _Output) -> None:
+    def __init__(self, output: _Output | _Discarded) -> None:
         self.output = output
 
     def __enter__(self) -> None:

@@ -59,10 +59,12 @@ How one execution runs
   dumpable it has from the forker).
 * Tests (and the setup) are compiled by the server (cached by source: every further sample of
   a problem reuses them): as written for the verdict, or through pytest's assertion rewriting
-  on an *explaining* server, which `Sandbox.run` uses to explain asserts that failed (its
-  forker preloads the rewriter; the verdict server never loads it, nor the threading it
-  brings); the candidate program itself is compiled in the child, under the rlimits, so a
-  hostile program cannot hurt the server's compiler. The child gets the program and the setup,
+  to explain asserts that failed: by this server once a run is over, for a checked test whose
+  calls it can replay (`Checking.explain`), else on an *explaining* server, which
+  `Sandbox.run` keeps for the rest (its forker preloads the rewriter; a verdict server's
+  forker never loads it, nor the threading it brings, so no child does); the candidate
+  program itself is compiled in the child, under the rlimits, so a hostile program cannot
+  hurt the server's compiler. The child gets the program and the setup,
   never the tests: the server runs them (`_sandbox_checking`), asking the child for each call
   of the candidate on its job pipe, which stays open for those requests.
 * The server enforces the limits (select over the result and output pipes and a pidfd, with a
@@ -190,6 +192,12 @@ def compile_trusted(filename: str, source: str, rewrite: bool = True) -> tuple[o
         _compile_cache.pop(next(iter(_compile_cache)))
     _compile_cache[key] = out
     return out
+
+
+def _rewritten(filename: str, source: str) -> object:
+    """A checked test's code through pytest's assertion rewriting, to explain its failed
+    assert in this server (see `Checking.explain`); None if it does not compile."""
+    return compile_trusted(filename, source, rewrite=True)[0]
 
 
 _route_cache: dict[tuple[tuple[str, ...], str, str | None], list[bool]] = {}
@@ -388,7 +396,9 @@ class Server:
                 # arrives, so nothing this run's clean-up does as the sandbox uid can touch it.
                 self.link.spawn_zygote()
             setup = (setup_code, setup_src, setup_err)
-            if not Checking(tests, setup, entry_point, Requests(self, run), st, run.output_cap).run():
+            rewrite = _rewritten if req.get("explain_here") and not req.get("explain", True) else None
+            checking = Checking(tests, setup, entry_point, Requests(self, run), st, run.output_cap, rewrite)
+            if not checking.run():
                 if z.req_w is not None:
                     os.close(z.req_w)  # the child's cue to finish: its end message may come
                 z.req_w, st.closed = None, True  # type: ignore[assignment]
@@ -409,10 +419,12 @@ class Server:
                 st.cpu_seen = max(st.cpu_seen or 0.0, used)
         if st.sandbox_error:  # the child could not be confined: the sandbox broke, not the program
             return {"ok": False, "error": st.sandbox_error}, run, False
+        if not st.corrupt:  # (after the run: its time and limits are the program's alone)
+            checking.explain()
         if self.iso.memory is not None and self.iso.memory.capped(run.slot):  # it killed a process of the run
             st.memory_cap_mb = self.iso.memory.limit_mb
         result = st.result(self.iso.mode)
-        return {"ok": True, "result": result}, run, clean
+        return {"ok": True, "result": result, "explained": checking.explained}, run, clean
 
     def _watch(self, run: Run, want_message: bool) -> bool:
         """Watch the run, writing its pending requests, until a message for the checking has

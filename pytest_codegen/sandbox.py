@@ -301,12 +301,14 @@ class Sandbox:
     ) -> ExecutionResult:
         """Define `program`, run `setup`, then each test with `candidate` bound to the entry point.
 
-        The verdict comes from tests compiled as written. Failed asserts are then explained by a
-        second run of just those tests, compiled through pytest's assertion rewriting (which
-        costs far more than the execution itself), on a second server kept for that: their
-        `line` gains the values involved. The second run never changes the verdict; where it
-        behaves differently, it is ignored.
-        `explain=False` skips it, for callers that need only the outcome class.
+        The verdict comes from tests compiled as written. Failed asserts are then explained:
+        their `line` and message gain the values involved, from the assert compiled through
+        pytest's assertion rewriting. The server does that itself for a checked test, once the
+        run is over, replaying the answers the candidate gave (see `Checking.explain`); the
+        rest (tests run in the candidate's process, tests whose calls differ when run again)
+        go to a second run of just those tests on a second server kept for that. Neither
+        changes the verdict; where the test behaves differently, the explanation is dropped.
+        `explain=False` skips both, for callers that need only the outcome class.
         """
         lim = limits or self.limits
         request: dict[str, Any] = {
@@ -317,10 +319,11 @@ class Sandbox:
             "tests": [[t.name, t.source] for t in tests],
             "limits": dataclasses.asdict(lim),
             "explain": False,
+            "explain_here": explain,
         }
-        result = self._exchange(request, lim)
+        result, explained_here = self._exchange(request, lim)
         failed_asserts = [
-            i for i, t in enumerate(result.tests) if t.error_type == "AssertionError"
+            i for i, t in enumerate(result.tests) if t.error_type == "AssertionError" and i not in explained_here
         ]
         if not explain or result.status != FAILED or result.phase != TEST or not failed_asserts:
             return result
@@ -332,14 +335,15 @@ class Sandbox:
             if self._explainer is None or os.getpid() != self._explainer._owner_pid:
                 self._explainer = Sandbox(self.limits, degrade=self._degrade, explaining=True, cpu=self._cpu)
             explainer = self._explainer
-        explained = explainer._exchange(
-            {**request, "explain": True, "limits": dataclasses.asdict(quick),
+        explained, _ = explainer._exchange(
+            {**request, "explain": True, "explain_here": False, "limits": dataclasses.asdict(quick),
              "tests": [[tests[i].name, tests[i].source] for i in failed_asserts]},
             quick,
         )
         return _with_explanations(result, failed_asserts, explained)
 
-    def _exchange(self, request: dict, lim: Limits) -> ExecutionResult:
+    def _exchange(self, request: dict, lim: Limits) -> tuple[ExecutionResult, list[int]]:
+        """The server's result, and the failed asserts it explained itself (their indices)."""
         with self._lock:
             if self._closed:
                 raise SandboxError("the sandbox is closed")
@@ -354,7 +358,8 @@ class Sandbox:
                     reply = self._read(time.monotonic() + float(lim.wall_seconds) + _REPLY_MARGIN)
                     if not reply.get("ok"):
                         raise _Broken(f"the server failed: {reply.get('error')}")
-                    return ExecutionResult.from_dict(reply["result"])
+                    explained = [i for i in reply.get("explained", ()) if type(i) is int]
+                    return ExecutionResult.from_dict(reply["result"]), explained
                 except (_Broken, SandboxError, KeyError, TypeError) as e:
                     problems.append(str(e))
                     self._kill_server()

@@ -298,7 +298,8 @@ def test_imports_work_inside(box):
 def test_children_start_from_a_lean_image(box):
     # threading and random register at-fork handlers that would run in every child; random,
     # imported fresh, is seeded afresh in each run. Explaining a failed assert needs pytest's
-    # rewriter, which imports both: that happens on a second server, not this one.
+    # rewriter, which imports both: that happens in the server (or a second server), never in
+    # the forker the children come from.
     explained = run(box, "def f(x):\n    return x * 3\n")
     assert explained.error_type == "AssertionError" and "assert 3 == 2" in explained.tests[0].line
     program = (
