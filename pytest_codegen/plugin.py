@@ -8,12 +8,13 @@ A benchmark is an ordinary test that takes a `problem` parameter and the `soluti
 
 The fixture runs the pipeline during setup, so generation never counts against pytest-timeout
 (applied with `func_only`); `verify()` runs the final program in the sandbox against every
-scoring test in the test body. Workers attach each item's record to its report as builtin
-types; the controller (or the only process, without xdist) aggregates and writes them.
+scoring test in the test body. Workers attach each item's record to its report as its
+results-file line; the controller (or the only process, without xdist) aggregates and writes them.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -576,7 +577,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     candidate = item.stash.get(VERDICT_KEY, None)
     if candidate is not None and report.when == "call":
         record = candidate.record(_state(item.config).run_key)
-        report.codegen = record.to_dict()  # builtin types only: crosses from xdist workers intact
+        # Its results-file line: one string crosses from an xdist worker far cheaper than the
+        # nested form, which execnet would walk value by value (and the controller writes it as is).
+        report.codegen = record.to_json()
         properties = _junit_properties(record)
         report.user_properties.extend(properties)
         item.user_properties.extend(properties)  # the teardown report's, which JUnit writes
@@ -613,12 +616,13 @@ def _junit_properties(record: Record) -> list[tuple[str, str]]:
 def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config):
     if report.outcome == "rerun" and report.when == "???":  # see pytest_handlecrashitem
         return "rerun", "R", ("RERUN (worker crashed)", {"yellow": True})
-    data = getattr(report, "codegen", None)
-    if data is None or report.when != "call":
+    line = getattr(report, "codegen", None)
+    if line is None or report.when != "call":
         return None
-    # `data` is Record.to_dict of a record Record.build made (classes already normalized): the
-    # two fields are read as they are, not parsed into a Record at every call (the terminal
-    # reporter asks once per report and again per failure in the summaries).
+    # The line of a record Record.build made (classes already normalized): two fields are read
+    # as they are, not parsed into a Record at every call (the terminal reporter asks once per
+    # report and again per failure in the summaries).
+    data = json.loads(line)
     outcome_class = data["outcome_class"]
     verdicts = data["round_outcomes"] or [outcome_class]
     # The scoring outcome of each program round: `NameError → AssertionError → passed`.
@@ -674,11 +678,11 @@ class CodegenController:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         from .record import Record
 
-        data = getattr(report, "codegen", None)
-        if data is not None and report.when == "call":
-            self.state.records.append(Record.from_dict(data))
+        line = getattr(report, "codegen", None)
+        if line is not None and report.when == "call":
+            self.state.records.append(Record.from_dict(json.loads(line)))
             if self.state.writer is not None:
-                self.state.writer.write(data)  # already the JSON form: not rebuilt from the record
+                self.state.writer.write(line)
             return
         error = getattr(report, "codegen_error", None)
         if error is not None:

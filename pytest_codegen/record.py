@@ -3,14 +3,15 @@
 
 `Record.build` makes a record from a judged solution; `Record.from_dict` is the one reader of
 the JSON form, for records of this version, of earlier ones, and hand-written or evolve records
-that leave optional fields out; `to_dict` gives the JSON form, builtin types only (it also
-carries a record from an xdist worker to the controller), with the keys in the order earlier
-versions wrote them.
+that leave optional fields out; `to_dict` gives the JSON form, builtin types only, with the
+keys in the order earlier versions wrote them; `to_json` that as a line of text (a results
+file's line, and how a record crosses from an xdist worker to the controller).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -198,6 +199,10 @@ class Record:
             "timing": dict(self.timing),
             "sandbox": None if self.sandbox is None else dict(self.sandbox),
         }
+
+    def to_json(self) -> str:
+        """The JSON form as one line of text: a results file's line."""
+        return json.dumps(self.to_dict(), ensure_ascii=False)
 
     def without_run_facts(self) -> dict[str, Any]:
         """The JSON form without wall-clock and sandbox facts: what two runs of the same work

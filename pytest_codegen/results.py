@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from .record import Record, RecordError
 
@@ -29,10 +29,9 @@ class ResultsWriter:
                 if existing.read(1) != b"\n":
                     self._file.write("\n")
 
-    def write(self, record: Record | Mapping[str, Any]) -> None:
-        """Append a record, or its JSON form (`Record.to_dict`, as an xdist worker sends it)."""
-        data = record.to_dict() if isinstance(record, Record) else record
-        self._file.write(json.dumps(data, ensure_ascii=False) + "\n")
+    def write(self, record: Record | str) -> None:
+        """Append a record, or its line (`Record.to_json`, as an xdist worker sends it)."""
+        self._file.write((record.to_json() if isinstance(record, Record) else record) + "\n")
         self._file.flush()
 
     def close(self) -> None:

@@ -94,15 +94,15 @@ def test_a_built_record_is_written_and_read_back_equal(tmp_path: Path) -> None:
     assert "timing" not in facts and "sandbox" not in facts and "seconds" not in facts["rounds"][1]
 
 
-def test_the_json_form_of_a_built_record_is_written_as_the_record_is(tmp_path: Path) -> None:
-    """The controller writes the JSON form an xdist worker sent (Record.to_dict) as it came:
-    the line must be the one the record itself gives, and read back as the record."""
+def test_the_line_of_a_built_record_is_written_as_the_record_is(tmp_path: Path) -> None:
+    """The controller writes the line an xdist worker sent (Record.to_json) as it came: it must
+    be the one the record itself gives, and read back as the record."""
     record = built_record()
-    data = json.loads(json.dumps(record.to_dict()))  # as it crosses from a worker
-    assert Record.from_dict(data).to_dict() == data
-    for name, what in (("record.jsonl", record), ("dict.jsonl", data)):
+    line = record.to_json()
+    assert Record.from_dict(json.loads(line)) == record
+    for name, what in (("record.jsonl", record), ("line.jsonl", line)):
         writer = ResultsWriter(tmp_path / name)
         writer.write(what)
         writer.close()
-    assert (tmp_path / "dict.jsonl").read_bytes() == (tmp_path / "record.jsonl").read_bytes()
-    assert list(read_records(tmp_path / "dict.jsonl")) == [record]
+    assert (tmp_path / "line.jsonl").read_bytes() == (tmp_path / "record.jsonl").read_bytes()
+    assert list(read_records(tmp_path / "line.jsonl")) == [record]
