@@ -468,9 +468,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     wanted = config.getoption("problems")
     if wanted:
         ids = {w.strip() for w in wanted.split(",") if w.strip()}
-        keep = [i for i in items if not _is_codegen(i) or _problem_id(i) in ids]
-        if len(keep) < len(items):
-            config.hook.pytest_deselected(items=[i for i in items if i not in keep])
+        keep: list[pytest.Item] = []
+        drop: list[pytest.Item] = []
+        for item in items:
+            (keep if not _is_codegen(item) or _problem_id(item) in ids else drop).append(item)
+        if drop:
+            config.hook.pytest_deselected(items=drop)
             items[:] = keep
     state = _state(config)
     if state.done:
