@@ -545,3 +545,20 @@ def test_state_close_closes_every_resource_even_if_one_fails():
     with pytest.raises(RuntimeError, match="models broke"):
         state.close()
     assert closed == ["models", "service"]
+
+
+def test_a_reader_that_starts_after_the_pipe_closed_ends_quietly():
+    from pytest_codegen.models.embedded import _read_line
+
+    # Under load the reader thread may first run after the caller gave up on the server and
+    # closed its stdout (seen in CI as "ValueError: readline of closed file" in a thread).
+    proc = subprocess.Popen([sys.executable, "-c", "pass"], stdout=subprocess.PIPE)
+    proc.wait()
+    proc.stdout.close()
+    errors: list[BaseException] = []
+    previous, threading.excepthook = threading.excepthook, lambda args: errors.append(args.exc_value)
+    try:
+        assert _read_line(proc, timeout=5) == ""
+    finally:
+        threading.excepthook = previous
+    assert errors == []

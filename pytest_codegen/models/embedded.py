@@ -194,8 +194,14 @@ class EmbeddedModelServer:
 def _read_line(proc: subprocess.Popen, timeout: float) -> str:
     """The first stdout line of `proc`, or "" if it exits or `timeout` passes first."""
     result: list[bytes] = []
-    reader = threading.Thread(target=lambda: result.append(proc.stdout.readline()),  # type: ignore[union-attr]
-                              daemon=True)
+
+    def read() -> None:
+        try:
+            result.append(proc.stdout.readline())  # type: ignore[union-attr]
+        except (ValueError, OSError):  # the caller gave up on the process and closed the pipe
+            pass
+
+    reader = threading.Thread(target=read, daemon=True)
     reader.start()
     deadline = time.monotonic() + timeout
     while reader.is_alive() and time.monotonic() < deadline:
