@@ -99,9 +99,19 @@ def _parse(source: str) -> ast.Module | None:
 
 
 @functools.lru_cache(maxsize=1024)
+def _index(tree: ast.Module) -> tuple[tuple[ast.AST, ...], dict[ast.AST, ast.AST]]:
+    """Every node of `tree` in ast.walk's order, and each node's parent: one traversal."""
+    nodes: list[ast.AST] = [tree]
+    parents: dict[ast.AST, ast.AST] = {}
+    for node in nodes:  # the list grows as it goes: breadth first, as ast.walk
+        for child in ast.iter_child_nodes(node):
+            parents[child] = node
+            nodes.append(child)
+    return tuple(nodes), parents
+
+
 def _nodes(tree: ast.Module) -> tuple[ast.AST, ...]:
-    """Every node of `tree`, as ast.walk gives them."""
-    return tuple(ast.walk(tree))
+    return _index(tree)[0]
 
 
 def _in_process_reason(tree: ast.Module, stubs: set[str], known: set[str],
@@ -114,22 +124,30 @@ def _in_process_reason(tree: ast.Module, stubs: set[str], known: set[str],
     if foreign:
         return f"uses {', '.join(foreign)} from the program"
     functions = stubs | _functions(tree) | setup_functions
-    for node in _nodes(tree):
+    nodes, parents = _index(tree)
+    for node in nodes:
         if isinstance(node, ast.Expr) and _calls_stub(node.value, stubs):
             return "calls the candidate only for its side effects"
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in stubs:
             return f"reads {node.value.id}.{node.attr}"
-        if _calls_stub(node, stubs):
-            assert isinstance(node, ast.Call)
-            for arg in [*node.args, *(k.value for k in node.keywords)]:
-                inside = tuple(ast.walk(arg))
-                called = {id(n.func) for n in inside if isinstance(n, ast.Call)}
-                for inner in inside:
-                    if isinstance(inner, ast.Lambda) or (
-                        isinstance(inner, ast.Name) and inner.id in functions and id(inner) not in called
-                    ):
-                        return "passes the candidate a function"
+        parent = parents.get(node)
+        function = isinstance(node, ast.Lambda) or (
+            isinstance(node, ast.Name) and node.id in functions
+            and not (isinstance(parent, ast.Call) and parent.func is node)  # called, not passed
+        )
+        if function and _in_stub_argument(node, parents, stubs):
+            return "passes the candidate a function"
     return ""
+
+
+def _in_stub_argument(node: ast.AST, parents: dict[ast.AST, ast.AST], stubs: set[str]) -> bool:
+    """Whether `node` is part of an argument of a call of the candidate."""
+    child, parent = node, parents.get(node)
+    while parent is not None:
+        if _calls_stub(parent, stubs) and child is not parent.func:  # type: ignore[attr-defined]
+            return True
+        child, parent = parent, parents.get(parent)
+    return False
 
 
 def literal_calls(source: str, entry_point: str) -> list[tuple[tuple, dict]]:
@@ -159,7 +177,7 @@ def only_literal_calls(source: str, entry_point: str) -> bool:
     if tree is None:
         return False
     stubs = {"candidate", entry_point}
-    parents = {child: node for node in _nodes(tree) for child in ast.iter_child_nodes(node)}
+    parents = _index(tree)[1]
     once = _called_once(tree)
     literal = {id(call) for call in _literal_call_nodes(tree, stubs)}
     for node in _nodes(tree):
