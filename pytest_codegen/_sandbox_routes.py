@@ -159,7 +159,7 @@ def literal_calls(source: str, entry_point: str) -> list[tuple[tuple, dict]]:
         return []
     return [
         (tuple(ast.literal_eval(a) for a in call.args), {k.arg: ast.literal_eval(k.value) for k in call.keywords})
-        for call in _literal_call_nodes(tree, {"candidate", entry_point})
+        for call in _literal_call_nodes(tree, frozenset({"candidate", entry_point}))
     ]
 
 
@@ -179,7 +179,7 @@ def only_literal_calls(source: str, entry_point: str) -> bool:
     stubs = {"candidate", entry_point}
     parents = _index(tree)[1]
     once = _called_once(tree)
-    literal = {id(call) for call in _literal_call_nodes(tree, stubs)}
+    literal = {id(call) for call in _literal_call_nodes(tree, frozenset(stubs))}
     for node in _nodes(tree):
         if not (isinstance(node, ast.Name) and node.id in stubs and isinstance(node.ctx, ast.Load)):
             continue
@@ -218,7 +218,8 @@ def _repeats(node: ast.AST, parents: dict, once: set[str]) -> bool:
     return False
 
 
-def _literal_call_nodes(tree: ast.Module, stubs: set[str]) -> list[ast.Call]:
+@functools.lru_cache(maxsize=1024)
+def _literal_call_nodes(tree: ast.Module, stubs: frozenset[str]) -> tuple[ast.Call, ...]:
     calls = [n for n in _nodes(tree) if isinstance(n, ast.Call) and _calls_stub(n, stubs)]
     found = []
     for call in sorted(calls, key=lambda n: (n.lineno, n.col_offset)):
@@ -230,10 +231,10 @@ def _literal_call_nodes(tree: ast.Module, stubs: set[str]) -> list[ast.Call]:
         except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
             continue
         found.append(call)
-    return found
+    return tuple(found)
 
 
-def _calls_stub(node: ast.AST, stubs: set[str]) -> bool:
+def _calls_stub(node: ast.AST, stubs: typing.AbstractSet[str]) -> bool:
     return isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in stubs
 
 
