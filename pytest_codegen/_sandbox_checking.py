@@ -25,11 +25,12 @@ call its test never makes (after an assert that failed first), which changes no 
 failed run does not wait for those answers, a passing one takes them all.
 
 A checked test whose assert failed is explained here too, once the run is over (`explain`):
-it runs once more, compiled through pytest's assertion rewriting, in a copy of the namespace,
-its calls answered with the answers it got the first time, and the values the rewritten
-assert shows go into its report's line and message. No test runs after it, so nothing it does
-again reaches a verdict; where it calls the candidate otherwise (random arguments) the client
-explains it with a second run instead (see `Sandbox.run`).
+if every call it makes is a literal one known before it ran, it runs once more, compiled
+through pytest's assertion rewriting, in a copy of the namespace as it found it, its calls
+answered with the answers it got the first time, and the values the rewritten assert shows go
+into its report's line and message. Nothing it does again reaches a verdict; a test with other
+calls (random arguments, calls in a loop) is explained by the client with a second run instead
+(see `Sandbox.run`).
 
 Whatever the candidate's process does (walk frames, `gc`, read its own memory, write on the
 result channel, return objects that claim equality, redefine the prompt's helpers), a checked
@@ -113,6 +114,10 @@ class NotPlainData:
     __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = __truediv__ = __float__ = __int__ = _refuse
 
 
+class _Strayed(BaseException):
+    """A replayed test called the candidate otherwise than the first time."""
+
+
 class _Discarded:
     """sys.stdout and sys.stderr while a failed test runs again to be explained."""
 
@@ -149,9 +154,9 @@ class Checking:
         self.tests, self.entry, self.channel, self.state = tests, entry, channel, state
         self.rewrite = rewrite  # a test's code through pytest's assertion rewriting: explain here
         self.answered: list[tuple[bytes, dict]] = []  # the running test's calls and their answers
-        self.failed_asserts: list[tuple[int, list[tuple[bytes, dict]]]] = []  # (test, its calls)
+        # (test, its calls and their answers, the namespace as the test found it)
+        self.failed_asserts: list[tuple[int, list[tuple[bytes, dict]], dict[str, typing.Any]]] = []
         self.explained: list[int] = []  # the tests whose failed assert `explain` explained
-        self.tns: dict[str, typing.Any] = {}  # the checked tests' namespace
         self.setup_code, setup_source, self.setup_error = setup
         self.sources = {"<setup>": setup_source, **{t[1]: t[2] for t in tests}}
         self.describer = make_describer(self.sources)
@@ -298,16 +303,21 @@ class Checking:
         st.define = {"ok": True}
         if self.entry and defined.get("entry") is True:
             tns["candidate"] = tns[self.entry] = self._stub(self.entry)
-        self.tns = tns
-        for (_name, filename, source, code, error, checked, _literal, _all), literal in zip(self.tests, ahead):
+        for (_name, filename, source, code, error, checked, _literal, every_call_literal), literal in zip(
+                self.tests, ahead):
             self.ahead = collections.deque(literal)
             self.answered = []
             if code is None:
                 report = {"ok": False, "et": error["et"], "msg": error["msg"], "line": error["line"], "tb": ""}
             elif checked:
+                # Only a test whose every call is known up front is explained here: its calls
+                # cannot loop, so the replay ends (one with random arguments could loop on the
+                # calls the replay refuses). Bindings as it found them: later tests may rebind.
+                replayable = every_call_literal and self.rewrite is not None
+                found = dict(tns) if replayable else {}
                 report = self._check(code, filename, tns)
-                if report.get("et") == "AssertionError" and self.rewrite is not None:
-                    self.failed_asserts.append((len(st.results), self.answered))
+                if report.get("et") == "AssertionError" and replayable:
+                    self.failed_asserts.append((len(st.results), self.answered, found))
             else:
                 report = self._in_process(filename, source, code)
             if self.over or st.corrupt:
@@ -328,24 +338,26 @@ class Checking:
     def explain(self) -> None:
         """Once every test has run: run each checked test whose assert failed once more, here,
         compiled through pytest's assertion rewriting, its calls of the candidate answered
-        with the answers it got (in a copy of the namespace, its output dropped), and take the
-        values the rewritten assert shows into its report's line and message. Only where it
-        fails the same way again, making the same calls: a test that calls the candidate
-        otherwise (random arguments) is left for the client's explaining run. The verdict is
-        decided already: this changes no test's outcome, only how a failure reads."""
-        for index, answered in self.failed_asserts:
+        with the answers it got (in a copy of the namespace as the test found it, its output
+        dropped), and take the values the rewritten assert shows into its report's line and
+        message. Only tests whose every call was literal, and only where one fails the same
+        way again, making the same calls; the others are left for the client's explaining run.
+        The verdict is decided already: this changes no test's outcome, only how a failure
+        reads."""
+        for index, answered, found in self.failed_asserts:
             report = self.state.results[index]
             _name, filename, source = self.tests[index][:3]
             try:
                 code = self.rewrite(filename, source) if self.rewrite is not None else None
-                again = self._replay(code, filename, answered) if code is not None else None
+                again = self._replay(code, filename, answered, found) if code is not None else None
             except Exception:  # a rewriter that fails: no explanation here
                 again = None
             if again is not None and again.get("et") == "AssertionError":
                 report["msg"], report["line"] = again["msg"], again["line"]
                 self.explained.append(index)
 
-    def _replay(self, code: typing.Any, filename: str, answered: list[tuple[bytes, dict]]) -> dict | None:
+    def _replay(self, code: typing.Any, filename: str, answered: list[tuple[bytes, dict]],
+                found: dict[str, typing.Any]) -> dict | None:
         replies = collections.deque(answered)
         strayed = []  # a call that was not made the first time (the test catches what it raises)
 
@@ -356,10 +368,10 @@ class Checking:
                 request = b""
             if not replies or replies[0][0] != request:
                 strayed.append(request)
-                raise RuntimeError("not a call the test made the first time")
+                raise _Strayed("not a call the test made the first time")  # not an Exception: uncaught
             return self._value(replies.popleft()[1])
 
-        tns = dict(self.tns)
+        tns = dict(found)
         if self.entry and "candidate" in tns:
             replay.__name__ = replay.__qualname__ = self.entry  # as the assertion shows it
             tns["candidate"] = tns[self.entry] = replay

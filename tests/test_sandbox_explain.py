@@ -65,3 +65,21 @@ def test_unexplained_without_asking(box):
     r = box.run("def f(x):\n    return x * 3\n", [TestCase("t", "assert candidate(2) == 5")], entry_point="f",
                 explain=False)
     assert r.tests[0].error_type == "AssertionError" and "where" not in r.tests[0].line
+
+
+def test_a_retry_loop_around_random_calls_is_not_replayed_and_ends(box):
+    # Replayed, the first call would differ from the recorded one and be refused, and a test
+    # that catches Exception around its calls would retry for ever inside the server. Only a
+    # test whose every call is literal is replayed; this one goes to the explaining run.
+    retry = ("import random\nwhile True:\n    try:\n        got = candidate(random.randint(0, 10**9))\n"
+             "        break\n    except Exception:\n        continue\nassert got >= 0\n")
+    r = run(box, "def f(x):\n    return -1\n", retry)
+    assert r.status == outcome.FAILED and r.tests[0].error_type == "AssertionError", r
+    assert "assert -1 >= 0" in r.tests[0].line, r.tests[0]
+
+
+def test_the_replay_sees_the_bindings_the_test_saw(box):
+    # A later test rebinds `want`: the explanation shows the value the failed assert compared.
+    r = run(box, "def f(x):\n    return 3\n", "assert candidate(1) == want", "want = 7", setup="want = 2\n")
+    assert r.tests[0].error_type == "AssertionError" and "assert 3 == 2" in r.tests[0].line, r.tests[0]
+    assert box._explainer is None
