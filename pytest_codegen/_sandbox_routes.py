@@ -89,8 +89,12 @@ def tally(problems: Iterable[typing.Any]) -> Tally:
 # A server sees each test's source again for every sample, and analyses it three ways (its
 # route, its literal calls, whether those are all its calls): each source is parsed, and its
 # nodes listed, once (about 1.1 ms of the 1.7 ms a HumanEval check took on first sight). The
-# trees are only read.
-@functools.lru_cache(maxsize=1024)
+# trees are only read. Few are kept: the server caches each analysis's result by source,
+# and a tree is tens of times its source (a test with a 20,000-number literal: about 9 MB).
+_TREES_KEPT = 16
+
+
+@functools.lru_cache(maxsize=_TREES_KEPT)
 def _parse(source: str) -> ast.Module | None:
     try:
         return ast.parse(source)
@@ -98,7 +102,7 @@ def _parse(source: str) -> ast.Module | None:
         return None
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=_TREES_KEPT)
 def _index(tree: ast.Module) -> tuple[tuple[ast.AST, ...], dict[ast.AST, ast.AST]]:
     """Every node of `tree` in ast.walk's order, and each node's parent: one traversal."""
     nodes: list[ast.AST] = [tree]
@@ -218,7 +222,7 @@ def _repeats(node: ast.AST, parents: dict, once: set[str]) -> bool:
     return False
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=_TREES_KEPT)
 def _literal_call_nodes(tree: ast.Module, stubs: frozenset[str]) -> tuple[ast.Call, ...]:
     calls = [n for n in _nodes(tree) if isinstance(n, ast.Call) and _calls_stub(n, stubs)]
     found = []
@@ -238,7 +242,7 @@ def _calls_stub(node: ast.AST, stubs: typing.AbstractSet[str]) -> bool:
     return isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in stubs
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=_TREES_KEPT)
 def _bound(tree: ast.Module | None) -> frozenset[str]:
     """Every name a module binds anywhere (scopes are not told apart: a name bound in a nested
     function counts too, which only ever makes a test look more self-contained than it is in
@@ -262,7 +266,7 @@ def _bound(tree: ast.Module | None) -> frozenset[str]:
     return frozenset(names)
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=_TREES_KEPT)
 def _functions(tree: ast.Module | None) -> frozenset[str]:
     """The functions and classes a module defines (which cannot cross to the candidate)."""
     if tree is None:
