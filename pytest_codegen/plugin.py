@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -516,6 +518,22 @@ def _describe_failures_directly(item: pytest.Item) -> None:
     item.repr_failure = repr_failure  # type: ignore[method-assign]
 
 
+def isolation_lines(lines: Iterable[str]) -> list[str]:
+    """The sandboxes' isolation lines, once each: lines that differ only in the uid each
+    worker's sandbox runs as are one line naming every uid."""
+    uids: dict[tuple[str, str], set[int]] = {}
+    for line in lines:
+        found = _UID.search(line)
+        if found is None:
+            uids.setdefault((line, ""), set())
+        else:
+            uids.setdefault((line[:found.start(1)], line[found.end(1):]), set()).add(int(found.group(1)))
+    return sorted(head + "/".join(map(str, sorted(numbers))) + tail for (head, tail), numbers in uids.items())
+
+
+_UID = re.compile(r"\buid (\d+)")
+
+
 def _is_codegen(item: pytest.Item) -> bool:
     return "solution" in getattr(item, "fixturenames", ())
 
@@ -738,8 +756,7 @@ class CodegenController:
         terminalreporter.write_line(render_tables(records))
         if self.state.resumed:
             terminalreporter.write_line(f"({len(self.state.resumed)} items resumed from the results file)")
-        isolation = {r.sandbox["isolation"] for r in self.state.records if r.sandbox}
-        for line in sorted(isolation):
+        for line in isolation_lines(r.sandbox["isolation"] for r in self.state.records if r.sandbox):
             terminalreporter.write_line(f"sandbox isolation: {line}")
         if self.state.writer is not None:
             terminalreporter.write_line(f"results: {os.fspath(self.state.writer.path)}")

@@ -375,3 +375,11 @@ def test_xdist_workers_keep_their_sandbox_to_a_cpu_when_they_fill_the_machine():
     if cpus > 1:
         assert _sandbox_cpu(worker(0, cpus - 1)) is None  # spare CPUs: let the sandbox float
     assert _sandbox_cpu(SimpleNamespace()) is None  # not a worker
+
+
+def test_isolation_lines_that_differ_only_in_the_uid_are_one_line():
+    from pytest_codegen.plugin import isolation_lines
+
+    worker_lines = ["namespaces + uid 221644 + rlimits", "namespaces + uid 221643 + rlimits",
+                    "namespaces + uid 221644 + rlimits", "rlimits only (degraded)"]
+    assert isolation_lines(worker_lines) == ["namespaces + uid 221643/221644 + rlimits", "rlimits only (degraded)"]
