@@ -129,29 +129,33 @@ def _in_process_reason(tree: ast.Module, stubs: set[str], known: set[str],
         return f"uses {', '.join(foreign)} from the program"
     functions = stubs | _functions(tree) | setup_functions
     nodes, parents = _index(tree)
+    given_functions: set[int] = set()  # ids of the calls of the candidate given a function
     for node in nodes:
+        parent = parents.get(node)
+        if isinstance(node, ast.Lambda) or (
+            isinstance(node, ast.Name) and node.id in functions
+            and not (isinstance(parent, ast.Call) and parent.func is node)  # called, not passed
+        ):
+            given_functions.update(id(call) for call in _stub_calls_around(node, parents, stubs))
+    for node in nodes:  # the first reason in walk order
         if isinstance(node, ast.Expr) and _calls_stub(node.value, stubs):
             return "calls the candidate only for its side effects"
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in stubs:
             return f"reads {node.value.id}.{node.attr}"
-        parent = parents.get(node)
-        function = isinstance(node, ast.Lambda) or (
-            isinstance(node, ast.Name) and node.id in functions
-            and not (isinstance(parent, ast.Call) and parent.func is node)  # called, not passed
-        )
-        if function and _in_stub_argument(node, parents, stubs):
+        if id(node) in given_functions:
             return "passes the candidate a function"
     return ""
 
 
-def _in_stub_argument(node: ast.AST, parents: dict[ast.AST, ast.AST], stubs: set[str]) -> bool:
-    """Whether `node` is part of an argument of a call of the candidate."""
+def _stub_calls_around(node: ast.AST, parents: dict[ast.AST, ast.AST], stubs: set[str]) -> list[ast.AST]:
+    """The calls of the candidate that `node` is part of an argument of."""
+    calls = []
     child, parent = node, parents.get(node)
     while parent is not None:
         if _calls_stub(parent, stubs) and child is not parent.func:  # type: ignore[attr-defined]
-            return True
+            calls.append(parent)
         child, parent = parent, parents.get(parent)
-    return False
+    return calls
 
 
 def literal_calls(source: str, entry_point: str) -> list[tuple[tuple, dict]]:
