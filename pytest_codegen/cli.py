@@ -380,7 +380,17 @@ def _csv(text: str) -> tuple[str, ...]:
     ],
 )
 def cmd_study(args: argparse.Namespace) -> int:
-    from pytest_codegen.study import ROWS, STUDY_PLAN, cells_for, compress_results, render_report, run_cells
+    from pytest_codegen.study import (
+        ROWS,
+        STUDY_PLAN,
+        cache_dir,
+        cells_for,
+        compress_results,
+        export_cache,
+        import_cache,
+        render_report,
+        run_cells,
+    )
 
     if args.models or args.rows:
         rows = args.rows or tuple(ROWS)
@@ -391,12 +401,21 @@ def cmd_study(args: argparse.Namespace) -> int:
     else:
         cells = [c for c in STUDY_PLAN if c.benchmark in args.benchmarks]
     out: Path = args.out
+    cache = cache_dir(args.pytest_args, Path.cwd())
 
     def write_report() -> None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "README.md").write_text(render_report(out, cells))
         compress_results(cells, out)
+        export_cache(cache, out)
 
+    if not args.dry_run:
+        try:
+            added = import_cache(out, cache)
+        except ValueError as error:
+            raise CLIError(str(error)) from None
+        if added:
+            print(f"{added} generations from {out}/generations.jsonl.gz added to the cache in {cache}")
     if not args.report_only:
         run_cells(cells, out, extra=args.pytest_args, dry_run=args.dry_run, after_each=write_report)
     if not args.dry_run:

@@ -33,8 +33,8 @@ if TYPE_CHECKING:
     from .record import Record
 
 __all__ = [
-    "Cell", "ROWS", "Row", "STUDY_PLAN", "cells_for", "compress_results", "render_report", "restore_results",
-    "run_cells",
+    "CACHE_EXPORT", "Cell", "ROWS", "Row", "STUDY_PLAN", "cache_dir", "cells_for", "compress_results",
+    "export_cache", "import_cache", "render_report", "restore_results", "run_cells",
 ]
 
 
@@ -222,6 +222,53 @@ def compress_results(cells: Iterable[Cell], out: Path) -> None:
         if path.is_file():
             with path.open("rb") as source, gzip.GzipFile(compressed(path), "wb", mtime=0) as target:
                 shutil.copyfileobj(source, target)
+
+
+# The generations the study's cells made travel with their results: a machine without the
+# cache answers every printed command from this export, as the machine that ran it does.
+CACHE_EXPORT = "generations.jsonl.gz"
+
+
+def cache_dir(extra: Sequence[str], root: Path) -> Path | None:
+    """The generation cache the cells' commands use: `--codegen-cache` among `extra`, else the
+    plugin's default (.codegen-cache in the rootdir); None with --no-codegen-cache."""
+    if "--no-codegen-cache" in extra:
+        return None
+    found = root / ".codegen-cache"
+    for index, arg in enumerate(extra):
+        if arg.startswith("--codegen-cache="):
+            found = Path(arg.split("=", 1)[1])
+        elif arg == "--codegen-cache" and index + 1 < len(extra):
+            found = Path(extra[index + 1])
+    return found
+
+
+def import_cache(out: Path, cache: Path | None) -> int:
+    """Load the committed export into the cache (what the cache has stays); how many were new."""
+    from .models.cache import GenerationCache
+
+    export = out / CACHE_EXPORT
+    if cache is None or not export.is_file():
+        return 0
+    generations = GenerationCache(cache)
+    try:
+        return generations.import_from(export)
+    finally:
+        generations.close()
+
+
+def export_cache(cache: Path | None, out: Path) -> None:
+    """Refresh the committed export from the cache (every generation it holds)."""
+    from .models.cache import GenerationCache
+    from .settings import CACHE_FILE
+
+    if cache is None or not (cache / CACHE_FILE).is_file():
+        return
+    generations = GenerationCache(cache)
+    try:
+        generations.export_to(out / CACHE_EXPORT)
+    finally:
+        generations.close()
 
 
 # ---------------------------------------------------------------------- the report

@@ -96,3 +96,31 @@ def _open_cache(directory, barrier, modes) -> None:
         cache.close()
     except Exception as error:
         modes.put(repr(error))
+
+
+def test_an_export_carries_the_cache_to_a_machine_without_it(tmp_path):
+    import gzip
+
+    import pytest
+
+    made = GenerationCache(tmp_path / "here")
+    made.put("model-a", request(), GenerationResponse("one", 3, 2, 0.5, "stop"))
+    made.put("model-a", request(seed=2), GenerationResponse("two", 3, 4, 0.7, "length"))
+    export = tmp_path / "generations.jsonl.gz"
+    assert made.export_to(export) == 2
+    first_bytes = export.read_bytes()
+    assert made.export_to(export) == 2 and export.read_bytes() == first_bytes  # same cache, same bytes
+
+    elsewhere = GenerationCache(tmp_path / "elsewhere")
+    elsewhere.put("model-a", request(), GenerationResponse("kept", 1, 1, 0.1, "stop"))
+    assert elsewhere.import_from(export) == 1  # what it had stays
+    assert elsewhere.get("model-a", request()).text == "kept"
+    carried = elsewhere.get("model-a", request(seed=2))
+    assert (carried.text, carried.completion_tokens, carried.finish_reason) == ("two", 4, "length")
+    assert carried.cached
+    assert elsewhere.import_from(export) == 0
+
+    broken = tmp_path / "broken.jsonl.gz"
+    broken.write_bytes(gzip.compress(b'{"key": "k"}\n'))
+    with pytest.raises(ValueError, match="broken.jsonl.gz: not a generation cache export"):
+        elsewhere.import_from(broken)

@@ -12,8 +12,10 @@ import pytest
 from pytest_codegen.cli import main
 from pytest_codegen.record import Record
 from pytest_codegen.study import (
+    CACHE_EXPORT,
     STUDY_PLAN,
     Cell,
+    cache_dir,
     cells_for,
     compress_results,
     failure_breakdown,
@@ -197,3 +199,23 @@ def test_run_cells_tells_a_finished_cell_from_an_unfinished_one(
     assert statuses == [(cell, 5)]
     assert "every item already has a verdict" in capsys.readouterr().out
     assert not machines.exists()
+
+
+def test_the_study_loads_its_committed_generations_into_the_cache(tmp_path: Path) -> None:
+    from pytest_codegen.models.backend import GenerationRequest, GenerationResponse
+    from pytest_codegen.models.cache import GenerationCache
+
+    out, theirs, ours = tmp_path / "results", tmp_path / "their-cache", tmp_path / "our-cache"
+    out.mkdir()
+    made = GenerationCache(theirs)
+    request = GenerationRequest(prompt="def f():", temperature=0.0, max_tokens=8)
+    made.put("model-a", request, GenerationResponse("    return 1", 3, 2, 0.5, "stop"))
+    made.export_to(out / CACHE_EXPORT)
+    made.close()
+    args = ["study", "--out", str(out), "--models", "m", "--rows", "single", "--report-only",
+            "--", f"--codegen-cache={ours}"]
+    assert main(args) == 0
+    assert GenerationCache(ours).get("model-a", request).text == "    return 1"
+    assert cache_dir(["--codegen-cache", "/x"], tmp_path) == Path("/x")
+    assert cache_dir([], tmp_path) == tmp_path / ".codegen-cache"
+    assert cache_dir(["--no-codegen-cache"], tmp_path) is None

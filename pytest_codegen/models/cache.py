@@ -30,6 +30,8 @@ CREATE TABLE IF NOT EXISTS generations (
 """
 
 
+_COLUMNS = ("key", "model", "request", "text", "prompt_tokens", "completion_tokens", "seconds", "finish_reason",
+            "created")
 _BUSY_SECONDS = 60
 
 
@@ -90,6 +92,36 @@ class GenerationCache:
                 time.time(),
             ),
         )
+
+    def export_to(self, path: Path) -> int:
+        """Write every generation to `path`, gzipped JSON lines sorted by key (an unchanged
+        cache gives the same bytes): how a cache travels with the results it made, to a
+        machine that lacks it. Returns how many."""
+        import gzip
+
+        rows = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM generations ORDER BY key").fetchall()
+        with gzip.GzipFile(path, "wb", mtime=0) as out:
+            for row in rows:
+                out.write((json.dumps(dict(zip(_COLUMNS, row)), sort_keys=True) + "\n").encode())
+        return len(rows)
+
+    def import_from(self, path: Path) -> int:
+        """Add the generations of an `export_to` file that this cache lacks (what it has stays);
+        returns how many were added. A malformed file is a ValueError naming it."""
+        import gzip
+
+        try:
+            with gzip.open(path, "rt", encoding="utf-8") as lines:
+                rows = [json.loads(line) for line in lines if line.strip()]
+            values = [tuple(row[column] for column in _COLUMNS) for row in rows]
+        except (OSError, EOFError, ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"{path}: not a generation cache export ({error})") from None
+        before = self._db.total_changes
+        self._db.executemany(
+            f"INSERT OR IGNORE INTO generations ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
+            values,
+        )
+        return self._db.total_changes - before
 
     def close(self) -> None:
         self._db.close()
