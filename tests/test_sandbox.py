@@ -354,6 +354,11 @@ def test_restarts_after_the_forker_dies():
         forker = int(Path(f"/proc/{old}/task/{old}/children").read_text().split()[0])
         old_tree = [forker, *_descendants(forker)]
         os.kill(forker, 9)
+        # SIGKILL takes effect asynchronously: until the forker has exited (its socket closed),
+        # a zygote it forked earlier could still take the job on the old server.
+        deadline = time.monotonic() + 5
+        while _alive(forker) and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert run(b, "def f(x):\n    return x + 1\n").passed
         assert b.server_pid != old
         deadline = time.monotonic() + 5
