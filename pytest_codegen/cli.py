@@ -381,6 +381,7 @@ def _csv(text: str) -> tuple[str, ...]:
 )
 def cmd_study(args: argparse.Namespace) -> int:
     from pytest_codegen.study import (
+        CACHE_EXPORT,
         ROWS,
         STUDY_PLAN,
         cache_dir,
@@ -415,7 +416,7 @@ def cmd_study(args: argparse.Namespace) -> int:
         except ValueError as error:
             raise CLIError(str(error)) from None
         if added:
-            print(f"{added} generations from {out}/generations.jsonl.gz added to the cache in {cache}")
+            print(f"{added} generations from {out / CACHE_EXPORT} added to the cache in {cache}")
     if not args.report_only:
         run_cells(cells, out, extra=args.pytest_args, dry_run=args.dry_run, after_each=write_report)
     if not args.dry_run:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .settings import RunSettings
+from .settings import CACHE_DIR, RunSettings
 
 if TYPE_CHECKING:
     from .models import ModelPool
@@ -139,7 +139,7 @@ def settings_from_options(config: pytest.Config) -> RunSettings:
     option = config.getoption
     cache = None
     if not option("no_codegen_cache"):
-        cache = option("codegen_cache") or str(config.rootpath / ".codegen-cache")
+        cache = option("codegen_cache") or str(config.rootpath / CACHE_DIR)
     return RunSettings(
         pipeline=option("pipeline"),
         replay=option("replay"),

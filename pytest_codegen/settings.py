@@ -102,6 +102,7 @@ def check_options(settings: RunSettings, *, samples: int | None = None, min_pass
         raise ValueError("; ".join(problems))
 
 
+CACHE_DIR = ".codegen-cache"  # the generation cache's directory in the rootdir, unless given
 CACHE_FILE = "generations.sqlite3"  # models.cache.GenerationCache's file in the cache directory
 
 

@@ -234,7 +234,9 @@ def cache_dir(extra: Sequence[str], root: Path) -> Path | None:
     plugin's default (.codegen-cache in the rootdir); None with --no-codegen-cache."""
     if "--no-codegen-cache" in extra:
         return None
-    found = root / ".codegen-cache"
+    from .settings import CACHE_DIR
+
+    found = root / CACHE_DIR
     for index, arg in enumerate(extra):
         if arg.startswith("--codegen-cache="):
             found = Path(arg.split("=", 1)[1])
