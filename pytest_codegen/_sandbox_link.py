@@ -293,6 +293,11 @@ class ForkerLink:
         assert z is not None
         return z
 
+    def give_back(self, z: Zygote) -> None:
+        """Make a zygote taken for a look (and not given a job) the next one again."""
+        assert self.zygote is None and not self.zygote_requested
+        self.zygote = z
+
     def _alive(self, z: Zygote) -> bool:
         if not z.reaped:
             self.drain()

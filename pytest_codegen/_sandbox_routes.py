@@ -102,25 +102,35 @@ def _parse(source: str) -> ast.Module | None:
         return None
 
 
+class _Index(typing.NamedTuple):
+    nodes: tuple[ast.AST, ...]  # in ast.walk's order
+    parents: dict[ast.AST, ast.AST]
+    by_type: dict[type, list[ast.AST]]  # each in walk order: an analysis reads only its kinds
+
+
 @functools.lru_cache(maxsize=_TREES_KEPT)
-def _index(tree: ast.Module) -> tuple[tuple[ast.AST, ...], dict[ast.AST, ast.AST]]:
-    """Every node of `tree` in ast.walk's order, and each node's parent: one traversal."""
+def _index(tree: ast.Module) -> _Index:
+    """Every node of `tree`, each node's parent, the nodes of each type: one traversal."""
     nodes: list[ast.AST] = [tree]
     parents: dict[ast.AST, ast.AST] = {}
+    by_type: dict[type, list[ast.AST]] = collections.defaultdict(list)
     for node in nodes:  # the list grows as it goes: breadth first, as ast.walk
+        by_type[type(node)].append(node)
         for child in ast.iter_child_nodes(node):
             parents[child] = node
             nodes.append(child)
-    return tuple(nodes), parents
+    return _Index(tuple(nodes), parents, dict(by_type))
 
 
-def _nodes(tree: ast.Module) -> tuple[ast.AST, ...]:
-    return _index(tree)[0]
+def _of(tree: ast.Module, *types: type) -> list[typing.Any]:
+    """The nodes of `tree` of these exact types (each type's in walk order, one after another)."""
+    by_type = _index(tree).by_type
+    return [node for kind in types for node in by_type.get(kind, ())]
 
 
 def _in_process_reason(tree: ast.Module, stubs: set[str], known: set[str],
                        setup_functions: frozenset[str]) -> str:
-    loaded = {n.id for n in _nodes(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    loaded = {n.id for n in _of(tree, ast.Name) if isinstance(n.ctx, ast.Load)}
     dynamic = sorted(loaded & _DYNAMIC)
     if dynamic:
         return f"reads names dynamically ({', '.join(dynamic)})"
@@ -128,15 +138,18 @@ def _in_process_reason(tree: ast.Module, stubs: set[str], known: set[str],
     if foreign:
         return f"uses {', '.join(foreign)} from the program"
     functions = stubs | _functions(tree) | setup_functions
-    nodes, parents = _index(tree)
+    nodes, parents, _ = _index(tree)
     given_functions: set[int] = set()  # ids of the calls of the candidate given a function
-    for node in nodes:
+    for node in _of(tree, ast.Lambda, ast.Name):
         parent = parents.get(node)
         if isinstance(node, ast.Lambda) or (
-            isinstance(node, ast.Name) and node.id in functions
+            node.id in functions
             and not (isinstance(parent, ast.Call) and parent.func is node)  # called, not passed
         ):
             given_functions.update(id(call) for call in _stub_calls_around(node, parents, stubs))
+    if not given_functions and not any(_calls_stub(n.value, stubs) for n in _of(tree, ast.Expr)) and not any(
+            isinstance(n.value, ast.Name) and n.value.id in stubs for n in _of(tree, ast.Attribute)):
+        return ""  # (most tests: no walk for the first reason)
     for node in nodes:  # the first reason in walk order
         if isinstance(node, ast.Expr) and _calls_stub(node.value, stubs):
             return "calls the candidate only for its side effects"
@@ -188,8 +201,8 @@ def only_literal_calls(source: str, entry_point: str) -> bool:
     parents = _index(tree)[1]
     once = _called_once(tree)
     literal = {id(call) for call in _literal_call_nodes(tree, frozenset(stubs))}
-    for node in _nodes(tree):
-        if not (isinstance(node, ast.Name) and node.id in stubs and isinstance(node.ctx, ast.Load)):
+    for node in _of(tree, ast.Name):
+        if not (node.id in stubs and isinstance(node.ctx, ast.Load)):
             continue
         parent = parents.get(node)
         if isinstance(parent, ast.Call) and parent.func is node:
@@ -205,7 +218,7 @@ def _called_once(tree: ast.Module) -> set[str]:
     """The functions defined at the module's top level whose only use is one call, itself a
     statement at the top level."""
     defined = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
-    uses = collections.Counter(n.id for n in _nodes(tree) if isinstance(n, ast.Name) and n.id in defined)
+    uses = collections.Counter(n.id for n in _of(tree, ast.Name) if n.id in defined)
     return {
         n.value.func.id for n in tree.body
         if isinstance(n, ast.Expr) and isinstance(n.value, ast.Call) and isinstance(n.value.func, ast.Name)
@@ -228,7 +241,7 @@ def _repeats(node: ast.AST, parents: dict, once: set[str]) -> bool:
 
 @functools.lru_cache(maxsize=_TREES_KEPT)
 def _literal_call_nodes(tree: ast.Module, stubs: frozenset[str]) -> tuple[ast.Call, ...]:
-    calls = [n for n in _nodes(tree) if isinstance(n, ast.Call) and _calls_stub(n, stubs)]
+    calls = [n for n in _of(tree, ast.Call) if _calls_stub(n, stubs)]
     found = []
     for call in sorted(calls, key=lambda n: (n.lineno, n.col_offset)):
         if any(isinstance(a, ast.Starred) for a in call.args) or any(k.arg is None for k in call.keywords):
@@ -254,7 +267,8 @@ def _bound(tree: ast.Module | None) -> frozenset[str]:
     if tree is None:
         return frozenset()
     names: set[str] = set()
-    for node in _nodes(tree):
+    for node in _of(tree, ast.Name, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Import, ast.ImportFrom,
+                    ast.arg, ast.ExceptHandler, ast.MatchAs, ast.MatchStar, ast.MatchMapping):
         if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
             names.add(node.id)
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
@@ -275,5 +289,4 @@ def _functions(tree: ast.Module | None) -> frozenset[str]:
     """The functions and classes a module defines (which cannot cross to the candidate)."""
     if tree is None:
         return frozenset()
-    definitions = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
-    return frozenset(n.name for n in _nodes(tree) if isinstance(n, definitions))
+    return frozenset(n.name for n in _of(tree, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))

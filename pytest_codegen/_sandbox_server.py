@@ -636,14 +636,32 @@ class Server:
         self.pending = still
 
     def serve(self) -> None:
-        self.send(self.hello())
         try:
-            self.link.spawn_zygote()
+            try:
+                self._warm_up()
+            except Broken as e:
+                self.send({"ok": False, "error": f"no child could be started: {e}"})
+                return
+            self.send(self.hello())
             self._serve()
         except Broken as e:  # the client restarts a server that stops answering
             sys.stderr.write(f"sandbox server: {e}\n")
         finally:
             self._shut_down()
+
+    def _warm_up(self) -> None:
+        """First-use costs paid at start-up, not by the first job (about 15 ms of it): the
+        first zygote joins its cgroups now (a process's first move into a cgroup waits for an
+        RCU grace period, several ms), and the analyses and the compiler run once on a test of
+        the common form."""
+        self.link.spawn_zygote()
+        z = self.link.take_zygote()
+        self._join(z, 1 - self.slot)
+        self.link.give_back(z)
+        source = "def check(candidate):\n    assert candidate([1], x=2.5) == {'a': (None, True)}\ncheck(f)\n"
+        checked((source,), "", "f")
+        literal_requests(source, "f")
+        compile(source, "<warm-up>", "exec", dont_inherit=True)
 
     def _serve(self) -> None:
         sock = self.link.sock
