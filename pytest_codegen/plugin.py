@@ -716,6 +716,11 @@ class CodegenController:
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         self._apply_gate(session)
         self._junit_suite_properties(session)
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:  # its summary comes next: hundreds of failures to print
+            from ._terminal_index import index_teardown_reports
+
+            index_teardown_reports(reporter)
 
     def _apply_gate(self, session: pytest.Session) -> None:
         bar = session.config.getoption("codegen_min_pass")

