@@ -637,12 +637,13 @@ class Server:
 
     def serve(self) -> None:
         try:
-            try:
-                self._warm_up()
-            except Broken as e:
-                self.send({"ok": False, "error": f"no child could be started: {e}"})
-                return
-            self.send(self.hello())
+            self._warm_up()
+        except Exception as e:  # cleaned up before the client, told, kills this process
+            self._shut_down()
+            self.send({"ok": False, "error": f"no child could be started: {type(e).__name__}: {e}"})
+            return
+        self.send(self.hello())
+        try:
             self._serve()
         except Broken as e:  # the client restarts a server that stops answering
             sys.stderr.write(f"sandbox server: {e}\n")

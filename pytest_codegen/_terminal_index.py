@@ -38,6 +38,6 @@ def index_teardown_reports(reporter: typing.Any) -> bool:
 
 
 def _node_id(report: typing.Any) -> typing.Any:
-    """What pytest compares the looked-for id with: `report.id` (a NodeId) from pytest 9,
-    `report.nodeid` before."""
+    """What pytest compares the looked-for id with: `report.id` (a NodeId) where reports have
+    one (pytest 9.1 on), else `report.nodeid`."""
     return report.id if hasattr(type(report), "id") else report.nodeid

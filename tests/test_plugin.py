@@ -383,3 +383,21 @@ def test_isolation_lines_that_differ_only_in_the_uid_are_one_line():
     worker_lines = ["namespaces + uid 221644 + rlimits", "namespaces + uid 221643 + rlimits",
                     "namespaces + uid 221644 + rlimits", "rlimits only (degraded)"]
     assert isolation_lines(worker_lines) == ["namespaces + uid 221643/221644 + rlimits", "rlimits only (degraded)"]
+
+
+INDEX_PROBE = '''
+import pytest
+
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter):
+    indexed = "_get_teardown_reports" in vars(terminalreporter)
+    terminalreporter.write_line(f"teardown lookup indexed: {indexed}")
+'''
+
+
+def test_a_benchmark_run_indexes_the_failure_summary_and_a_plain_run_does_not(suite):
+    suite.makeconftest(INDEX_PROBE)
+    suite.runpytest_subprocess("--pipeline=null").stdout.fnmatch_lines(["*teardown lookup indexed: True*"])
+    suite.makepyfile(test_plain="def test_fails():\n    assert 0\n")
+    plain = suite.runpytest_subprocess("test_plain.py")
+    plain.stdout.fnmatch_lines(["*teardown lookup indexed: False*"])

@@ -20,6 +20,11 @@ from pytest_codegen.sandbox import Sandbox
         "for i in range(9):\n    x = helper(i)\n    assert candidate(candidate(x)) is True",
         "def check(candidate):\n    assert candidate(5) == 6\n\ncheck(f)",
         "assert sorted(map(candidate, [1, 2])) == [2, 3]",
+        # names the test binds itself, in every binding form
+        "try:\n    r = candidate(0)\nexcept ValueError as err:\n    r = err\nassert r != 1",
+        "match candidate(1):\n    case [x, *rest]:\n        assert x and rest\n"
+        "    case {'k': v, **others}:\n        assert v and others\n    case other:\n        assert other",
+        "import math as m\nfrom os import path\nassert candidate(m.pi, path.sep)",
     ],
 )
 def test_tests_that_only_call_the_candidate_are_checked(source):
@@ -42,6 +47,14 @@ def test_tests_that_only_call_the_candidate_are_checked(source):
 def test_tests_that_need_more_of_the_program_run_in_process(source, why):
     (route,) = routes([source], "def helper(v):\n    return v\n", "f")
     assert route.path == IN_PROCESS and why in route.reason
+
+
+def test_the_reason_given_is_the_first_in_walk_order():
+    # breadth first: the attribute (depth 2) before the call statement (depth 3)
+    source = "x = candidate.y\nif x:\n    if x:\n        candidate(2)\n"
+    assert routes([source], "", "f")[0].reason == "reads candidate.y"
+    (route,) = routes(["candidate(2)\nx = candidate.y"], "", "f")
+    assert route.reason == "calls the candidate only for its side effects"
 
 
 def test_a_name_bound_by_an_earlier_test_counts_only_if_that_test_was_checked():

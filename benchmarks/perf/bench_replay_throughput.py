@@ -186,6 +186,19 @@ def installed_plugins() -> list[str]:
                    if ep.dist is not None and canonicalize_name(ep.dist.name) in closure})
 
 
+def _entry_points_by_name() -> bool:
+    """Whether `-p NAME` loads a plugin by its entry point with autoloading off (pytest 8.4 on);
+    before, the run autoloads every plugin."""
+    import pytest
+    from packaging.version import Version
+
+    if Version(pytest.__version__) >= Version("8.4"):
+        return True
+    print(f"pytest {pytest.__version__} loads no entry point by name with autoloading off: every plugin loads",
+          file=sys.stderr)
+    return False
+
+
 def run_pytest(sample_file: str, task_ids: list[str] | None, workers: int, tmp: str, extra: list[str],
                plugins: list[str] | None) -> Run:
     """`task_ids`: the problems the file covers when it covers only some (passed as --problems);
@@ -235,7 +248,7 @@ class Bench:
     def __init__(self, he_eval, args: argparse.Namespace, task_ids: list[str], limited: bool, tmp: str) -> None:
         self.he_eval, self.args, self.task_ids, self.limited, self.tmp = he_eval, args, task_ids, limited, tmp
         self.extra = shlex.split(args.pytest_args)
-        self.plugins = installed_plugins() if args.plugins == "installed" else None
+        self.plugins = installed_plugins() if args.plugins == "installed" and _entry_points_by_name() else None
         self.disagreements = 0
 
     def time(self, name: str, samples: list[tuple[str, str, str]], subset: bool = False
