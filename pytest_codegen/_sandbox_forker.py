@@ -103,38 +103,39 @@ def _drop_capabilities() -> None:
     check(libc.capset(ctypes.byref(header), ctypes.byref(data)), "capset")
 
 
-# Kernel keyrings outlive processes. The children would share the session keyring they inherit
-# (the forker's): the forker joins a fresh one that no child may change. What a run stores in
-# its uid's user, user-session or persistent keyring, the server sees in /proc/key-users, and the
-# next child empties those (`fresh_keyrings` in its job) before any candidate code runs.
-_KEYCTL = {"x86_64": 250, "aarch64": 219}.get(os.uname().machine)  # keyctl(2); elsewhere: not done
-KEYCTL_GET_KEYRING_ID, KEYCTL_JOIN_SESSION_KEYRING, KEYCTL_SETPERM, KEYCTL_DESCRIBE = 0, 1, 5, 6
-KEYCTL_CLEAR, KEYCTL_LINK, KEYCTL_READ, KEYCTL_INVALIDATE, KEYCTL_GET_PERSISTENT = 7, 8, 11, 21, 22
-KEY_SPEC_SESSION_KEYRING, KEY_SPEC_USER_KEYRING, KEY_SPEC_USER_SESSION_KEYRING = -3, -4, -5
+# No user namespaces and no kernel keys inside the sandbox. In a user namespace, a process has
+# every capability over what it creates there (mounts, networks); kernel keys outlive the
+# processes that store them, so one run could hand data to the next in its uid's keyrings. A
+# seccomp filter, inherited by every child, fails unshare(2) and clone(2) asked for
+# CLONE_NEWUSER, and add_key(2), request_key(2) and keyctl(2), with EPERM, and clone3(2), whose
+# flags a filter cannot read, with ENOSYS (libc falls back to clone). Calls of another ABI
+# (32-bit, x32) fail too. Per architecture: (AUDIT_ARCH, unshare, clone, clone3, the key calls).
+_SECCOMP_ABI = {
+    "x86_64": (0xC000003E, 272, 56, 435, (248, 249, 250)),
+    "aarch64": (0xC00000B7, 97, 220, 435, (217, 218, 219)),
+}.get(os.uname().machine)
+PR_SET_SECCOMP, SECCOMP_MODE_FILTER, CLONE_NEWUSER = 22, 2, 0x10000000
+KEYCTL_JOIN_SESSION_KEYRING, KEYCTL_SETPERM, KEY_SPEC_SESSION_KEYRING = 1, 5, -3
 KEY_POS_VIEW_SEARCH = 0x09000000  # the possessor may look, not add, link or change
 
-# No user namespaces inside the sandbox (in one, a process has every capability over what it
-# creates there: mounts, networks): a seccomp filter, inherited by every child, fails
-# unshare(2) and clone(2) asked for CLONE_NEWUSER with EPERM, and clone3(2), whose flags a
-# filter cannot read, with ENOSYS (libc falls back to clone). Calls of another ABI (32-bit,
-# x32) fail too. Per architecture: (AUDIT_ARCH, unshare, clone, clone3).
-_SECCOMP_ABI = {"x86_64": (0xC000003E, 272, 56, 435), "aarch64": (0xC00000B7, 97, 220, 435)}.get(os.uname().machine)
-PR_SET_SECCOMP, SECCOMP_MODE_FILTER, CLONE_NEWUSER = 22, 2, 0x10000000
 
-
-def _no_user_namespaces() -> bool:
+def _seccomp_filter() -> bool:
     """Install the filter in this process (NO_NEW_PRIVS set); True if it is in force."""
     if _SECCOMP_ABI is None:
         return False
-    arch, unshare, clone, clone3 = _SECCOMP_ABI
+    arch, unshare, clone, clone3, (add_key, request_key, keyctl) = _SECCOMP_ABI
     allow, deny, enosys = 0x7FFF0000, 0x00050000 | errno.EPERM, 0x00050000 | errno.ENOSYS
     ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ/JGE/JSET|K, BPF_RET|K
-    program = [  # (code, jump if true, jump if false, k); seccomp_data: nr at 0, arch at 4, args at 16
-        (ld, 0, 0, 4), (jeq, 0, 8, arch),  # 0-1: another ABI: deny
-        (ld, 0, 0, 0), (jge, 6, 0, 0x40000000),  # 2-3: x32 calls: deny
-        (jeq, 6, 0, clone3), (jeq, 1, 0, unshare), (jeq, 0, 2, clone),  # 4-6
-        (ld, 0, 0, 16), (jset, 1, 0, CLONE_NEWUSER),  # 7-8: the flags (low 32 bits of the first argument)
-        (ret, 0, 0, allow), (ret, 0, 0, deny), (ret, 0, 0, enosys),  # 9, 10, 11
+    # (code, jump if true, jump if false, k): a jump skips that many instructions;
+    # seccomp_data: nr at 0, arch at 4, args at 16
+    program = [
+        (ld, 0, 0, 4), (jeq, 0, 11, arch),  # 0-1: another ABI: deny
+        (ld, 0, 0, 0), (jge, 9, 0, 0x40000000),  # 2-3: x32 calls: deny
+        (jeq, 9, 0, clone3),  # 4: ENOSYS
+        (jeq, 7, 0, add_key), (jeq, 6, 0, request_key), (jeq, 5, 0, keyctl),  # 5-7: deny
+        (jeq, 1, 0, unshare), (jeq, 0, 2, clone),  # 8-9: look at the flags, else allow
+        (ld, 0, 0, 16), (jset, 1, 0, CLONE_NEWUSER),  # 10-11: the flags (low 32 bits of the first argument)
+        (ret, 0, 0, allow), (ret, 0, 0, deny), (ret, 0, 0, enosys),  # 12, 13, 14
     ]
 
     class Filter(ctypes.Structure):
@@ -149,45 +150,11 @@ def _no_user_namespaces() -> bool:
 
 
 def _private_session_keyring() -> None:
-    """In the forker: a fresh session keyring for it and every child, read-only to them."""
-    if _KEYCTL is not None and libc.syscall(_KEYCTL, KEYCTL_JOIN_SESSION_KEYRING, None) > 0:
+    """In the forker, before the filter: a fresh session keyring for it and every child, read-only
+    to them (where the filter cannot be had, the children at least do not share the server's)."""
+    if _SECCOMP_ABI is not None and libc.syscall(_SECCOMP_ABI[4][2], KEYCTL_JOIN_SESSION_KEYRING, None) > 0:
         ring, perm = ctypes.c_long(KEY_SPEC_SESSION_KEYRING), ctypes.c_long(KEY_POS_VIEW_SEARCH)
-        libc.syscall(_KEYCTL, KEYCTL_SETPERM, ring, perm)
-
-
-def _fresh_keyrings() -> None:
-    """In a child that is the sandbox uid: invalidate every key the uid's user, user-session
-    and persistent keyrings hold (nested keyrings' too), and those keyrings themselves, so
-    that no later lookup, by name or by serial, finds them. (In a session keyring of its own,
-    where linking them makes what they hold its own to invalidate.) Errors are ignored."""
-    if _KEYCTL is None:
-        return
-    keyctl = libc.syscall
-    keyctl(_KEYCTL, KEYCTL_JOIN_SESSION_KEYRING, None)
-    rings = [keyctl(_KEYCTL, KEYCTL_GET_KEYRING_ID, ctypes.c_long(spec), 0)
-             for spec in (KEY_SPEC_USER_KEYRING, KEY_SPEC_USER_SESSION_KEYRING)]
-    rings.append(keyctl(_KEYCTL, KEYCTL_GET_PERSISTENT, ctypes.c_long(-1), ctypes.c_long(KEY_SPEC_SESSION_KEYRING)))
-    rings = [ring for ring in rings if ring > 0]
-    for ring in rings:
-        keyctl(_KEYCTL, KEYCTL_LINK, ctypes.c_long(ring), ctypes.c_long(KEY_SPEC_SESSION_KEYRING))
-    members = (ctypes.c_int32 * 256)()
-    kind = ctypes.create_string_buffer(64)
-    todo, seen = list(rings), set(rings)
-    while todo and len(seen) < 4096:
-        ring = todo.pop()
-        size = keyctl(_KEYCTL, KEYCTL_READ, ctypes.c_long(ring), members, ctypes.c_long(ctypes.sizeof(members)))
-        for serial in members[: max(0, min(size, ctypes.sizeof(members)) // 4)]:
-            if serial in seen:
-                continue
-            seen.add(serial)
-            size_kind = ctypes.c_long(ctypes.sizeof(kind))
-            described = keyctl(_KEYCTL, KEYCTL_DESCRIBE, ctypes.c_long(serial), kind, size_kind)
-            if described > 0 and kind.raw.startswith(b"keyring;"):
-                todo.append(serial)  # its members first, then itself
-            else:
-                keyctl(_KEYCTL, KEYCTL_INVALIDATE, ctypes.c_long(serial))
-        keyctl(_KEYCTL, KEYCTL_CLEAR, ctypes.c_long(ring))
-        keyctl(_KEYCTL, KEYCTL_INVALIDATE, ctypes.c_long(ring))
+        libc.syscall(_SECCOMP_ABI[4][2], KEYCTL_SETPERM, ring, perm)
 
 
 # ------------------------------------------------------------------------- framing
@@ -298,13 +265,13 @@ class Forker:
             for which in (resource.RLIMIT_CPU, resource.RLIMIT_AS, resource.RLIMIT_FSIZE, resource.RLIMIT_NPROC):
                 _HARD_LIMITS[which] = resource.getrlimit(which)[1]
             prctl(PR_SET_NO_NEW_PRIVS, 1)  # inherited by every child, and never needed here
-            no_userns = _no_user_namespaces()
             _private_session_keyring()
+            filtered = _seccomp_filter()
             # Not dumpable (inherited too): in a user namespace the candidates run as this
             # process's uid, and could otherwise write its memory through /proc/PID/mem.
             prctl(PR_SET_DUMPABLE, 0)
             _warm_up()
-            self.sock.send(b"H" + bytes(b"01"[flag] for flag in (subreaper, no_userns)))
+            self.sock.send(b"H" + bytes(b"01"[flag] for flag in (subreaper, filtered)))
             # Exits are seen through pidfds, not SIGCHLD: no signal handler or wake-up fd for
             # each child to reset. Between two forks this loop should write to as few pages
             # as it can: each one written is copied while a zygote shares it.
@@ -467,8 +434,6 @@ class Forker:
             os.setresuid(iso.uid, iso.uid, iso.uid)
             if os.getresuid() != (iso.uid,) * 3:
                 raise OSError(errno.EPERM, "setresuid did not take")
-            if job.get("fresh_keyrings"):
-                _fresh_keyrings()
         elif iso.userns or os.geteuid() == 0:
             _drop_capabilities()
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # a uid change clears it (NO_NEW_PRIVS: the forker's)

@@ -125,7 +125,7 @@ class Isolation:
         self.run_dir: str | None = None  # parent of per-run work dirs when there is no scratch
         self.work = "/tmp/work"  # the child's work dir in the scratch space
         self.mqueue: str | None = None  # where this IPC namespace's POSIX message queues show
-        self.no_userns = False  # creating user namespaces fails inside (the forker's seccomp filter)
+        self.no_userns = False  # the forker's seccomp filter: no user namespaces, no kernel keys
         self.memory: MemoryCap | None = None  # the runs' memory cgroup
         self.cpu: CpuMeter | None = None  # the runs' CPU cgroup (without: each process's own CPU time)
         self.missing: list[str] = []  # mechanisms unavailable here, for the isolation line
@@ -153,7 +153,7 @@ class Isolation:
         if self.cpu is not None:
             parts.append(f"CPU cgroup v{self.cpu.version} (a run's total CPU time)")
         if self.no_userns:
-            parts.append("no user namespaces")
+            parts.append("no user namespaces or kernel keys")
         if self.uid is None:
             parts.append("process group")
         line = " + ".join(parts)

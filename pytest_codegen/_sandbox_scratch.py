@@ -2,8 +2,8 @@
 
 The scratch space is the candidates' writable tmpfs mounts (see `_sandbox_isolation`); every
 run gets it empty, with a fresh work dir. IPC objects (SysV, POSIX message queues) live in
-the server's own IPC namespace; kernel keys of the sandbox uid are cleared by the next child
-(see `_sandbox_forker`), when the server sees some. Every step here runs once every process of
+the server's own IPC namespace (no run can make kernel keys: see the seccomp filter in
+`_sandbox_forker`). Every step here runs once every process of
 the previous run is gone. Imported by name from its directory like every sandbox file (see
 `_sandbox_bootstrap`).
 """
@@ -222,7 +222,7 @@ def _read_listing(fd: int) -> bytes:
 
 
 class Ipc:
-    """The IPC objects and kernel keys runs may leave: what there is, and emptying it."""
+    """The IPC objects runs may leave: what there is, and emptying it."""
 
     def __init__(self, iso: isolation.Isolation) -> None:
         self.iso = iso
@@ -233,34 +233,17 @@ class Ipc:
                     self.sysvipc[kind] = os.open(f"sysvipc/{kind}", os.O_RDONLY | os.O_CLOEXEC, dir_fd=procs.PROC)
                 except OSError:
                     pass
-        self.key_users: int | None = None
         self.mqueue_empty = -1  # the size of this (new) namespace's queue directory with none
         if iso.mqueue is not None:
             try:
                 self.mqueue_empty = os.stat(iso.mqueue).st_size if not os.listdir(iso.mqueue) else -1
             except OSError:
                 pass
-        if iso.uid is not None:
-            try:
-                self.key_users = os.open("key-users", os.O_RDONLY | os.O_CLOEXEC, dir_fd=procs.PROC)
-            except OSError:
-                pass
-
-    def uid_has_keys(self) -> bool:
-        """Does the sandbox uid own kernel keys (keyrings included)? From /proc/key-users,
-        kept open: one read per run; without it, assume so."""
-        if self.key_users is None:
-            return self.iso.uid is not None
-        try:
-            listing = _read_listing(self.key_users)
-        except OSError:
-            return True
-        return f"\n{self.iso.uid:5d}:".encode() in b"\n" + listing
 
     def empty(self) -> None:
         """Remove the SysV message queues, semaphores and shared memory and the POSIX message
         queues a run left: the IPC namespace is this server's alone (never the host's: only
-        with "ipc" unshared). (Kernel keyrings: each child clears its uid's, see the forker.)"""
+        with "ipc" unshared). (Kernel keys: no run can make any, see the forker's seccomp filter.)"""
         if self.iso.mqueue is not None:
             try:  # (the mqueue file system counts its queues in the directory's size)
                 size = os.stat(self.iso.mqueue).st_size

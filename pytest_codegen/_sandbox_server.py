@@ -44,9 +44,9 @@ How one execution runs
   The writable places (/tmp, /var/tmp, /dev/shm, /run/lock) form the *scratch space*, tmpfs
   each, with the work dir /tmp/work owned by the sandbox uid; after every run, once every
   process of the run is gone, it is emptied, the directories' modes restored, the work dir made
-  anew and the server's own SysV IPC objects and POSIX message queues removed; the
-  uid's kernel keyrings are emptied by the next child when /proc/key-users shows it has keys
-  (the session keyring the children inherit is the forker's own, read-only to them). A run
+  anew and the server's own SysV IPC objects and POSIX message queues removed (kernel keys
+  cannot be made: the forker's seccomp filter forbids the key calls; the session keyring the
+  children inherit is the forker's own, empty and read-only to them). A run
   whose processes would not die ends the server instead: the client starts a new one.
 * A zygote is forked ahead of each job (as root: while the previous job runs; it stays root
   until its own job arrives, so nothing done as the sandbox uid can touch it). It starts its
@@ -308,8 +308,6 @@ class Server:
         self.scratch = scratch.Scratch(self.iso) if self.iso.scratch else None
         self.ipc = scratch.Ipc(self.iso)
         self.tainted = False  # a run left processes that would not die: stop after replying
-        # Keys of the sandbox uid (a dead namesake's, or a run's): the next child clears them
-        self.keys_dirty = self.ipc.uid_has_keys()
         if self.scratch is not None:
             self.scratch.empty()
         self.link = ForkerLink(self.iso, self.pid, bool(cfg.get("rewriter")), list(cfg.get("site_packages", [])))
@@ -365,8 +363,6 @@ class Server:
         self._reap_pending(wait=True)  # the scratch space is emptied only once they are gone
         if self.tainted:
             raise Broken("a finished run left processes that would not die")
-        if self.keys_dirty:  # what earlier runs stored in the uid's keyrings goes first
-            job["fresh_keyrings"], self.keys_dirty = True, False
         payload = marshal.dumps(job)
         if self.scratch is not None:
             self.scratch.resize(int(lim["file_size_mb"]))
@@ -595,8 +591,6 @@ class Server:
             self.tainted = True
         else:
             self.ipc.empty()
-            if self.iso.uid is not None:
-                self.keys_dirty = self.keys_dirty or self.ipc.uid_has_keys()
             if self.scratch is not None:
                 try:
                     self.scratch.empty()

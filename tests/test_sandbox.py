@@ -129,7 +129,7 @@ def test_isolation_line(box):
         assert box.mode == "root"
         assert f"uid {box.sandbox_uid}" in box.isolation
         assert "namespaces(net,mount,ipc,pid)" in box.isolation
-        assert "minimal read-only root" in box.isolation and "no user namespaces" in box.isolation
+        assert "minimal read-only root" in box.isolation and "no user namespaces or kernel keys" in box.isolation
         assert box.sandbox_uid == 200000 + box.server_pid
 
 
