@@ -28,6 +28,7 @@ from pytest_codegen.models.registry import (
     Registry,
     UnknownModel,
 )
+from pytest_codegen.settings import CACHE_DIR
 
 if TYPE_CHECKING:
     from pytest_codegen.record import Record
@@ -456,8 +457,8 @@ def cmd_study(args: argparse.Namespace) -> int:
                  help="output directory; an existing one with a checkpoint resumes"),
         argument("--workers", type=int, default=1, metavar="N",
                  help="evaluation processes (spawned; llama.cpp threads = cores // N)"),
-        argument("--codegen-cache", metavar="DIR", default=".codegen-cache",
-                 help="SQLite generation cache shared by the workers (default .codegen-cache)"),
+        argument("--codegen-cache", metavar="DIR", default=CACHE_DIR,
+                 help=f"SQLite generation cache shared by the workers (default {CACHE_DIR})"),
         argument("--no-codegen-cache", action="store_true", help="no generation cache"),
         argument("--max-tokens", type=int, default=512, metavar="N"),
         argument("--difficulty-from", metavar="RUN.jsonl",
