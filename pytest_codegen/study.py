@@ -362,14 +362,15 @@ def failure_breakdown(records: Sequence[Record], entry_points: Mapping[str, str]
     return reasons
 
 
-def _entry_points(benchmark: str) -> dict[str, str]:
+def _entry_points(benchmark: str) -> tuple[dict[str, str], str]:
+    """Each problem's entry point, and why there are none (the data could not be loaded)."""
     from .datasets import humaneval, mbpp
 
     try:
         problems = humaneval.load_problems() if benchmark == "humaneval" else mbpp.load_problems()
-    except Exception:  # the breakdown then files misnamed functions under NameError
-        return {}
-    return {p.id: p.entry_point for p in problems}
+    except Exception as error:  # misnamed functions are then counted under NameError: said so
+        return {}, f"{type(error).__name__}: {error}"
+    return {p.id: p.entry_point for p in problems}, ""
 
 
 def _breakdown_section(cells: Sequence[Cell], loaded: Mapping[Cell, list[Record]]) -> list[str]:
@@ -378,7 +379,11 @@ def _breakdown_section(cells: Sequence[Cell], loaded: Mapping[Cell, list[Record]
     singles = [c for c in cells if c.row == "single" and c in loaded]
     if not singles:
         return []
-    columns = {c: failure_breakdown(loaded[c], _entry_points(c.benchmark)) for c in singles}
+    entry_points = {b: _entry_points(b) for b in {c.benchmark for c in singles}}
+    columns = {c: failure_breakdown(loaded[c], entry_points[c.benchmark][0]) for c in singles}
+    unknown = [f"{benchmark}'s entry points could not be loaded, so its misnamed functions are counted "
+               f"under NameError ({why[:300]}; for MBPP, set CODEGEN_MBPP_DATA to the data file)."
+               for benchmark, (_, why) in sorted(entry_points.items()) if why]
     reasons = list(BREAKDOWN) + sorted({r for counts in columns.values() for r in counts} - set(BREAKDOWN))
     rows = [[reason, *(columns[c][reason] for c in singles)] for reason in reasons]
     rows += [["pass@1 here (%)", *(f"{100 * columns[c]['passed'] / len(loaded[c]):.1f}" for c in singles)],
@@ -390,7 +395,8 @@ def _breakdown_section(cells: Sequence[Cell], loaded: Mapping[Cell, list[Record]
             "The last line is the Qwen2.5-Coder technical report's figure for the instruct model "
             "(bf16, its own prompts and harness; its MBPP is not the sanitized 427-problem set).", "",
             tabulate(rows, tablefmt="github", disable_numparse=True,
-                     headers=["outcome", *(f"{c.model} {c.benchmark}" for c in singles)]), ""]
+                     headers=["outcome", *(f"{c.model} {c.benchmark}" for c in singles)]), "",
+            *(line for note in unknown for line in (note, ""))]
 
 
 def render_report(out: Path, cells: Sequence[Cell], commands_prefix: str = "") -> str:

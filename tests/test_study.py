@@ -219,3 +219,14 @@ def test_the_study_loads_its_committed_generations_into_the_cache(tmp_path: Path
     assert cache_dir(["--codegen-cache", "/x"], tmp_path) == Path("/x")
     assert cache_dir([], tmp_path) == tmp_path / ".codegen-cache"
     assert cache_dir(["--no-codegen-cache"], tmp_path) is None
+
+
+def test_breakdown_says_when_it_cannot_tell_misnamed_functions(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("CODEGEN_MBPP_DATA", str(tmp_path / "nowhere.json"))
+    cell = Cell("qwen-coder-0.5b", "mbpp", "single")
+    misnamed = record("Mbpp/20", ["NameError"], message="NameError: name 'is_woodall' is not defined")
+    write(cell.results_path(tmp_path), [{**misnamed, "benchmark": "mbpp"}])
+    report = render_report(tmp_path, [cell])
+    assert "mbpp's entry points could not be loaded" in report and "nowhere.json" in report
+    assert any(line.startswith("| NameError (undefined helper or import)") and "| 1 " in line
+               for line in report.splitlines())
