@@ -16,6 +16,7 @@ message on stderr, without a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -390,6 +391,7 @@ def cmd_study(args: argparse.Namespace) -> int:
         compress_results,
         export_cache,
         import_cache,
+        option_value,
         render_report,
         run_cells,
     )
@@ -404,6 +406,9 @@ def cmd_study(args: argparse.Namespace) -> int:
         cells = [c for c in STUDY_PLAN if c.benchmark in args.benchmarks]
     out: Path = args.out
     cache = cache_dir(args.pytest_args, Path.cwd())
+    mbpp_data = option_value(args.pytest_args, "--mbpp-data")
+    if mbpp_data is not None:  # the report reads MBPP's entry points as the cells' pytest does
+        os.environ["CODEGEN_MBPP_DATA"] = mbpp_data
 
     def write_report() -> None:
         out.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CACHE_EXPORT", "Cell", "ROWS", "Row", "STUDY_PLAN", "cache_dir", "cells_for", "compress_results",
-    "export_cache", "import_cache", "render_report", "restore_results", "run_cells",
+    "export_cache", "import_cache", "option_value", "render_report", "restore_results", "run_cells",
 ]
 
 
@@ -238,12 +238,18 @@ def cache_dir(extra: Sequence[str], root: Path) -> Path | None:
         return None
     from .settings import CACHE_DIR
 
-    found = root / CACHE_DIR
+    given = option_value(extra, "--codegen-cache")
+    return Path(given) if given is not None else root / CACHE_DIR
+
+
+def option_value(extra: Sequence[str], name: str) -> str | None:
+    """The value of the pytest option `name` among `extra` (`--name=V` or `--name V`; the last)."""
+    found = None
     for index, arg in enumerate(extra):
-        if arg.startswith("--codegen-cache="):
-            found = Path(arg.split("=", 1)[1])
-        elif arg == "--codegen-cache" and index + 1 < len(extra):
-            found = Path(extra[index + 1])
+        if arg.startswith(name + "="):
+            found = arg.split("=", 1)[1]
+        elif arg == name and index + 1 < len(extra):
+            found = extra[index + 1]
     return found
 
 
@@ -382,7 +388,7 @@ def _breakdown_section(cells: Sequence[Cell], loaded: Mapping[Cell, list[Record]
     entry_points = {b: _entry_points(b) for b in {c.benchmark for c in singles}}
     columns = {c: failure_breakdown(loaded[c], entry_points[c.benchmark][0]) for c in singles}
     unknown = [f"{benchmark}'s entry points could not be loaded, so its misnamed functions are counted "
-               f"under NameError ({why[:300]}; for MBPP, set CODEGEN_MBPP_DATA to the data file)."
+               f"under NameError ({why[:300]}; for MBPP, pass --mbpp-data or set CODEGEN_MBPP_DATA)."
                for benchmark, (_, why) in sorted(entry_points.items()) if why]
     reasons = list(BREAKDOWN) + sorted({r for counts in columns.values() for r in counts} - set(BREAKDOWN))
     rows = [[reason, *(columns[c][reason] for c in singles)] for reason in reasons]

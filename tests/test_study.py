@@ -230,3 +230,12 @@ def test_breakdown_says_when_it_cannot_tell_misnamed_functions(tmp_path: Path, m
     assert "mbpp's entry points could not be loaded" in report and "nowhere.json" in report
     assert any(line.startswith("| NameError (undefined helper or import)") and "| 1 " in line
                for line in report.splitlines())
+
+
+def test_option_values_are_read_as_pytest_reads_them() -> None:
+    from pytest_codegen.study import option_value
+
+    assert option_value(["-q", "--mbpp-data", "a.json"], "--mbpp-data") == "a.json"
+    assert option_value(["--mbpp-data=a.json", "--mbpp-data=b.json"], "--mbpp-data") == "b.json"
+    assert option_value(["--mbpp-data-x=a"], "--mbpp-data") is None
+    assert option_value(["--mbpp-data"], "--mbpp-data") is None
