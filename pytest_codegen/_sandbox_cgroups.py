@@ -179,12 +179,17 @@ class Cgroup:
         os.close(self.parent)
 
 
-def _pair(group: Cgroup) -> list[Cgroup]:
+def _slots(resource: str, v1_controller: str, v2_controller: str | None, v2_file: str
+           ) -> tuple[list[Cgroup] | None, str]:
+    """This server's `SLOTS` cgroups for `resource` (see `Cgroup.create`), or why there are none."""
+    group, why = Cgroup.create(resource, v1_controller, v2_controller, v2_file)
+    if group is None:
+        return None, why
     try:
-        return [group, group.sibling()]
-    except OSError:
+        return [group, group.sibling()], ""
+    except OSError as e:
         group.remove()
-        raise
+        return None, f"no {resource} cgroup ({e.strerror})"
 
 
 class MemoryCap:
@@ -198,12 +203,14 @@ class MemoryCap:
     @classmethod
     def create(cls) -> tuple[MemoryCap | None, str]:
         """This server's memory cgroups, or why there are none."""
-        group, why = Cgroup.create("memory", "memory", "memory", "memory.max")
-        if group is None:
+        groups, why = _slots("memory", "memory", "memory", "memory.max")
+        if groups is None:
             return None, why
         try:
-            return cls(_pair(group)), ""
-        except OSError as e:
+            return cls(groups), ""
+        except OSError as e:  # its kill counts cannot be read
+            for g in groups:
+                g.remove()
             return None, f"no memory cgroup ({e.strerror})"
 
     def join(self, pid: int, slot: int) -> None:
@@ -265,13 +272,8 @@ class CpuMeter:
         """This server's CPU cgroups (the memory cap's where those are v2), or why there are none."""
         if memory is not None and memory.version == "2":
             return cls(memory.groups, shared=True), ""
-        group, why = Cgroup.create("CPU", "cpuacct", None, "cpu.stat")
-        if group is None:
-            return None, why
-        try:
-            return cls(_pair(group)), ""
-        except OSError as e:
-            return None, f"no CPU cgroup ({e.strerror})"
+        groups, why = _slots("CPU", "cpuacct", None, "cpu.stat")
+        return (cls(groups), "") if groups is not None else (None, why)
 
     def join(self, pid: int, slot: int) -> None:
         if not self.shared:  # else joined with the memory cap's

@@ -152,9 +152,12 @@ def _seccomp_filter() -> bool:
 def _private_session_keyring() -> None:
     """In the forker, before the filter: a fresh session keyring for it and every child, read-only
     to them (where the filter cannot be had, the children at least do not share the server's)."""
-    if _SECCOMP_ABI is not None and libc.syscall(_SECCOMP_ABI[4][2], KEYCTL_JOIN_SESSION_KEYRING, None) > 0:
+    if _SECCOMP_ABI is None:
+        return
+    keyctl = _SECCOMP_ABI[4][2]  # the syscall's number
+    if libc.syscall(keyctl, KEYCTL_JOIN_SESSION_KEYRING, None) > 0:
         ring, perm = ctypes.c_long(KEY_SPEC_SESSION_KEYRING), ctypes.c_long(KEY_POS_VIEW_SEARCH)
-        libc.syscall(_SECCOMP_ABI[4][2], KEYCTL_SETPERM, ring, perm)
+        libc.syscall(keyctl, KEYCTL_SETPERM, ring, perm)
 
 
 # ------------------------------------------------------------------------- framing

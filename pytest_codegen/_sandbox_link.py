@@ -283,20 +283,20 @@ class ForkerLink:
                 raise Broken("the forker did not send a zygote")
             self.receive(deadline - time.monotonic())
 
-    def take_zygote(self) -> Zygote:
-        """The zygote for the next job (a live one), now the caller's."""
+    def ready_zygote(self) -> Zygote:
+        """The zygote for the next job (a live one), waited for; it stays the next one."""
         if self.zygote is not None and not self._alive(self.zygote):
             self.discard_zygote()
         self.spawn_zygote()
         self._take_requested_zygote()
-        z, self.zygote = self.zygote, None
-        assert z is not None
-        return z
+        assert self.zygote is not None
+        return self.zygote
 
-    def give_back(self, z: Zygote) -> None:
-        """Make a zygote taken for a look (and not given a job) the next one again."""
-        assert self.zygote is None and not self.zygote_requested
-        self.zygote = z
+    def take_zygote(self) -> Zygote:
+        """The zygote for the next job (a live one), now the caller's."""
+        z = self.ready_zygote()
+        self.zygote = None
+        return z
 
     def _alive(self, z: Zygote) -> bool:
         if not z.reaped:

@@ -139,25 +139,24 @@ def _in_process_reason(tree: ast.Module, stubs: set[str], known: set[str],
         return f"uses {', '.join(foreign)} from the program"
     functions = stubs | _functions(tree) | setup_functions
     nodes, parents, _ = _index(tree)
-    given_functions: set[int] = set()  # ids of the calls of the candidate given a function
+    reasons: dict[int, str] = {}  # node id -> why that node needs the test in process
     for node in _of(tree, ast.Lambda, ast.Name):
         parent = parents.get(node)
         if isinstance(node, ast.Lambda) or (
             node.id in functions
             and not (isinstance(parent, ast.Call) and parent.func is node)  # called, not passed
         ):
-            given_functions.update(id(call) for call in _stub_calls_around(node, parents, stubs))
-    if not given_functions and not any(_calls_stub(n.value, stubs) for n in _of(tree, ast.Expr)) and not any(
-            isinstance(n.value, ast.Name) and n.value.id in stubs for n in _of(tree, ast.Attribute)):
-        return ""  # (most tests: no walk for the first reason)
-    for node in nodes:  # the first reason in walk order
-        if isinstance(node, ast.Expr) and _calls_stub(node.value, stubs):
-            return "calls the candidate only for its side effects"
-        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in stubs:
-            return f"reads {node.value.id}.{node.attr}"
-        if id(node) in given_functions:
-            return "passes the candidate a function"
-    return ""
+            reasons.update(dict.fromkeys(map(id, _stub_calls_around(node, parents, stubs)),
+                                         "passes the candidate a function"))
+    for node in _of(tree, ast.Expr):
+        if _calls_stub(node.value, stubs):
+            reasons[id(node)] = "calls the candidate only for its side effects"
+    for node in _of(tree, ast.Attribute):
+        if isinstance(node.value, ast.Name) and node.value.id in stubs:
+            reasons[id(node)] = f"reads {node.value.id}.{node.attr}"
+    if not reasons:  # (most tests: no walk for the first reason)
+        return ""
+    return next(reasons[id(node)] for node in nodes if id(node) in reasons)  # the first in walk order
 
 
 def _stub_calls_around(node: ast.AST, parents: dict[ast.AST, ast.AST], stubs: set[str]) -> list[ast.AST]:
@@ -198,7 +197,7 @@ def only_literal_calls(source: str, entry_point: str) -> bool:
     if tree is None:
         return False
     stubs = {"candidate", entry_point}
-    parents = _index(tree)[1]
+    parents = _index(tree).parents
     once = _called_once(tree)
     literal = {id(call) for call in _literal_call_nodes(tree, frozenset(stubs))}
     for node in _of(tree, ast.Name):

@@ -247,7 +247,6 @@ class Run:
 
     def __init__(self, req: dict, z: Zygote, state: RunState, t0: float, cpu: procs.RunCpu) -> None:
         self.req, self.z, self.state, self.t0, self.cpu = req, z, state, t0, cpu
-        self.slot = cpu.slot  # its cgroups (see `_sandbox_cgroups`)
         lim = req["limits"]
         self.output_cap = int(lim["output_bytes"])
         self.cpu_limit = float(lim["cpu_seconds"])
@@ -417,7 +416,7 @@ class Server:
             return {"ok": False, "error": st.sandbox_error}, run, False
         if not st.corrupt:  # (after the run: its time and limits are the program's alone)
             checking.explain()
-        if self.iso.memory is not None and self.iso.memory.capped(run.slot):  # it killed a process of the run
+        if self.iso.memory is not None and self.iso.memory.capped(run.cpu.slot):  # it killed a process of the run
             st.memory_cap_mb = self.iso.memory.limit_mb
         result = st.result(self.iso.mode)
         return {"ok": True, "result": result, "explained": checking.explained}, run, clean
@@ -649,10 +648,7 @@ class Server:
         first zygote joins its cgroups now (a process's first move into a cgroup waits for an
         RCU grace period, several ms), and the analyses and the compiler run once on a test of
         the common form."""
-        self.link.spawn_zygote()
-        z = self.link.take_zygote()
-        self._join(z, 1 - self.slot)
-        self.link.give_back(z)
+        self._join(self.link.ready_zygote(), 1 - self.slot)
         source = "def check(candidate):\n    assert candidate([1], x=2.5) == {'a': (None, True)}\ncheck(f)\n"
         checked((source,), "", "f")
         literal_requests(source, "f")

@@ -14,6 +14,7 @@ results-file line; the controller (or the only process, without xdist) aggregate
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -620,6 +621,16 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     return report
 
 
+@functools.lru_cache(maxsize=64)
+def _status(line: str) -> tuple[str, tuple[str, ...]]:
+    """The outcome class and the rounds' verdicts in a record's line (`Record.to_json`, of a
+    record `Record.build` made: classes already normalized), parsed once per report: the
+    terminal reporter asks for a report's status once, then again in each summary."""
+    data = json.loads(line)
+    outcome_class = data["outcome_class"]
+    return outcome_class, tuple(data["round_outcomes"] or [outcome_class])
+
+
 def _junit_properties(record: Record) -> list[tuple[str, str]]:
     """The testcase properties JUnit XML carries for an item."""
     properties = [("outcome", record.outcome), ("error_type", record.error_type or ""),
@@ -640,12 +651,7 @@ def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config):
     line = getattr(report, "codegen", None)
     if line is None or report.when != "call":
         return None
-    # The line of a record Record.build made (classes already normalized): two fields are read
-    # as they are, not parsed into a Record at every call (the terminal reporter asks once per
-    # report and again per failure in the summaries).
-    data = json.loads(line)
-    outcome_class = data["outcome_class"]
-    verdicts = data["round_outcomes"] or [outcome_class]
+    outcome_class, verdicts = _status(line)
     # The scoring outcome of each program round: `NameError → AssertionError → passed`.
     suffix = f" [{' → '.join(verdicts)}]" if len(verdicts) > 1 else ""
     if report.passed:
