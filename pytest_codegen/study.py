@@ -298,7 +298,10 @@ def _cost(records: Sequence[Record]) -> tuple[str, str]:
     if not solved:
         return "n/a", "n/a"
     tokens = sum(r.tokens for r in records)
-    seconds = sum(sum(float(v) for v in r.timing.values()) for r in records)
+    # Each round's own seconds: a round answered from the cache (a refine row's first program
+    # is its single row's) keeps the time its generation took. `gen_seconds` leaves those out.
+    seconds = sum((sum(round_.seconds for round_ in r.rounds) or float(r.timing.get("gen_seconds", 0)))
+                  + float(r.timing.get("exec_seconds", 0)) for r in records)
     return f"{tokens / solved:,.0f}", f"{seconds / solved:,.1f}"
 
 

@@ -38,6 +38,27 @@ def test_every_request_field_and_the_model_identity_key_the_cache(tmp_path):
     assert cache.get("model-a", chat) is None
 
 
+def test_a_greedy_request_is_the_same_whatever_its_seed(tmp_path):
+    """At temperature 0 the seed changes nothing the model does: a refinement round that repeats
+    an earlier round's request with its own seed is a hit. Sampled requests keep their seed."""
+    cache = GenerationCache(tmp_path)
+    cache.put("model-a", request(temperature=0.0, seed=1), GenerationResponse("greedy", 3, 2, 0.5, "stop"))
+    assert cache.get("model-a", request(temperature=0.0, seed=7)).text == "greedy"
+    assert cache.get("model-a", request(temperature=0.0, seed=7, max_tokens=17)) is None
+    cache.put("model-a", request(seed=1), GenerationResponse("sampled", 3, 2, 0.5, "stop"))
+    assert cache.get("model-a", request(seed=7)) is None
+
+
+def test_greedy_entries_written_with_their_seed_are_still_found(tmp_path):
+    """Caches (and exports) made before greedy keys dropped the seed still answer the exact request."""
+    cache = GenerationCache(tmp_path)
+    old = request(temperature=0.0, seed=5)
+    row = (GenerationCache.key("model-a", old, seeded=True), "model-a", "{}", "old", 3, 2, 0.5, "stop", 0.0)
+    cache._db.execute("INSERT INTO generations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+    assert cache.get("model-a", old).text == "old"
+    assert cache.get("model-a", request(temperature=0.0, seed=6)) is None
+
+
 def test_a_fully_cached_run_never_loads_the_model(tmp_path):
     loads = []
     model = CountingModel()

@@ -90,6 +90,19 @@ def test_report_pairs_each_row_with_single(tmp_path: Path) -> None:
     assert "| 250 " in lines["single"] and "| 25.0 " in lines["single"]
 
 
+def test_cost_counts_rounds_answered_from_the_cache(tmp_path: Path) -> None:
+    """A refine row's first program comes from the single row's cache entry: it still cost its
+    generation time (not the record's `gen_seconds`, which leaves cached rounds out)."""
+    rounds = [{"index": 0, "role": "generate", "seconds": 6.0, "cached": True},
+              {"index": 1, "role": "refine", "seconds": 3.5, "cached": False}]
+    solved = {**record("HumanEval/0", ["AssertionError", "passed"]), "rounds": rounds,
+              "timing": {"exec_seconds": 0.5, "gen_seconds": 3.5}}
+    cell = Cell("m", "humaneval", "refine")
+    write(cell.results_path(tmp_path), [solved])
+    line = next(line for line in render_report(tmp_path, [cell]).splitlines() if line.startswith("| m "))
+    assert "| 10.0 " in line
+
+
 def test_breakdown_separates_harness_faults_from_wrong_answers() -> None:
     records = [
         record("a", ["passed"]),

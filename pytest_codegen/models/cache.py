@@ -1,7 +1,10 @@
 """A generation cache in SQLite: the same request to the same weights is never generated twice.
 
-Keyed by the model file's identity and the full request (its seed included). WAL mode and a busy
-timeout let several xdist workers read and write the same file at once.
+Keyed by the model file's identity and the full request, its seed included except at temperature
+0: greedy decoding ignores the seed, so a refinement round that asks again what an earlier round
+asked (a program that came back unchanged, with the same feedback) is answered from the cache.
+Entries written before that rule (keyed with a greedy request's seed) are still found. WAL mode and
+a busy timeout let several xdist workers read and write the same file at once.
 """
 
 from __future__ import annotations
@@ -58,17 +61,28 @@ class GenerationCache:
                 time.sleep(0.01)
 
     @staticmethod
-    def key(model_identity: str, request: GenerationRequest) -> str:
-        payload = json.dumps([model_identity, request.to_dict()], sort_keys=True)
+    def key(model_identity: str, request: GenerationRequest, *, seeded: bool = False) -> str:
+        """The row's key; `seeded`: the seed kept even at temperature 0 (how keys were made
+        before greedy requests dropped it)."""
+        fields = request.to_dict()
+        if request.temperature == 0 and not seeded:
+            del fields["seed"]
+        payload = json.dumps([model_identity, fields], sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()
 
     def get(self, model_identity: str, request: GenerationRequest) -> GenerationResponse | None:
-        row = self._db.execute(
-            "SELECT text, prompt_tokens, completion_tokens, seconds, finish_reason"
-            " FROM generations WHERE key = ?",
-            (self.key(model_identity, request),),
-        ).fetchone()
-        if row is None:
+        keys = [self.key(model_identity, request)]
+        if request.temperature == 0:
+            keys.append(self.key(model_identity, request, seeded=True))
+        for key in keys:
+            row = self._db.execute(
+                "SELECT text, prompt_tokens, completion_tokens, seconds, finish_reason"
+                " FROM generations WHERE key = ?",
+                (key,),
+            ).fetchone()
+            if row is not None:
+                break
+        else:
             return None
         text, prompt_tokens, completion_tokens, seconds, finish_reason = row
         return GenerationResponse(
