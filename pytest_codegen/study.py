@@ -15,6 +15,7 @@ comparisons of the same first programs.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import shlex
@@ -28,6 +29,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+
+from .outcome import PASSED
 
 if TYPE_CHECKING:
     from .record import Record
@@ -52,7 +55,8 @@ ROWS: dict[str, Row] = {row.name: row for row in (
     Row("single", "one generation, no execution feedback", ("--pipeline=single", "--model={model}"), None),
     Row("refine", "generate → execute → refine, 3 rounds, early stop, visible tests only",
         ("--pipeline=refine", "--model={model}", "--rounds=3", "--feedback=visible")),
-    Row("refine-hidden", "as refine, but the refiner sees the scoring tests (the study's oracle feedback)",
+    Row("refine-hidden", "as refine, but the model sees the scoring tests (the study's oracle feedback; on MBPP its "
+        "generation prompt shows them all too, where `single` shows the first)",
         ("--pipeline=refine", "--model={model}", "--rounds=3", "--feedback=hidden")),
     Row("refine-analyzer", "as refine, with an analyzer diagnosing each failure for the refiner",
         ("--pipeline=refine", "--model={model}", "--analyzer={model}", "--rounds=3", "--feedback=visible")),
@@ -419,7 +423,9 @@ def render_report(out: Path, cells: Sequence[Cell], commands_prefix: str = "") -
     parts = ["# Study results", "",
              "Greedy decoding (temperature 0), one sample per problem, feedback as stated per row. "
              "Δ and McNemar compare each row with the `single` row of the same model (paired: the "
-             "same first program). z = (c − b)/√(b + c) is the paired normal statistic; the study's "
+             "same first program). A row whose first programs are not `single`'s (MBPP with `--feedback=hidden`: "
+             "its generation prompt shows every scoring test, not only the first) is compared with its own "
+             "first programs instead. z = (c − b)/√(b + c) is the paired normal statistic; the study's "
              "σ = Δ/√(SD₁² + SD₂²) needs several samples per run (use `--samples`).", ""]
     for benchmark in sorted({c.benchmark for c in loaded}):
         rows = []
@@ -431,10 +437,16 @@ def render_report(out: Path, cells: Sequence[Cell], commands_prefix: str = "") -
             if base_cell is not None:
                 try:
                     baseline = loaded[base_cell]
-                    if base_cell.row == "single":  # shows the model no test results at all
+                    own_first = base_cell.row == "single" and not _same_first_programs(baseline, records)
+                    if own_first:
+                        baseline = [_as_first_attempt(r) for r in records]
+                    elif base_cell.row == "single":  # shows the model no test results at all
                         baseline = [r.without_properties("feedback") for r in baseline]
                     comparison = compare(baseline, records, restrict_to_common=True).benchmarks[0]
                     delta = f"{comparison.delta:+.0f} ({comparison.delta_pass1:+.3f})"
+                    if own_first:
+                        first_solved = sum(r.passed for r in baseline)
+                        delta += f" vs its own first programs ({first_solved} solved)"
                     p = f"{comparison.p_value:.2g}"
                     discordant = comparison.b + comparison.c
                     z = f"{(comparison.c - comparison.b) / discordant ** 0.5:+.1f}" if discordant else "0"
@@ -505,6 +517,20 @@ def _figures_section(cells: Sequence[Cell], loaded: Mapping[Cell, list[Record]],
         links = ", ".join(f"[{p.stem}]({p.relative_to(out)})" for p in paths)
         lines.append(f"- {cell.model} {cell.benchmark} {cell.label}: {links}")
     return ["## Figures", "", *lines, ""] if lines else []
+
+
+def _same_first_programs(single: Sequence[Record], records: Sequence[Record]) -> bool:
+    """Whether each problem's first program in `records` is the one `single` ran (records
+    without rounds, as hand-written ones, are taken to be)."""
+    firsts = {r.item: r.rounds[0].program for r in single if r.rounds}
+    return all(firsts.get(r.item, r.rounds[0].program) == r.rounds[0].program for r in records if r.rounds)
+
+
+def _as_first_attempt(record: Record) -> Record:
+    """The record as if its pipeline had stopped after the first program: its first verdict."""
+    first = record.verdicts[0]
+    return dataclasses.replace(record, passed=first == PASSED, outcome_class=first, round_outcomes=(first,),
+                               rounds=record.rounds[:1])
 
 
 def _baseline(cell: Cell, loaded: Mapping[Cell, Any]) -> Cell | None:

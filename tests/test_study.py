@@ -83,7 +83,7 @@ def test_report_pairs_each_row_with_single(tmp_path: Path) -> None:
     # single showed the model no tests, so it pairs with a hidden-feedback row too
     assert "+0 (+0.000) on 4" in lines["refine-hidden"] and "4 of 164 (unfinished)" in lines["refine-hidden"]
     assert "not run yet" not in text
-    assert "- `refine-hidden`: as refine, but the refiner sees the scoring tests" in text
+    assert "- `refine-hidden`: as refine, but the model sees the scoring tests" in text
     assert "- `split`" not in text  # only the rows of the cells reported
     assert "not run yet" in render_report(tmp_path, [*cells, Cell("m", "humaneval", "text-critic")])
     # 10 items x 10 s over 4 / 7 solved; 100 tokens each.
@@ -252,3 +252,29 @@ def test_option_values_are_read_as_pytest_reads_them() -> None:
     assert option_value(["--mbpp-data=a.json", "--mbpp-data=b.json"], "--mbpp-data") == "b.json"
     assert option_value(["--mbpp-data-x=a"], "--mbpp-data") is None
     assert option_value(["--mbpp-data"], "--mbpp-data") is None
+
+
+def test_a_row_with_other_first_programs_is_compared_with_its_own(tmp_path: Path) -> None:
+    """MBPP with hidden feedback shows every scoring test in the generation prompt: its first
+    programs are not single's, so its Δ is refinement over its own first programs."""
+    def item(problem: str, programs: list[str], verdicts: list[str], feedback: str) -> dict:
+        roles = ["generate"] + ["refine"] * (len(programs) - 1)
+        return {**record(problem, verdicts, feedback=feedback),
+                "rounds": [{"index": i, "role": role, "program": text} for i, (role, text) in
+                           enumerate(zip(roles, programs))]}
+
+    single = [item(f"HumanEval/{i}", [f"v{i}"], ["passed" if i < 5 else "AssertionError"], "visible")
+              for i in range(10)]
+    # first programs differ: 3 of them pass (single: 5); refinement fixes 2 more
+    hidden = [item(f"HumanEval/{i}", [f"h{i}"], ["passed"], "hidden") for i in range(3)]
+    hidden += [item(f"HumanEval/{i}", [f"h{i}", f"r{i}"], ["AssertionError", "passed"], "hidden") for i in (3, 4)]
+    hidden += [item(f"HumanEval/{i}", [f"h{i}", f"r{i}"], ["AssertionError"] * 2, "hidden") for i in range(5, 10)]
+    same = [item(f"HumanEval/{i}", [f"v{i}"], ["passed" if i < 5 else "AssertionError"], "visible")
+            for i in range(10)]
+    cells = [Cell("m", "humaneval", row) for row in ("single", "refine-hidden", "refine")]
+    for cell, records in zip(cells, (single, hidden, same)):
+        write(cell.results_path(tmp_path), records)
+    lines = {line.split("|")[2].strip(): line for line in render_report(tmp_path, cells).splitlines()
+             if line.startswith("| m ")}
+    assert "+2 (+0.200) vs its own first programs (3 solved)" in lines["refine-hidden"]
+    assert "+0 (+0.000) " in lines["refine"] and "own first" not in lines["refine"]
