@@ -9,8 +9,10 @@ markdown report (pass@1 with a bootstrap interval, Δ against `single` with exac
 transitions and fix rates, cost per solved problem, and the single-pass failure breakdown).
 
 Every cell is greedy (temperature 0) and decoded one sequence at a time: the first attempt of
-every refinement row is then the `single` row's program, so the Δ columns are paired
-comparisons of the same first programs.
+a refinement row is then the `single` row's program wherever its generation prompt is the same,
+so the Δ columns are paired comparisons of the same first programs. Where it is not (MBPP with
+`--feedback=hidden` shows every scoring test in the prompt), a row is compared with its own
+first programs.
 """
 
 from __future__ import annotations
@@ -314,8 +316,8 @@ def _cost(records: Sequence[Record]) -> tuple[str, str]:
 
 def _fix_rates(records: Sequence[Record]) -> str:
     """`NameError 3/4, AssertionError 5/40`: fixed / failing first attempts, per first class."""
-    firsts = Counter(r.verdicts[0] for r in records if r.verdicts[0] != "passed")
-    fixed = Counter(r.verdicts[0] for r in records if r.verdicts[0] != "passed" and r.passed)
+    firsts = Counter(r.verdicts[0] for r in records if r.verdicts[0] != PASSED)
+    fixed = Counter(r.verdicts[0] for r in records if r.verdicts[0] != PASSED and r.passed)
     return ", ".join(f"{name} {fixed[name]}/{n}" for name, n in firsts.most_common())
 
 
@@ -325,7 +327,7 @@ def _refinement_activity(records: Sequence[Record]) -> str:
     that re-emits its input cannot fix anything, whatever the feedback)."""
     refined = changed = 0
     for record in records:
-        if record.verdicts[0] == "passed" or not record.rounds:
+        if record.verdicts[0] == PASSED or not record.rounds:
             continue
         first = record.rounds[0].program.strip()
         later = [r.program.strip() for r in record.rounds[1:] if r.role != "generate" and r.program]
@@ -439,17 +441,9 @@ def render_report(out: Path, cells: Sequence[Cell], commands_prefix: str = "") -
             delta = p = z = "–"
             if base_cell is not None:
                 try:
-                    baseline = loaded[base_cell]
-                    own_first = base_cell.row == "single" and not _same_first_programs(baseline, records)
-                    if own_first:
-                        baseline = [_as_first_attempt(r) for r in records]
-                    elif base_cell.row == "single":  # shows the model no test results at all
-                        baseline = [r.without_properties("feedback") for r in baseline]
+                    baseline, against = _paired_baseline(base_cell, loaded[base_cell], records)
                     comparison = compare(baseline, records, restrict_to_common=True).benchmarks[0]
-                    delta = f"{comparison.delta:+.0f} ({comparison.delta_pass1:+.3f})"
-                    if own_first:
-                        first_solved = sum(r.passed for r in baseline)
-                        delta += f" vs its own first programs ({first_solved} solved)"
+                    delta = f"{comparison.delta:+.0f} ({comparison.delta_pass1:+.3f}){against}"
                     p = f"{comparison.p_value:.2g}"
                     discordant = comparison.b + comparison.c
                     z = f"{(comparison.c - comparison.b) / discordant ** 0.5:+.1f}" if discordant else "0"
@@ -520,6 +514,16 @@ def _figures_section(cells: Sequence[Cell], loaded: Mapping[Cell, list[Record]],
         links = ", ".join(f"[{p.stem}]({p.relative_to(out)})" for p in paths)
         lines.append(f"- {cell.model} {cell.benchmark} {cell.label}: {links}")
     return ["## Figures", "", *lines, ""] if lines else []
+
+
+def _paired_baseline(base_cell: Cell, baseline: list[Record], records: Sequence[Record]) -> tuple[list[Record], str]:
+    """What a row is compared with, and how the Δ cell says so when that is not `base_cell`."""
+    if base_cell.row != "single":
+        return baseline, ""
+    if not _same_first_programs(baseline, records):
+        firsts = [_as_first_attempt(r) for r in records]
+        return firsts, f" vs its own first programs ({sum(r.passed for r in firsts)} solved)"
+    return [r.without_properties("feedback") for r in baseline], ""  # single shows no test results
 
 
 def _same_first_programs(single: Sequence[Record], records: Sequence[Record]) -> bool:

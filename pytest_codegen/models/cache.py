@@ -71,18 +71,14 @@ class GenerationCache:
         return hashlib.sha256(payload.encode()).hexdigest()
 
     def get(self, model_identity: str, request: GenerationRequest) -> GenerationResponse | None:
-        keys = [self.key(model_identity, request)]
-        if request.temperature == 0:
-            keys.append(self.key(model_identity, request, seeded=True))
-        for key in keys:
-            row = self._db.execute(
-                "SELECT text, prompt_tokens, completion_tokens, seconds, finish_reason"
-                " FROM generations WHERE key = ?",
-                (key,),
-            ).fetchone()
-            if row is not None:
-                break
-        else:
+        # a greedy request also under its seeded key (either row holds the same output)
+        keys = {self.key(model_identity, request), self.key(model_identity, request, seeded=True)}
+        row = self._db.execute(
+            "SELECT text, prompt_tokens, completion_tokens, seconds, finish_reason"
+            f" FROM generations WHERE key IN ({', '.join('?' * len(keys))}) LIMIT 1",
+            tuple(keys),
+        ).fetchone()
+        if row is None:
             return None
         text, prompt_tokens, completion_tokens, seconds, finish_reason = row
         return GenerationResponse(
