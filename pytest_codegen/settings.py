@@ -19,6 +19,7 @@ class RunSettings:
     analyzer: str | None = None
     critic: str | None = None
     temperature: float | None = None  # None: each role's own default
+    refiner_temperature: float | None = None  # every role after the generator; None: as above
     max_tokens: int = 512
     seed: int = 0
     n_ctx: int = 4096
@@ -49,6 +50,11 @@ _NOT_RESULT_SHAPING = ("threads", "verbose_llama", "cache_dir", "model_server", 
                        "decode", "model_timeout")
 
 
+# Settings whose whole effect the genome (also in the key) records, left out of the key while
+# unset so that results files written before they existed still resume.
+_RECORDED_BY_THE_GENOME = ("refiner_temperature",)
+
+
 def run_key(settings: RunSettings, genome: dict | None = None) -> str:
     """Identifies the work a results file holds, so a resumed run never mixes in another's.
 
@@ -59,7 +65,8 @@ def run_key(settings: RunSettings, genome: dict | None = None) -> str:
     from dataclasses import asdict
     from pathlib import Path
 
-    shaping = {k: v for k, v in asdict(settings).items() if k not in _NOT_RESULT_SHAPING}
+    shaping = {k: v for k, v in asdict(settings).items()
+               if k not in _NOT_RESULT_SHAPING and not (k in _RECORDED_BY_THE_GENOME and v is None)}
     shaping["genome"] = genome
     if settings.replay and Path(settings.replay).is_file():
         shaping["replay"] = hashlib.sha256(Path(settings.replay).read_bytes()).hexdigest()
@@ -89,9 +96,9 @@ def check_options(settings: RunSettings, *, samples: int | None = None, min_pass
     positive(settings.max_tokens, "max_tokens", "--max-tokens", "a number of tokens")
     positive(settings.n_ctx, "n_ctx", "--n-ctx", "a context size")
     positive(settings.threads, "threads", "--threads", "a thread count")
-    t = settings.temperature
-    if t is not None and (not math.isfinite(t) or t < 0):
-        problems.append(f"--temperature must be 0 or more, not {t:g}")
+    for option, t in (("--temperature", settings.temperature), ("--refiner-temperature", settings.refiner_temperature)):
+        if t is not None and (not math.isfinite(t) or t < 0):
+            problems.append(f"{option} must be 0 or more, not {t:g}")
     if settings.rounds < 1:
         problems.append(f"--rounds must be at least 1, not {settings.rounds}")
     if samples is not None and samples < 1:

@@ -8,9 +8,11 @@ generation from the generation cache, so the whole matrix can be stopped and res
 markdown report (pass@1 with a bootstrap interval, Δ against `single` with exact McNemar, error
 transitions and fix rates, cost per solved problem, and the single-pass failure breakdown).
 
-Every cell is greedy (temperature 0) and decoded one sequence at a time: the first attempt of
-a refinement row is then the `single` row's program wherever its generation prompt is the same,
-so the Δ columns are paired comparisons of the same first programs. Where it is not (MBPP with
+Every cell is greedy (temperature 0; the sampled pair's later rounds sample at the study's
+0.2, each with a seed of its problem and round, so they too are cached and re-run alike) and
+decoded one sequence at a time: the first attempt of a refinement row is then the `single`
+row's program wherever its generation prompt is the same, so the Δ columns are paired
+comparisons of the same first programs. Where it is not (MBPP with
 `--feedback=hidden` shows every scoring test in the prompt), a row is compared with its own
 first programs.
 """
@@ -66,6 +68,12 @@ ROWS: dict[str, Row] = {row.name: row for row in (
         ("--pipeline=text", "--model={model}", "--rounds=3")),
     Row("refine-no-early-stop", "as refine, every round runs even after a pass (per-round net effect)",
         ("--pipeline=refine", "--model={model}", "--rounds=3", "--feedback=visible", "--no-early-stop")),
+    Row("refine-hidden-sampled", "as refine-hidden, but the refiner samples at the study's T = 0.2 (the first "
+        "program stays greedy: single's)",
+        ("--pipeline=refine", "--model={model}", "--rounds=3", "--feedback=hidden", "--refiner-temperature=0.2")),
+    Row("resample-hidden", "the control of refine-hidden-sampled: no program or feedback shown, each round samples "
+        "the task again at T = 0.2, stopping at the first program that passes the scoring tests",
+        ("--pipeline=resample", "--model={model}", "--rounds=3", "--feedback=hidden", "--refiner-temperature=0.2")),
     Row("split", "{model} generates, {big} refines (the role split), visible tests",
         ("--pipeline=refine", "--generator={model}", "--refiner={big}", "--rounds=3", "--feedback=visible"),
         "refine@big"),
@@ -118,7 +126,8 @@ def cells_for(
 # the feedback rows of both benchmarks come before the costlier variants, and of those the
 # cheapest first, so that an interrupted study has finished as many rows as it could:
 # no-early-stop and the analyzer (a greedy refiner mostly re-emits its program, so repeated
-# rounds are cache hits: about one round per problem), then the text critic (which never
+# rounds are cache hits: about one round per problem), the sampled-refiner pair on HumanEval
+# (only the failing programs, three sampled rounds each at most), then the text critic (which never
 # stops early, two generations a round: about 6 per problem on HumanEval), the split (1.5B
 # rounds), 1.5B's MBPP single, and last the MBPP text critic (427 problems at 6 generations).
 _ZERO_FIVE = "qwen-coder-0.5b"
@@ -131,6 +140,9 @@ STUDY_PLAN: tuple[Cell, ...] = (
     *cells_for([_ZERO_FIVE], ["mbpp"], ["single", "refine", "refine-hidden"]),
     *cells_for([_ZERO_FIVE], ["humaneval", "mbpp"], ["refine-no-early-stop"]),
     *cells_for([_ZERO_FIVE], ["mbpp"], ["refine-analyzer"]),
+    # beyond the required rows: is a gain of the study's sampled refiner the feedback's, or
+    # sampling's? (greedy refiners here mostly re-emit their program)
+    *cells_for([_ZERO_FIVE], ["humaneval"], ["refine-hidden-sampled", "resample-hidden"]),
     *cells_for([_ZERO_FIVE], ["humaneval"], ["text-critic"]),
     *cells_for([_ZERO_FIVE], ["mbpp"], ["split"], big=_ONE_FIVE),
     *cells_for([_ONE_FIVE], ["mbpp"], ["single"]),

@@ -71,7 +71,7 @@ def _phase(result: ExecutionResult) -> str:
     return "defining the candidate" if result.phase == DEFINE else "testing"
 
 
-PROGRAM_ROLES = ("generate", "refine", "reference", "null", "replay")
+PROGRAM_ROLES = ("generate", "refine", "resample", "reference", "null", "replay")
 
 
 def judge_rounds(sandbox: Sandbox, solution, final: ExecutionResult) -> list[str]:

@@ -32,6 +32,7 @@ def usage_error(result, *patterns: str) -> None:
     ("--max-tokens=0", "--max-tokens must be*greater than 0*"),
     ("--max-tokens=-3", "--max-tokens must be*greater than 0*"),
     ("--temperature=-0.5", "--temperature must be 0 or more*"),
+    ("--refiner-temperature=inf", "--refiner-temperature must be 0 or more*"),
     ("--rounds=0", "--rounds must be at least 1*"),
     ("--samples=0", "--samples must be at least 1*"),
     ("--codegen-min-pass=nan", "--codegen-min-pass must be between 0 and 1*"),

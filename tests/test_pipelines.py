@@ -143,6 +143,57 @@ def test_text_pipeline_reviews_without_execution_feedback(sandbox):
     assert records[0].passed
 
 
+def test_resample_pipeline_samples_the_task_again_without_program_or_feedback(sandbox):
+    """The no-feedback control: each round is the generator's request (same messages) from
+    the resampler at its own temperature and seed, executed and stopped early like a repair."""
+    answers = iter([function("sub", "a * b"), function("sub", "a - b")])
+    models = FakeModels(gen=ScriptedBackend("gen", generator_script),
+                        again=ScriptedBackend("again", lambda text: fenced(next(answers))))
+    settings = RunSettings(pipeline="resample", generator="gen", refiner="again", rounds=3,
+                           temperature=0.0, refiner_temperature=0.2)
+    records = run(settings, models, sandbox, problems=(SUB,))
+    assert [r.role for r in records[0].rounds] == ["generate", "resample", "resample"]
+    assert list(records[0].round_outcomes) == ["AssertionError", "AssertionError", "passed"]  # then stopped
+    first, resamples = models.get("gen").requests[0], models.get("again").requests
+    assert all(r.messages == first.messages for r in resamples)
+    assert (first.temperature, [r.temperature for r in resamples]) == (0.0, [0.2, 0.2])
+    assert len({first.seed, *(r.seed for r in resamples)}) == 3
+
+
+def test_refiner_temperature_sets_every_role_after_the_generator():
+    from pytest_codegen.pipelines.genome import builtin_genome
+
+    def temperatures(**options):
+        genome = builtin_genome(RunSettings(model="m", temperature=0.0, **options))
+        stage = genome.stages[0]
+        return genome.generator.temperature, stage.refiner.temperature, stage.analyzer and stage.analyzer.temperature
+
+    assert temperatures(pipeline="refine", analyzer="m", refiner_temperature=0.2) == (0.0, 0.2, 0.2)
+    assert temperatures(pipeline="text", refiner_temperature=0.5) == (0.0, 0.5, 0.5)
+    assert temperatures(pipeline="resample", refiner_temperature=0.2) == (0.0, 0.2, None)
+    assert temperatures(pipeline="refine") == (0.0, 0.0, None)  # --temperature alone: every role
+
+
+def test_results_files_from_before_refiner_temperature_keep_their_run_key():
+    """The committed study runs were written before --refiner-temperature existed: unset, it
+    leaves the key as it was (else every such file would refuse to resume)."""
+    import gzip
+    import json
+    from pathlib import Path
+
+    from pytest_codegen.pipelines.genome import builtin_genome
+    from pytest_codegen.settings import run_key
+
+    runs = Path(__file__).parent.parent / "docs" / "results" / "runs" / "qwen-coder-0.5b"
+    for row, pipeline in (("single", "single"), ("refine", "refine")):
+        with gzip.open(runs / f"humaneval-{row}.jsonl.gz", "rt") as lines:
+            written = json.loads(next(lines))["run_key"]
+        settings = RunSettings(pipeline=pipeline, model="qwen-coder-0.5b", temperature=0.0)
+        assert run_key(settings, builtin_genome(settings).to_dict()) == written
+    sampled = RunSettings(pipeline="refine", model="qwen-coder-0.5b", temperature=0.0, refiner_temperature=0.2)
+    assert run_key(sampled, builtin_genome(sampled).to_dict()) != written
+
+
 def test_missing_typing_import_is_never_a_name_error(sandbox):
     """HumanEval/0: a model that omits `from typing import List` is not penalised for it."""
     from pytest_codegen.datasets import humaneval
@@ -205,6 +256,9 @@ def test_study_genome_runs_unchanged(tmp_path, sandbox):
     ({"generator": {"model": 3}}, "needs a 'model'"),
     ({"generator": {"model": "m", "temperature": 5}}, "temperature"),
     ({"generator": {"model": "m"}, "stages": [{"max_iterations": 0, "refiner": {"model": "m"}}]}, "max_iterations"),
+    ({"generator": {"model": "m"}, "stages": [{"kind": "repeat", "refiner": {"model": "m"}}]}, "kind must be one of"),
+    ({"generator": {"model": "m"}, "stages": [{"kind": "resample", "refiner": {"model": "m"},
+                                               "analyzer": {"model": "m"}}]}, "no analyzer"),
 ])
 def test_bad_genomes_are_refused(bad, message):
     with pytest.raises(GenomeError, match=message):

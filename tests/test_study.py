@@ -51,6 +51,15 @@ def test_plan_covers_the_required_cells() -> None:
     assert len(plan) == len(STUDY_PLAN)
 
 
+def test_the_sampled_refiner_and_its_resampling_control_differ_only_in_what_a_round_shows() -> None:
+    sampled, control = (Cell("m", "humaneval", row).command(Path("out"))
+                        for row in ("refine-hidden-sampled", "resample-hidden"))
+    assert set(sampled) ^ set(control) == {"--pipeline=refine", "--pipeline=resample",
+                                           f"--codegen-results={Path('out/runs/m/humaneval-refine-hidden-sampled.jsonl')}",
+                                           f"--codegen-results={Path('out/runs/m/humaneval-resample-hidden.jsonl')}"}
+    assert {"--temperature=0", "--refiner-temperature=0.2", "--feedback=hidden"} <= set(sampled)
+
+
 def test_commands_are_plain_greedy_pytest_commands(tmp_path: Path) -> None:
     cell = Cell("m", "mbpp", "refine-hidden")
     command = cell.command(tmp_path)

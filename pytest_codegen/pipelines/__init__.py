@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Pipeline", "Round", "Solution", "build_pipeline", "pipeline_genome", "PIPELINES"]
 
-MODEL_PIPELINES = ("single", "refine", "text")
+MODEL_PIPELINES = ("single", "refine", "text", "resample")
 PIPELINES = ("reference", "null", "replay", *MODEL_PIPELINES)
 
 

@@ -18,7 +18,7 @@ class Round:
     """One step of a pipeline: usually one model call, optionally followed by an execution."""
 
     index: int
-    role: str  # "generate", "refine", "analyze", "critic", "replay", "reference", ...
+    role: str  # "generate", "refine", "resample", "analyze", "critic", "replay", "reference", ...
     program: str = ""
     # Outcome class of executing `program` against the feedback tests (None: not executed).
     feedback_outcome: str | None = None

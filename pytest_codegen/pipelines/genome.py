@@ -7,14 +7,17 @@
 
 also accepted wrapped as `{"fitness": ..., "genome": {...}}` (the study's champion files). The
 built-in `single`, `refine` and `text` pipelines are genomes too, so one code path runs them all.
-A stage's `kind` extends the schema: "execution" (the study's) or "review" (the text-only
-control: a critic reads the code instead of running it; `analyzer` is that critic).
+A stage's `kind` extends the schema: "execution" (the study's), "review" (the text-only
+control: a critic reads the code instead of running it; `analyzer` is that critic) or
+"resample" (the no-feedback control: the stage's `refiner` writes a fresh program from the
+generation prompt each round, executed and early-stopped like a refinement, so that what a
+sampled refiner gains can be told apart from what sampling again alone gains).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,8 @@ from ..settings import RunSettings
 
 EXECUTION = "execution"
 REVIEW = "review"
+RESAMPLE = "resample"
+KINDS = (EXECUTION, REVIEW, RESAMPLE)
 GENERATOR_TEMPERATURE = 0.3  # the study's fixed configurations
 REFINER_TEMPERATURE = 0.2
 
@@ -70,9 +75,11 @@ class Genome:
 
 
 def builtin_genome(settings: RunSettings) -> Genome:
-    """`single`, `refine` and `text` from the command-line options."""
+    """`single`, `refine`, `text` and `resample` from the command-line options."""
     def node(role: str, default_temperature: float) -> Node:
         temperature = settings.temperature
+        if role != "generator" and settings.refiner_temperature is not None:
+            temperature = settings.refiner_temperature
         return Node(
             model=settings.role_model(role),
             temperature=default_temperature if temperature is None else temperature,
@@ -88,12 +95,12 @@ def builtin_genome(settings: RunSettings) -> Genome:
         stage = Stage(1, settings.rounds, node("refiner", REFINER_TEMPERATURE), analyzer)
         return Genome(generator, (stage,))
     if settings.pipeline == "text":
-        critic = Node(
-            model=settings.critic or settings.analyzer or settings.role_model("refiner"),
-            temperature=REFINER_TEMPERATURE if settings.temperature is None else settings.temperature,
-        )
+        critic = replace(node("critic", REFINER_TEMPERATURE),
+                         model=settings.critic or settings.analyzer or settings.role_model("refiner"))
         stage = Stage(1, settings.rounds, node("refiner", REFINER_TEMPERATURE), critic, REVIEW)
         return Genome(generator, (stage,))
+    if settings.pipeline == "resample":
+        return Genome(generator, (Stage(1, settings.rounds, node("refiner", REFINER_TEMPERATURE), kind=RESAMPLE),))
     raise GenomeError(f"{settings.pipeline!r} is not a built-in genome pipeline")
 
 
@@ -145,9 +152,11 @@ def _stage(data: Any, index: int) -> Stage:
     if isinstance(innovation, bool) or not isinstance(innovation, int):
         raise GenomeError(f"{where} innovation must be an integer")
     kind = data.get("kind", EXECUTION)
-    if kind not in (EXECUTION, REVIEW):
-        raise GenomeError(f"{where} kind must be {EXECUTION!r} or {REVIEW!r}")
+    if kind not in KINDS:
+        raise GenomeError(f"{where} kind must be one of {', '.join(map(repr, KINDS))}")
     analyzer = data.get("analyzer")
+    if kind == RESAMPLE and analyzer is not None:
+        raise GenomeError(f"{where}: a resample stage has no analyzer (it shows its model no program)")
     return Stage(
         innovation=innovation,
         max_iterations=iterations,

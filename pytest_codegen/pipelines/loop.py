@@ -1,4 +1,5 @@
-"""Runs any genome: generate, then for each stage execute → (analyze) → refine, or review → refine.
+"""Runs any genome: generate, then for each stage execute → (analyze) → refine, review → refine,
+or execute → generate afresh.
 
 Every program a round produces is executed against the feedback tests (those the policy lets a
 model see) and its outcome class recorded, so the report can show transitions and the effect of
@@ -20,7 +21,7 @@ from ..problems import Problem
 from ..settings import RunSettings
 from ..verdict import execute
 from .base import Round, Solution
-from .genome import REVIEW, Genome, Node
+from .genome import RESAMPLE, REVIEW, Genome, Node, Stage
 
 
 class Backend(Protocol):
@@ -86,10 +87,32 @@ class GenomePipeline:
             step.feedback_outcome = result.outcome_class
             return result
 
-        generator = self.genome.generator
-        response, step = call(generator, "generate", lambda mode, seed: prompts.generation_request(
-            problem, mode, policy=s.feedback, temperature=generator.temperature,
-            max_tokens=s.max_tokens, seed=seed, system_prompt=generator.system_prompt))
+        def refine(stage: Stage, program: str, result: ExecutionResult) -> tuple[GenerationResponse, Round]:
+            feedback = None if stage.kind == REVIEW else prompts.feedback_text(result)
+            note = None
+            if stage.analyzer is not None:
+                analyzer = stage.analyzer
+                role = "critic" if stage.kind == REVIEW else "analyze"
+                reply, _ = call(analyzer, role, lambda mode, seed: prompts.review_request(
+                    problem, mode, program, policy=s.feedback, feedback=feedback,
+                    temperature=analyzer.temperature, max_tokens=s.max_tokens, seed=seed,
+                    system_prompt=analyzer.system_prompt))
+                note = reply.text.strip()
+            refiner = stage.refiner
+            return call(refiner, "refine", lambda mode, seed: prompts.refine_request(
+                problem, mode, program, policy=s.feedback, feedback=feedback,
+                diagnosis=note if stage.kind != REVIEW else None,
+                review=(note or "") if stage.kind == REVIEW else None,
+                temperature=refiner.temperature, max_tokens=s.max_tokens, seed=seed,
+                system_prompt=refiner.system_prompt))
+
+        def generate(node: Node, role: str) -> tuple[GenerationResponse, Round]:
+            """A program from the task alone (the first one, or a resample stage's)."""
+            return call(node, role, lambda mode, seed: prompts.generation_request(
+                problem, mode, policy=s.feedback, temperature=node.temperature,
+                max_tokens=s.max_tokens, seed=seed, system_prompt=node.system_prompt))
+
+        response, step = generate(self.genome.generator, "generate")
         result = run(step, response.text)
         program = step.program
 
@@ -97,23 +120,10 @@ class GenomePipeline:
             for _ in range(stage.max_iterations):
                 if stage.kind != REVIEW and s.early_stop and result.passed:
                     break
-                feedback = None if stage.kind == REVIEW else prompts.feedback_text(result)
-                note = None
-                if stage.analyzer is not None:
-                    analyzer = stage.analyzer
-                    role = "critic" if stage.kind == REVIEW else "analyze"
-                    reply, _ = call(analyzer, role, lambda mode, seed: prompts.review_request(
-                        problem, mode, program, policy=s.feedback, feedback=feedback,
-                        temperature=analyzer.temperature, max_tokens=s.max_tokens, seed=seed,
-                        system_prompt=analyzer.system_prompt))
-                    note = reply.text.strip()
-                refiner = stage.refiner
-                response, step = call(refiner, "refine", lambda mode, seed: prompts.refine_request(
-                    problem, mode, program, policy=s.feedback, feedback=feedback,
-                    diagnosis=note if stage.kind != REVIEW else None,
-                    review=(note or "") if stage.kind == REVIEW else None,
-                    temperature=refiner.temperature, max_tokens=s.max_tokens, seed=seed,
-                    system_prompt=refiner.system_prompt))
+                if stage.kind == RESAMPLE:
+                    response, step = generate(stage.refiner, "resample")
+                else:
+                    response, step = refine(stage, program, result)
                 result = run(step, response.text)
                 program = step.program
 
