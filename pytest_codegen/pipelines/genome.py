@@ -6,7 +6,7 @@
                  "refiner": {"model": "llama3.2:3b", ...}}]}
 
 also accepted wrapped as `{"fitness": ..., "genome": {...}}` (the study's champion files). The
-built-in `single`, `refine` and `text` pipelines are genomes too, so one code path runs them all.
+built-in `single`, `refine`, `text` and `resample` pipelines are genomes too, so one code path runs them all.
 A stage's `kind` extends the schema: "execution" (the study's), "review" (the text-only
 control: a critic reads the code instead of running it; `analyzer` is that critic) or
 "resample" (the no-feedback control: the stage's `refiner` writes a fresh program from the
