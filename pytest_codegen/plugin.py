@@ -436,14 +436,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
              f"codegen: sandbox isolation: {_state(config).get_sandbox().isolation}"]
     genome = _state(config).genome
     if genome is not None:
-        stages = "; ".join(
-            f"{st.kind} x{st.max_iterations}: {'resampler' if st.kind == 'resample' else 'refiner'}={st.refiner.model}"
-            + f" (T={st.refiner.temperature:g})"
-            + (f", {'critic' if st.kind == 'review' else 'analyzer'}={st.analyzer.model}" if st.analyzer else "")
-            for st in genome.stages
-        )
-        lines.append(f"codegen: generator={genome.generator.model} (T={genome.generator.temperature:g})"
-                     + (f"; {stages}" if stages else "")
+        lines.append(f"codegen: {genome.describe()}"
                      + f"; early stop {'on' if s.early_stop else 'off'}; cache {s.cache_dir or 'off'}")
         service = _state(config).service
         if service is not None:

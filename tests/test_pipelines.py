@@ -174,6 +174,19 @@ def test_refiner_temperature_sets_every_role_after_the_generator():
     assert temperatures(pipeline="refine") == (0.0, 0.0, None)  # --temperature alone: every role
 
 
+def test_the_header_describes_each_stage_with_its_models_and_temperatures():
+    from pytest_codegen.pipelines.genome import builtin_genome
+
+    def described(**options):
+        return builtin_genome(RunSettings(model="m", temperature=0.0, refiner_temperature=0.2, **options)).describe()
+
+    assert described(pipeline="single") == "generator=m (T=0)"
+    first = "generator=m (T=0); "
+    assert described(pipeline="refine", analyzer="a") == first + "execution x3: refiner=m (T=0.2), analyzer=a"
+    assert described(pipeline="text", critic="c", rounds=2) == first + "review x2: refiner=m (T=0.2), critic=c"
+    assert described(pipeline="resample", refiner="r") == first + "resample x3: resampler=r (T=0.2)"
+
+
 def test_results_files_from_before_refiner_temperature_keep_their_run_key():
     """The committed study runs were written before --refiner-temperature existed: unset, it
     leaves the key as it was (else every such file would refuse to resume)."""

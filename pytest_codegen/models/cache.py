@@ -71,8 +71,9 @@ class GenerationCache:
         return hashlib.sha256(payload.encode()).hexdigest()
 
     def get(self, model_identity: str, request: GenerationRequest) -> GenerationResponse | None:
-        # a greedy request also under its seeded key (either row holds the same output)
-        keys = {self.key(model_identity, request), self.key(model_identity, request, seeded=True)}
+        keys = [self.key(model_identity, request)]
+        if request.temperature == 0:  # also under its seeded key (either row holds the same output)
+            keys.append(self.key(model_identity, request, seeded=True))
         row = self._db.execute(
             "SELECT text, prompt_tokens, completion_tokens, seconds, finish_reason"
             f" FROM generations WHERE key IN ({', '.join('?' * len(keys))}) LIMIT 1",

@@ -65,6 +65,18 @@ class Genome:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def describe(self) -> str:
+        """`generator=a (T=0); execution x3: refiner=b (T=0.2), analyzer=c`, for the header."""
+        parts = [f"generator={self.generator.model} (T={self.generator.temperature:g})"]
+        for stage in self.stages:
+            role = "resampler" if stage.kind == RESAMPLE else "refiner"
+            refiner = stage.refiner
+            part = f"{stage.kind} x{stage.max_iterations}: {role}={refiner.model} (T={refiner.temperature:g})"
+            if stage.analyzer is not None:
+                part += f", {'critic' if stage.kind == REVIEW else 'analyzer'}={stage.analyzer.model}"
+            parts.append(part)
+        return "; ".join(parts)
+
     def models(self) -> set[str]:
         names = {self.generator.model}
         for stage in self.stages:
