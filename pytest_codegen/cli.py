@@ -405,7 +405,10 @@ def cmd_study(args: argparse.Namespace) -> int:
     else:
         cells = [c for c in STUDY_PLAN if c.benchmark in args.benchmarks]
     out: Path = args.out
-    cache = cache_dir(args.pytest_args, Path.cwd())
+    try:
+        cache = cache_dir(cells[0].command(out, args.pytest_args)[1:]) if cells else None
+    except ValueError as error:
+        raise CLIError(str(error)) from None
     mbpp_data = option_value(args.pytest_args, "--mbpp-data")
     if mbpp_data is not None:  # the report reads MBPP's entry points as the cells' pytest does
         os.environ["CODEGEN_MBPP_DATA"] = mbpp_data

@@ -257,15 +257,31 @@ def compress_results(cells: Iterable[Cell], out: Path) -> None:
 CACHE_EXPORT = "generations.jsonl.gz"
 
 
-def cache_dir(extra: Sequence[str], root: Path) -> Path | None:
-    """The generation cache the cells' commands use: `--codegen-cache` among `extra`, else the
-    plugin's default (.codegen-cache in the rootdir); None with --no-codegen-cache."""
-    if "--no-codegen-cache" in extra:
-        return None
-    from .settings import CACHE_DIR
+def cache_dir(pytest_args: Sequence[str]) -> Path | None:
+    """The generation cache that `pytest *pytest_args` uses, resolved by pytest itself: the
+    command line (addopts included), else the ini file's `codegen_cache`, else .codegen-cache
+    in the rootdir; None when it is off. Raises ValueError when pytest rejects the options."""
+    import pytest
 
-    given = option_value(extra, "--codegen-cache")
-    return Path(given) if given is not None else root / CACHE_DIR
+    from .ini import pin_from_ini
+    from .plugin import settings_from_options
+
+    class Probe:
+        """Reads the settings once pytest has parsed its configuration, then stops the run."""
+
+        cache: str | None = None
+
+        @pytest.hookimpl(tryfirst=True)
+        def pytest_cmdline_main(self, config: pytest.Config) -> int:
+            pin_from_ini(config)
+            self.cache = settings_from_options(config).cache_dir
+            return 0
+
+    probe = Probe()
+    status = pytest.main(list(pytest_args), plugins=[probe])
+    if status != 0:
+        raise ValueError(f"pytest refused the cells' options (exit status {status}): {shlex.join(pytest_args)}")
+    return None if probe.cache is None else Path(probe.cache)
 
 
 def option_value(extra: Sequence[str], name: str) -> str | None:

@@ -238,9 +238,20 @@ def test_the_study_loads_its_committed_generations_into_the_cache(tmp_path: Path
             "--", f"--codegen-cache={ours}"]
     assert main(args) == 0
     assert GenerationCache(ours).get("model-a", request).text == "    return 1"
-    assert cache_dir(["--codegen-cache", "/x"], tmp_path) == Path("/x")
-    assert cache_dir([], tmp_path) == tmp_path / ".codegen-cache"
-    assert cache_dir(["--no-codegen-cache"], tmp_path) is None
+
+
+def test_the_study_finds_the_cache_its_cells_use_as_pytest_resolves_it(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    (project / "suite").mkdir(parents=True)
+    assert cache_dir([str(project / "suite")]) == project / "suite" / ".codegen-cache"  # rootdir
+    (project / "pytest.ini").write_text("[pytest]\ncodegen_cache = shared-cache\n")
+    assert cache_dir([str(project / "suite")]) == project / "shared-cache"  # the ini file's key
+    assert cache_dir([str(project / "suite"), "--codegen-cache=/x"]) == Path("/x")  # overrides it
+    assert cache_dir([str(project / "suite"), "--no-codegen-cache"]) is None
+    (project / "pytest.ini").write_text("[pytest]\ncodegen_cache = off\n")
+    assert cache_dir([str(project / "suite")]) is None
+    with pytest.raises(ValueError, match="pytest refused"):
+        cache_dir([str(project / "suite"), "--no-such-option"])
 
 
 def test_breakdown_says_when_it_cannot_tell_misnamed_functions(tmp_path: Path, monkeypatch) -> None:
