@@ -74,6 +74,12 @@ ROWS: dict[str, Row] = {row.name: row for row in (
     Row("resample-hidden", "the control of refine-hidden-sampled: no program or feedback shown, each round samples "
         "the task again at T = 0.2, stopping at the first program that passes the scoring tests",
         ("--pipeline=resample", "--model={model}", "--rounds=3", "--feedback=hidden", "--refiner-temperature=0.2")),
+    Row("refine-sampled", "as refine (visible tests), but the refiner samples at T = 0.2: what a user can run, "
+        "since no scoring test decides when to stop",
+        ("--pipeline=refine", "--model={model}", "--rounds=3", "--feedback=visible", "--refiner-temperature=0.2")),
+    Row("resample", "the control of refine-sampled: each round samples the task again at T = 0.2, stopping at the "
+        "first program that passes the visible tests",
+        ("--pipeline=resample", "--model={model}", "--rounds=3", "--feedback=visible", "--refiner-temperature=0.2")),
     Row("split", "{model} generates, {big} refines (the role split), visible tests",
         ("--pipeline=refine", "--generator={model}", "--refiner={big}", "--rounds=3", "--feedback=visible"),
         "refine@big"),
@@ -143,11 +149,14 @@ STUDY_PLAN: tuple[Cell, ...] = (
     # beyond the required rows: is a gain of the study's sampled refiner the feedback's, or
     # sampling's? (greedy refiners here mostly re-emit their program)
     *cells_for([_ZERO_FIVE], ["humaneval"], ["refine-hidden-sampled", "resample-hidden"]),
+    # the same pair where the visible tests decide when to stop (no oracle: what a user can run)
+    *cells_for([_ZERO_FIVE], ["humaneval"], ["refine-sampled", "resample"]),
     *cells_for([_ZERO_FIVE], ["humaneval"], ["text-critic"]),
     *cells_for([_ZERO_FIVE], ["mbpp"], ["split"], big=_ONE_FIVE),
     *cells_for([_ONE_FIVE], ["mbpp"], ["single"]),
     *cells_for([_ZERO_FIVE], ["mbpp"], ["text-critic"]),
     *cells_for([_ONE_FIVE], ["mbpp"], ["refine"]),
+    *cells_for([_ZERO_FIVE], ["mbpp"], ["refine-sampled", "resample"]),
 )
 
 

@@ -51,13 +51,20 @@ def test_plan_covers_the_required_cells() -> None:
     assert len(plan) == len(STUDY_PLAN)
 
 
-def test_the_sampled_refiner_and_its_resampling_control_differ_only_in_what_a_round_shows() -> None:
-    sampled, control = (Cell("m", "humaneval", row).command(Path("out"))
-                        for row in ("refine-hidden-sampled", "resample-hidden"))
+@pytest.mark.parametrize(("refiner_row", "control_row", "feedback"), [
+    ("refine-hidden-sampled", "resample-hidden", "hidden"),
+    ("refine-sampled", "resample", "visible"),
+])
+def test_the_sampled_refiner_and_its_resampling_control_differ_only_in_what_a_round_shows(
+    refiner_row: str, control_row: str, feedback: str
+) -> None:
+    sampled, control = (Cell("m", "humaneval", row).command(Path("out")) for row in (refiner_row, control_row))
     assert set(sampled) ^ set(control) == {"--pipeline=refine", "--pipeline=resample",
-                                           f"--codegen-results={Path('out/runs/m/humaneval-refine-hidden-sampled.jsonl')}",
-                                           f"--codegen-results={Path('out/runs/m/humaneval-resample-hidden.jsonl')}"}
-    assert {"--temperature=0", "--refiner-temperature=0.2", "--feedback=hidden"} <= set(sampled)
+                                           f"--codegen-results={Path(f'out/runs/m/humaneval-{refiner_row}.jsonl')}",
+                                           f"--codegen-results={Path(f'out/runs/m/humaneval-{control_row}.jsonl')}"}
+    assert {"--temperature=0", "--refiner-temperature=0.2", f"--feedback={feedback}"} <= set(sampled)
+    assert {Cell("qwen-coder-0.5b", "humaneval", refiner_row), Cell("qwen-coder-0.5b", "humaneval", control_row)} \
+        <= set(STUDY_PLAN)
 
 
 def test_commands_are_plain_greedy_pytest_commands(tmp_path: Path) -> None:
