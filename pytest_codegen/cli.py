@@ -473,11 +473,15 @@ def cmd_study(args: argparse.Namespace) -> int:
                  help="results file: stratify both subsets by its per-problem pass rate"),
         argument("--feedback", choices=("visible", "hidden"), default="visible"),
         argument("--species", type=int, default=4, metavar="N", help="target number of species (4)"),
+        argument("--switch-kind", type=float, default=0.0, metavar="RATE",
+                 help="beyond the study: per-genome rate of turning a stage into a resample stage "
+                      "(a fresh program from the task, no feedback) or back (0: the study's search)"),
         argument("--no-progress", action="store_true", help="no progress bar"),
     ],
 )
 def cmd_evolve(args: argparse.Namespace) -> int:
     from pytest_codegen.evolve import EvolveError, SearchConfig, search
+    from pytest_codegen.evolve.operators import MutationRates
 
     config = SearchConfig(
         out=str(args.out), benchmark=args.benchmark, mbpp_data=args.mbpp_data,
@@ -486,7 +490,7 @@ def cmd_evolve(args: argparse.Namespace) -> int:
         holdout_evaluations=args.holdout_evaluations, models=args.models, seed=args.seed,
         workers=args.workers, codegen_cache=None if args.no_codegen_cache else args.codegen_cache,
         max_tokens=args.max_tokens, difficulty_from=args.difficulty_from, feedback=args.feedback,
-        target_species=args.species,
+        target_species=args.species, rates=MutationRates(switch_kind=args.switch_kind),
         rootdir=str(args.rootdir if args.rootdir is not None else Path.cwd()),
         progress=not args.no_progress,
     )

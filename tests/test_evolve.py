@@ -80,6 +80,7 @@ def test_defaults_are_the_study_rates():
             r.temperature, r.iterations) == (0.04, 0.05, 0.18, 0.25, 0.30, 0.20, 0.10)
     assert (r.remove_analyzer_share, r.temperature_sigma, r.temperature_min, r.temperature_max,
             r.fewer_iterations_share) == (0.6, 0.08, 0.05, 1.2, 0.6)
+    assert r.switch_kind == 0.0  # beyond the study: off
     g = genome(stage(1, 2, analyzer=node()), stage(4))
     assert node_count(g) == 4 and complexity_penalty(g) == 0.08
     assert trials("add_stage", g, n=50, rate=0.0) == [g] * 50  # all rates 0: unchanged
@@ -180,6 +181,50 @@ def test_iterations_step_toward_fewer_within_1_to_3():
 
 
 # ------------------------------------------------------------------- crossover
+
+
+def test_switch_kind_turns_a_stage_into_a_resample_stage_and_back():
+    start = genome(stage(1, 2, refiner=node("m1", POOLS["refiner"][1], 0.4), analyzer=node("m2")), stage(2))
+    results = trials("switch_kind", start, n=400)
+    switched = {g for g in results if g != start}
+    assert len(switched) == 2 and all(g in switched for g in results)  # every time, one of the two stages
+    first = next(g for g in switched if g.stages[0].kind == "resample")
+    # no analyzer (no program to diagnose), the default prompt of its new role, the rest kept
+    assert first.stages[0] == Stage(1, 2, node("m1", None, 0.4), None, kind="resample")
+    assert first.stages[1] == start.stages[1]
+    back = trials("switch_kind", genome(first.stages[0]), n=1)[0]
+    assert back == genome(stage(1, 2, refiner=node("m1", None, 0.4)))
+
+
+def test_switch_kind_off_draws_nothing_so_the_studys_search_is_unchanged():
+    def draws(rates):
+        rng = random.Random(3)
+        mutate(genome(stage(1)), rng, POOL, InnovationCounter(), rates)
+        return rng.getstate()
+
+    def after(n):
+        rng = random.Random(3)
+        for _ in range(n):
+            rng.random()
+        return rng.getstate()
+
+    off = MutationRates.only("add_stage", rate=0.0)
+    assert draws(off) == after(7)  # one per study operator
+    assert draws(replace(off, switch_kind=1e-9)) == after(8)
+    assert "switch_kind" not in SearchConfig(out="o").shaping()["rates"]  # resumes pre-switch checkpoints
+    assert SearchConfig(out="o", rates=MutationRates(switch_kind=0.1)).shaping()["rates"]["switch_kind"] == 0.1
+    with pytest.raises(EvolveError, match="switch-kind"):
+        SearchConfig(out="o", rates=MutationRates(switch_kind=float("nan"))).check()
+
+
+def test_a_resample_stage_takes_no_analyzer_and_generation_prompts():
+    start = genome(Stage(1, 1, node(), None, kind="resample"))
+    assert set(trials("add_analyzer", start, n=20)) == {start}
+    prompts = {g.stages[0].refiner.system_prompt for g in trials("change_prompt", start, n=300)
+               if g.stages[0] != start.stages[0]}
+    assert prompts and prompts <= set(POOLS["generator"])
+    # a kind differs like an analyzer does: 0.5
+    assert distance(start, genome(stage(1))) == pytest.approx(0.5)
 
 
 def test_crossover_aligns_by_innovation():
@@ -567,3 +612,12 @@ def test_cli_refuses_an_unknown_model(tmp_path, capsys):
     assert main(["evolve", "--out", str(tmp_path / "o"), "--models", "no-such-model-xyz",
                  "--problems", "2", "--holdout", "2", "--no-progress"]) == 2
     assert "no-such-model-xyz" in capsys.readouterr().err
+
+
+def test_cli_refuses_a_switch_kind_rate_outside_0_to_1(tmp_path, capsys):
+    from pytest_codegen.cli import main
+
+    assert main(["evolve", "--out", str(tmp_path / "o"), "--switch-kind", "1.5",
+                 "--problems", "2", "--holdout", "2", "--no-progress"]) == 2
+    assert "switch-kind rate must be between 0 and 1" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -65,6 +65,8 @@ class SearchConfig:
                 problems.append(f"{name} must be at least 1")
         if not self.models:
             problems.append("name at least one model")
+        if not 0 <= self.rates.switch_kind <= 1:
+            problems.append("the switch-kind rate must be between 0 and 1")
         if not 0 <= self.elitism <= self.population:
             problems.append("elitism must be between 0 and the population size")
         if problems:
@@ -74,6 +76,8 @@ class SearchConfig:
         """The settings that decide the result: a resumed search must have the same."""
         data = asdict(self)
         data["models"] = list(self.models)
+        if not self.rates.switch_kind:  # the study's search space: as checkpoints made before it
+            del data["rates"]["switch_kind"]
         for name in OPERATIONAL:
             data.pop(name)
         return data

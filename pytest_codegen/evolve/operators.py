@@ -8,6 +8,12 @@ passed in: the search owns one `random.Random(seed)`.
 Mutation: each operator fires independently with its rate, in the fixed order of
 `MutationRates`' fields, and one `rng.random()` is drawn per operator whether or not it can
 apply, so the stream of random numbers does not depend on the genome's shape.
+
+Beyond the study's schema, `switch_kind` turns a stage into a resample stage (its node writes a
+fresh program from the task, shown no program or feedback) or back: the study's own rows found
+that a fresh sample fixes more than a repair, so a search should be able to find that loop.
+It is off by default and draws no random number while off, so a search without it is the
+study's, random stream included.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from ..pipelines.genome import GENERATOR_TEMPERATURE, REFINER_TEMPERATURE, Genome, Node, Stage
+from ..pipelines.genome import EXECUTION, GENERATOR_TEMPERATURE, REFINER_TEMPERATURE, RESAMPLE, Genome, Node, Stage
 from ..prompts import POOLS
 
 MAX_STAGES = 3
@@ -35,6 +41,7 @@ class MutationRates:
     change_prompt: float = 0.30
     temperature: float = 0.20
     iterations: float = 0.10
+    switch_kind: float = 0.0  # beyond the study: execution <-> resample stage (off: the study's search)
     # remove_node: which kind of node goes
     remove_analyzer_share: float = 0.60  # else the last stage
     # temperature: Gaussian step, clipped
@@ -53,7 +60,7 @@ class MutationRates:
 
 
 OPERATORS = ("add_stage", "add_analyzer", "remove_node", "swap_model", "change_prompt",
-             "temperature", "iterations")
+             "temperature", "iterations", "switch_kind")
 
 
 class InnovationCounter:
@@ -134,6 +141,13 @@ def role_of(address: Address) -> str:
     return address[-1]
 
 
+def prompt_pool(genome: Genome, address: Address) -> str:
+    """The prompt pool of a node: its role's, except a resample stage's node, which generates."""
+    if address != ("generator",) and genome.stages[address[0]].kind == RESAMPLE:
+        return "generator"
+    return role_of(address)
+
+
 def get_node(genome: Genome, address: Address) -> Node:
     if address == ("generator",):
         return genome.generator
@@ -181,6 +195,8 @@ def mutate(
         g = perturb_temperature(g, rng, rates.temperature_sigma, rates.temperature_min, rates.temperature_max)
     if rng.random() < rates.iterations:
         g = step_iterations(g, rng, rates.fewer_iterations_share)
+    if rates.switch_kind and rng.random() < rates.switch_kind:
+        g = switch_kind(g, rng)
     return g
 
 
@@ -194,7 +210,7 @@ def add_stage(genome: Genome, rng: random.Random, models: Sequence[str], innovat
 
 def add_analyzer(genome: Genome, rng: random.Random, models: Sequence[str]) -> Genome:
     """Give a random stage without an analyzer one (random model, analyzer-pool prompt)."""
-    free = [i for i, stage in enumerate(genome.stages) if stage.analyzer is None]
+    free = [i for i, stage in enumerate(genome.stages) if stage.analyzer is None and stage.kind != RESAMPLE]
     if not free:
         return genome
     index = rng.choice(free)
@@ -233,7 +249,7 @@ def change_prompt(genome: Genome, rng: random.Random) -> Genome:
     """A random node gets another system prompt from its role's pool."""
     address = rng.choice(node_addresses(genome))
     node = get_node(genome, address)
-    others = [p for p in POOLS[role_of(address)] if p != node.system_prompt]
+    others = [p for p in POOLS[prompt_pool(genome, address)] if p != node.system_prompt]
     if not others:
         return genome
     return set_node(genome, address, replace(node, system_prompt=rng.choice(others)))
@@ -256,6 +272,21 @@ def step_iterations(genome: Genome, rng: random.Random, fewer_share: float = 0.6
     step = -1 if rng.random() < fewer_share else 1
     value = min(MAX_ITERATIONS, max(MIN_ITERATIONS, stage.max_iterations + step))
     return set_stage(genome, index, replace(stage, max_iterations=value))
+
+
+def switch_kind(genome: Genome, rng: random.Random) -> Genome:
+    """A random stage switches between refining from feedback and sampling the task again.
+
+    A stage that becomes a resample stage loses its analyzer (there is no program to diagnose);
+    its node keeps model and temperature, and its system prompt goes back to the default of its
+    new role, since the other role's prompts ask for something else."""
+    index = rng.randrange(len(genome.stages))
+    stage = genome.stages[index]
+    kind = RESAMPLE if stage.kind == EXECUTION else EXECUTION if stage.kind == RESAMPLE else None
+    if kind is None:  # a review stage: not in the searched schema
+        return genome
+    node = replace(stage.refiner, system_prompt=None)
+    return set_stage(genome, index, replace(stage, kind=kind, refiner=node, analyzer=None))
 
 
 # ------------------------------------------------------------------- crossover

@@ -6,6 +6,7 @@ stage pair the refiners are aligned, and the analyzers when both stages have one
 
     distance = 1.0 * Δstages      stages whose innovation only one genome has (disjoint + excess)
              + 0.5 * Δanalyzers   aligned stage pairs where exactly one stage has an analyzer
+             + 0.5 * Δkinds       aligned stage pairs of different kinds (refine vs resample)
              + 0.4 * (model mismatches over aligned nodes)
              + 0.2 * (system-prompt mismatches over aligned nodes)
              + 0.1 * (Σ |Δtemperature| over aligned nodes + Σ |Δmax_iterations| over aligned stages)
@@ -25,6 +26,7 @@ from ..pipelines.genome import Genome, Node
 class DistanceWeights:
     stage: float = 1.0
     analyzer: float = 0.5
+    kind: float = 0.5
     model: float = 0.4
     prompt: float = 0.2
     parameter: float = 0.1  # per unit of |Δtemperature| and of |Δmax_iterations|
@@ -50,6 +52,7 @@ def distance(a: Genome, b: Genome, weights: DistanceWeights = DistanceWeights())
         x, y = ours[innovation], theirs[innovation]
         total += _node_distance(x.refiner, y.refiner, w)
         total += w.parameter * abs(x.max_iterations - y.max_iterations)
+        total += w.kind * (x.kind != y.kind)
         if (x.analyzer is None) != (y.analyzer is None):
             total += w.analyzer
         elif x.analyzer is not None and y.analyzer is not None:
