@@ -490,6 +490,21 @@ def noisy_models():
     return FakeModels(noisy=NoisyBackend("noisy", 0.3, 0.2))
 
 
+def test_with_switch_kind_the_search_finds_resampling_where_repair_copies(tmp_path):
+    """A model that writes a right program half the time but copies a failed one when asked to
+    fix it (what the study's rows found Qwen doing): with `switch_kind` the search finds that
+    sampling again beats refining; without it, no genome can have a resample stage."""
+    copier = lambda: FakeModels(copier=NoisyBackend("copier", 0.5, 0.0))  # noqa: E731
+    kwargs = dict(models_factory=copier, problems=PROBLEMS, sandbox=MarkerSandbox())
+    config = scripted_config(tmp_path / "a", models=("copier",), evaluations=2, seed=2)
+    plain = search(config, **kwargs)
+    assert all(s.kind == "execution" for s in plain.champion.genome.stages)
+    switched = search(replace(config, out=str(tmp_path / "b"), rates=MutationRates(switch_kind=0.5)), **kwargs)
+    assert any(s.kind == "resample" for s in switched.champion.genome.stages)
+    assert switched.champion.search_fitness > plain.champion.search_fitness
+    assert switched.champion.holdout_pass > plain.champion.holdout_pass  # on problems it never saw
+
+
 # ------------------------------------------------------------------- checkpoint and resume
 
 
