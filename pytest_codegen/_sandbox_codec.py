@@ -27,6 +27,11 @@ import typing
 
 MAX_DEPTH = 100  # containers within containers
 MAX_BYTES = 16 << 20
+# A set's or dict's keys are distinct, and distinct keys that share a hash make building it
+# quadratic (the integers k * (2**61 - 1) all hash to 0): beyond this many on one hash, the
+# value is refused rather than built (checked for containers of more than _HASH_CHECK_ABOVE).
+MAX_SHARED_HASH = 64
+_HASH_CHECK_ABOVE = 1024
 
 PLAIN = "None, bool, int, float, complex, str, bytes, and lists, tuples, dicts, sets and frozensets of them"
 _SPECIAL_FLOATS = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
@@ -205,6 +210,18 @@ def from_json(raw: object) -> object:
 _SCALARS = (type(None), bool, int, float, str)
 
 
+def _distinct_hashes(keys: list) -> list:
+    """`keys`, once no more than MAX_SHARED_HASH of them share a hash (see there)."""
+    if len(keys) > _HASH_CHECK_ABOVE:
+        counts: dict[int, int] = {}
+        for key in keys:
+            shared = counts.get(hash(key), 0) + 1  # (a hash value is an int that hashes to itself)
+            if shared > MAX_SHARED_HASH:
+                raise Malformed(f"a set or dict of which more than {MAX_SHARED_HASH} keys share one hash")
+            counts[hash(key)] = shared
+    return keys
+
+
 def _build(raw: object, depth: int) -> object:
     if type(raw) is not list:
         if type(raw) in _SCALARS:
@@ -223,17 +240,19 @@ def _build(raw: object, depth: int) -> object:
         if tag == "t":
             return tuple(items)
         if tag == "s":
-            return set(items)
+            return set(_distinct_hashes(items))
         if tag == "f":
-            return frozenset(items)
+            return frozenset(_distinct_hashes(items))
         if tag == "d" and n % 2 == 0:
-            return dict(zip(items[::2], items[1::2]))
+            return dict(zip(_distinct_hashes(items[::2]), items[1::2]))
         if tag == "b" and n == 1 and type(items[0]) is str:
             return bytes.fromhex(items[0])
         if tag == "c" and n == 2 and type(items[0]) is float and type(items[1]) is float:
             return complex(items[0], items[1])
     except TypeError:  # a list as a set member or dict key
         raise Malformed(f"an unhashable value in a {tag!r} container") from None
+    except Malformed:
+        raise
     except ValueError:
         raise Malformed("bytes that are not hex") from None
     raise Malformed(f"an array tagged {tag[:20]!r} of {n} elements")

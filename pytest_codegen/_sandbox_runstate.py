@@ -110,7 +110,7 @@ class RunState:
     def _message(self, line: bytes) -> None:
         try:
             msg = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # (arrays nested 100,000 deep: the parser recurses)
             self.corrupt = "unparsable message on the result channel"
             return
         if not isinstance(msg, dict):

@@ -114,16 +114,27 @@ _ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[
 
 def printable_name(name: object, limit: int = 200, default: str = "unknown") -> str:
     """`name` as a class name fit for a terminal and a table: escape sequences and control
-    or format characters removed, whitespace runs made one space; `default` if nothing is
-    left."""
+    or format characters removed, whitespace runs made one space, other characters than ASCII
+    written as escapes (a Cyrillic `раssеd` is not `passed`); `default` if nothing is left."""
     if (isinstance(name, str) and name.isascii() and name.isprintable() and 0 < len(name) <= limit
             and name[0] != " " and name[-1] != " " and "  " not in name):
         # The common case (an exception's name): printable ASCII, no escape, no space to fold.
         return name
     text = _ANSI.sub("", name if isinstance(name, str) else "" if name is None else str(name))
     text = "".join(" " if ch.isspace() else ch for ch in text if ch.isspace() or unicodedata.category(ch)[0] != "C")
-    text = " ".join(text.split())[:limit]
+    text = " ".join(text.split()).encode("ascii", "backslashreplace").decode("ascii")[:limit]
     return text or default
+
+
+# What a candidate's text (its messages, traceback, output) must not bring to a terminal: C0
+# controls but tab and newline (escape sequences, carriage returns), DEL and C1, and the
+# invisible and bidirectional format characters that make text read other than it is.
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
+
+
+def terminal_text(text: str) -> str:
+    """`text` with every such character written as its escape (`\\x1b`), for a terminal."""
+    return _UNSAFE.sub(lambda match: ascii(match.group())[1:-1], text)
 
 
 NO_CODE_RESULT = ExecutionResult(status=NO_CODE, message="the pipeline produced no code")

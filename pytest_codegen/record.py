@@ -202,7 +202,12 @@ class Record:
 
     def to_json(self) -> str:
         """The JSON form as one line of text: a results file's line."""
-        return json.dumps(self.to_dict(), ensure_ascii=False)
+        line = json.dumps(self.to_dict(), ensure_ascii=False)
+        try:
+            line.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate (from a model's API, say): \u escapes keep it
+            line = json.dumps(self.to_dict(), ensure_ascii=True)
+        return line
 
     def without_run_facts(self) -> dict[str, Any]:
         """The JSON form without wall-clock and sandbox facts: what two runs of the same work

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pytest_codegen._sandbox_bootstrap import command
-from pytest_codegen.outcome import FAILED, TEST, ExecutionResult
+from pytest_codegen.outcome import FAILED, TEST, TIMEOUT, ExecutionResult
 from pytest_codegen.problems import TestCase
 
 __all__ = ["Limits", "Sandbox", "SandboxError"]
@@ -101,6 +101,13 @@ class SandboxError(RuntimeError):
 
 class _Broken(Exception):
     """The server is unusable; restart it."""
+
+
+class _NoAnswer(_Broken):
+    """The server did not answer within the run's wall-clock limit and its margin."""
+
+
+TIMEOUT_WALL = "timeout (wall)"  # the server's name for a wall-clock timeout (_sandbox_runstate)
 
 
 class Sandbox:
@@ -261,7 +268,7 @@ class Sandbox:
         while n:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise _Broken("the server did not answer in time")
+                raise _NoAnswer("the server did not answer in time")
             ready, _, _ = select.select([fd], [], [], left)
             if not ready:
                 continue
@@ -349,7 +356,7 @@ class Sandbox:
                 raise SandboxError("the sandbox is closed")
             if os.getpid() != self._owner_pid:  # forked caller: the pipes belong to the parent
                 self._proc = None
-            problems = []
+            problems, unanswered = [], 0
             for _attempt in range(2):
                 try:
                     if self._proc is None:
@@ -362,11 +369,19 @@ class Sandbox:
                     return ExecutionResult.from_dict(reply["result"]), explained
                 except (_Broken, SandboxError, KeyError, TypeError) as e:
                     problems.append(str(e))
+                    unanswered += isinstance(e, _NoAnswer)
                     self._kill_server()
                 except BaseException:
                     # e.g. KeyboardInterrupt mid-exchange: the protocol state is unknown
                     self._kill_server()
                     raise
+            if unanswered == 2:
+                # A fresh server computed past every limit on this program's results twice (the
+                # trusted side builds what the tests ask of them: a set of numbers whose hashes
+                # collide grows quadratically): the program's timeout, as in its own process.
+                return ExecutionResult(TIMEOUT, TIMEOUT_WALL, message=(
+                    "checking this program's results outlasted the wall-clock limit (twice, on a "
+                    "fresh sandbox server): values that are very slow to hash or compare?")), []
             raise SandboxError("the sandbox server failed twice: " + " / ".join(problems))
 
 

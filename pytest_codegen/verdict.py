@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from .outcome import DEFINE, FAILED, NO_CODE_RESULT, ExecutionResult
+from .outcome import DEFINE, FAILED, NO_CODE_RESULT, ExecutionResult, terminal_text
 from .problems import Problem, TestCase
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ def describe_failure(result: ExecutionResult, max_output: int = 800) -> str:
         excerpt = result.output[:max_output]
         lines.append("output:")
         lines.extend("    " + line for line in excerpt.rstrip().splitlines())
-    return "\n".join(lines)
+    return terminal_text("\n".join(lines))  # the candidate wrote most of it
 
 
 def _phase(result: ExecutionResult) -> str:

@@ -72,6 +72,16 @@ def test_a_binary_replay_file_is_a_usage_error(pytester):
     assert f"{replay}:1: not UTF-8 text" in output and "Traceback" not in output
 
 
+def test_a_replay_sample_with_a_lone_surrogate_is_a_usage_error(pytester):
+    replay = pytester.path / "surrogate.jsonl"
+    replay.write_text('{"task_id": "HumanEval/0", "solution": "def f():\\n    return 1  # \\ud800\\n"}\n')
+    result = pytester.runpytest_subprocess(HUMANEVAL, "--pipeline=replay", f"--replay={replay}")
+    assert result.ret != pytest.ExitCode.OK
+    output = result.stdout.str() + result.stderr.str()
+    assert f"{replay}:1: the sample's text holds a lone surrogate ('\\ud800')" in output
+    assert "Traceback" not in output and "INTERNALERROR" not in output
+
+
 @pytest.mark.parametrize("line", [b"\xff\xfe\x00\x01binary\n", b"[1, 2, 3]\n", b"42\n", b'"text"\n'])
 def test_a_results_file_with_a_line_that_is_no_record_is_a_usage_error(pytester, line):
     results = pytester.path / "r.jsonl"

@@ -180,6 +180,20 @@ def test_malformed_and_failed_responses_are_clear_errors(fake_server, status, bo
     assert remote.identity == 'openai:fake:{"id": "fake"}'  # `created` is left out
 
 
+def test_a_lone_surrogate_in_a_reply_becomes_a_replacement_character(fake_server, tmp_path):
+    """JSON can carry `\\ud800`, which no program, results file or cache can hold as text."""
+    from pytest_codegen.models.cache import GenerationCache
+
+    _Fake.status, _Fake.body = 200, b'{"choices": [{"message": {"content": "x = 1  # \\ud800"}}]}'
+    remote = OpenAIBackend(f"http://127.0.0.1:{fake_server.server_port}/v1", "fake", retries=1, backoff=0.01)
+    reply = remote.generate(GenerationRequest(messages=(Message("user", "hi"),), max_tokens=1))
+    assert reply.text == "x = 1  # ?"
+    cache = GenerationCache(tmp_path)
+    request = GenerationRequest(messages=(Message("user", "hi \ud800"),), max_tokens=1)
+    cache.put("fake", request, reply)  # a request's lone surrogate hashes too
+    assert cache.get("fake", request).text == reply.text
+
+
 @slow
 def test_a_killed_server_is_restarted_and_the_request_retried(gemma_path):
     server = EmbeddedModelServer({"g": (gemma_path, "completion")}, n_ctx=512, slots=1, threads=2)

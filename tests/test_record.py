@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 from pathlib import Path
@@ -92,6 +93,16 @@ def test_a_built_record_is_written_and_read_back_equal(tmp_path: Path) -> None:
     assert list(read_records(tmp_path / "r.jsonl")) == [record]
     facts = record.without_run_facts()
     assert "timing" not in facts and "sandbox" not in facts and "seconds" not in facts["rounds"][1]
+
+
+def test_a_lone_surrogate_in_a_record_is_written_as_an_escape_and_read_back(tmp_path: Path) -> None:
+    """Text no UTF-8 file can hold (a lone surrogate) must not stop the run that writes it."""
+    record = dataclasses.replace(built_record(), program="x = 1  # \ud800\n")
+    assert "\\ud800" in record.to_json() and "é" in dataclasses.replace(record, program="é").to_json()
+    writer = ResultsWriter(tmp_path / "r.jsonl")
+    writer.write(record)
+    writer.close()
+    assert list(read_records(tmp_path / "r.jsonl")) == [record]
 
 
 def test_the_line_of_a_built_record_is_written_as_the_record_is(tmp_path: Path) -> None:

@@ -305,3 +305,76 @@ def test_a_forged_sandbox_error_is_the_programs_failure(box):
     r = run(box, program)
     assert not r.passed and r.status == outcome.CRASHED
     assert run(box, GOOD).passed
+
+
+# ------------------------------------------------------------------ found by a red-team review
+
+
+def test_a_class_named_like_a_builtin_exception_is_not_one(box):
+    """`class MemoryError(Exception)` must not read as the run running out of memory (which
+    also stops the remaining tests), nor any other builtin's name as that builtin."""
+    program = "class MemoryError(Exception):\n    pass\ndef f(x):\n    raise MemoryError()\n"
+    r = run(box, program)
+    assert r.status == outcome.FAILED and r.error_type == "MemoryError (not the builtin)"
+    assert [t.error_type for t in r.tests] == ["MemoryError (not the builtin)"] * 2  # every test ran
+    real = run(box, "def f(x):\n    raise MemoryError()\n")
+    assert real.status == outcome.MEMORY
+
+
+def test_a_homoglyph_of_passed_is_written_as_escapes(box):
+    r = run(box, "E = type('\\u0440\\u0430ss\\u0435d', (Exception,), {})\ndef f(x):\n    raise E()\n")
+    assert not r.passed and r.outcome_class == "\\u0440\\u0430ss\\u0435d"
+
+
+@pytest.mark.parametrize("when", ["defining", "calling"])
+def test_a_message_nested_too_deep_to_parse_is_a_corrupt_run_not_the_tests_error(box, when):
+    """100,000 nested arrays on the result channel make the server's JSON parser recurse too
+    deep: the run is corrupt (the program wrote on the harness's channel), and the server's own
+    RecursionError is never the test's class."""
+    write = "import os\nos.write(3, b'[' * 100000 + b'\\n')\n"
+    program = write + GOOD if when == "defining" else "import os\ndef f(x):\n" + \
+        "".join("    " + line + "\n" for line in write.splitlines()) + "    return x + 1\n"
+    r = run(box, program)
+    assert not r.passed and (r.status, r.error_type) == (outcome.CRASHED, "corrupt result"), r
+    assert run(box, GOOD).passed
+
+
+def test_a_set_of_colliding_numbers_is_refused_not_built(box):
+    """Distinct multiples of 2**61 - 1 all hash to 0: a set of 200,000 of them would keep the
+    trusted server building it for minutes. The value is refused before it is built."""
+    program = "def f(x):\n    return {i * (2**61 - 1) for i in range(1, 3000)}\n"
+    r = run(box, program, limits=Limits(wall_seconds=10, cpu_seconds=5))
+    assert not r.passed and (r.status, r.error_type) == (outcome.CRASHED, "corrupt result"), r
+    assert "share one hash" in r.message
+    assert run(box, "def f(x):\n    return set(range(5000)) and x + 1\n").passed
+
+
+def test_a_server_that_cannot_finish_checking_twice_gives_a_timeout_verdict(monkeypatch):
+    """The test's own `set(...)` of a list of colliding numbers runs in the server, which no
+    limit of the run's stops: the client gives up after the wall-clock limit and its margin,
+    retries on a fresh server, and then records the program's timeout (not an item with no
+    verdict, which every resume would run again)."""
+    import pytest_codegen.sandbox as sandbox_module
+
+    monkeypatch.setattr(sandbox_module, "_REPLY_MARGIN", 1.0)
+    limits = Limits(wall_seconds=1.0, cpu_seconds=1.0, memory_mb=512)
+    program = "def f(x):\n    return [i * (2**61 - 1) for i in range(1, 200000)]\n"
+    with Sandbox(limits) as fresh:
+        r = fresh.run(program, [TestCase("set", "assert set(candidate(1)) == {1}")], entry_point="f")
+        assert (r.status, r.error_type) == (outcome.TIMEOUT, sandbox_module.TIMEOUT_WALL), r
+        assert "twice" in r.message
+        assert fresh.run(GOOD, CHECK_F, entry_point="f").passed  # the third server is fine
+        asleep = fresh.run("import time\ndef f(x):\n    time.sleep(5)\n", CHECK_F, entry_point="f")
+        assert asleep.error_type == r.error_type  # the server's own name for a wall-clock timeout
+
+
+
+def test_a_failures_description_brings_no_escape_sequence_to_the_terminal(box):
+    from pytest_codegen.verdict import describe_failure
+
+    program = ("import sys\nprint('\\x1b]0;pwned\\x07\\x1b[1A\\x1b[2K=== 2 passed ===\\r')\n"
+               "def f(x):\n    raise ValueError('\\x1b[32mgreen\\u202e')\n")
+    r = run(box, program)
+    text = describe_failure(r)
+    assert "\x1b" not in text and "\r" not in text and "\u202e" not in text and "\x07" not in text
+    assert "ValueError" in text and "\\x1b[32mgreen\\u202e" in text and "\\x1b]0;pwned\\x07" in text

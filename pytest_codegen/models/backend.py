@@ -43,7 +43,7 @@ class GenerationRequest:
     def digest(self) -> str:
         """A stable hash of the whole request (the seed included)."""
         text = json.dumps(self.to_dict(), sort_keys=True, ensure_ascii=False)
-        return hashlib.sha256(text.encode()).hexdigest()
+        return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -136,6 +136,8 @@ class OpenAIBackend:
             raise ModelServerError(
                 f"malformed response from {self.base_url}{path} for {self.model!r} "
                 f"({type(error).__name__}: {error}): {_preview(payload)}") from None
+        # JSON can carry a lone surrogate (\ud800), which no program, file or cache can hold
+        text = text.encode("utf-8", "replace").decode("utf-8")
         return GenerationResponse(text, prompt_tokens, completion_tokens, seconds, finish_reason)
 
     def close(self) -> None:

@@ -98,6 +98,11 @@ def _read_samples(path: Path, mtime_ns: int, size: int) -> dict[str, list[dict]]
                 raise ReplayError(
                     f"{path}:{number}: a sample needs a string 'completion' or 'solution'"
                 )
+            try:
+                code.encode("utf-8")
+            except UnicodeEncodeError as error:
+                raise ReplayError(f"{path}:{number}: the sample's text holds a lone surrogate "
+                                  f"({ascii(code[error.start])}), which no Python source can") from None
             samples[str(record["task_id"])].append(record)
     return dict(samples)
 
