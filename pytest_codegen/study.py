@@ -85,6 +85,10 @@ ROWS: dict[str, Row] = {row.name: row for row in (
         "refine@big"),
 )}
 
+# Rows compared with each other, beyond `single`: a sampled refiner (shown its program and the
+# failure) against sampling the task again with the same budget and stopping rule.
+REPAIR_VS_RESAMPLE = (("refine-hidden-sampled", "resample-hidden"), ("refine-sampled", "resample"))
+
 # One sequence at a time: batched greedy output can differ from it, and every row's first
 # attempt must be the `single` row's program for the comparisons to be paired.
 COMMON_OPTIONS = ("--temperature=0", "--decode=sequential", "-p", "no:cacheprovider", "-q")
@@ -506,6 +510,7 @@ def render_report(out: Path, cells: Sequence[Cell], commands_prefix: str = "") -
             "model", "row", "problems", "pass@1 [95% CI]", "Δ solved vs baseline", "McNemar p", "z",
             "fixed/failing first attempts, by class", "failing first programs", "tokens/solved",
             "s/solved"]), ""]
+    parts += _repair_vs_resample_section(cells, loaded)
     parts += _breakdown_section(cells, loaded)
     parts += _machines_section(cells, loaded, out)
     parts += _figures_section(cells, loaded, out)
@@ -519,6 +524,38 @@ def render_report(out: Path, cells: Sequence[Cell], commands_prefix: str = "") -
         mark = "" if cell in loaded else "  # not run yet"
         parts.append(f"    {commands_prefix}{shlex.join(cell.command(out))}{mark}")
     return "\n".join(parts) + "\n"
+
+
+def _repair_vs_resample_section(cells: Sequence[Cell], loaded: Mapping[Cell, list[Record]]) -> list[str]:
+    """Each sampled refiner row against its resampling control, paired by problem."""
+    from tabulate import tabulate
+
+    from .stats import ComparisonError, compare
+
+    rows = []
+    for cell in cells:
+        for repair, resample in REPAIR_VS_RESAMPLE:
+            control = dataclasses.replace(cell, row=resample)
+            if cell.row != repair or cell not in loaded or control not in loaded:
+                continue
+            try:
+                comparison = compare(loaded[cell], loaded[control], restrict_to_common=True).benchmarks[0]
+            except ComparisonError as error:
+                rows.append([cell.model, cell.benchmark, f"{repair} / {resample}", f"not comparable: {error}",
+                             "", "", "", ""])
+                continue
+            rows.append([cell.model, cell.benchmark, f"{repair} / {resample}", str(comparison.problems),
+                         f"{comparison.run_a.solved:.0f} / {comparison.run_b.solved:.0f}", f"{comparison.delta:+.0f}",
+                         f"{comparison.b} / {comparison.c}", f"{comparison.p_value:.2g}"])
+    if not rows:
+        return []
+    return ["## Repairing against sampling again", "",
+            "A sampled refiner (shown its failing program and the feedback) against its control, which "
+            "samples the task again at the same temperature with the same rounds and stopping rule: "
+            "what the feedback adds over drawing another program. Δ = control − refiner; b: only the "
+            "refiner solved the problem, c: only the control did.", "",
+            tabulate(rows, tablefmt="github", disable_numparse=True, headers=[
+                "model", "benchmark", "refiner / control", "problems", "solved", "Δ", "b / c", "McNemar p"]), ""]
 
 
 def _machines_section(cells: Sequence[Cell], loaded: Mapping[Cell, Any], out: Path) -> list[str]:

@@ -305,3 +305,18 @@ def test_a_row_with_other_first_programs_is_compared_with_its_own(tmp_path: Path
              if line.startswith("| m ")}
     assert "+2 (+0.200) vs its own first programs (3 solved)" in lines["refine-hidden"]
     assert "+0 (+0.000) " in lines["refine"] and "own first" not in lines["refine"]
+
+
+def test_the_report_pairs_each_sampled_refiner_with_its_resampling_control(tmp_path: Path) -> None:
+    refiner, control = Cell("m", "humaneval", "refine-sampled"), Cell("m", "humaneval", "resample")
+    write(refiner.results_path(tmp_path), [record("HumanEval/0", ["AssertionError", "passed"]),
+                                           record("HumanEval/1", ["AssertionError"] * 4),
+                                           record("HumanEval/2", ["passed"])])
+    write(control.results_path(tmp_path), [record("HumanEval/0", ["AssertionError"] * 4),
+                                           record("HumanEval/1", ["AssertionError", "TypeError", "passed"]),
+                                           record("HumanEval/2", ["passed"])])
+    assert "Repairing against sampling again" not in render_report(tmp_path, [refiner])  # no control yet
+    text = render_report(tmp_path, [refiner, control])
+    line = next(line for line in text.splitlines() if "refine-sampled / resample" in line)
+    assert [cell.strip() for cell in line.strip("|").split("|")] == [
+        "m", "humaneval", "refine-sampled / resample", "3", "2 / 2", "+0", "1 / 1", "1"]
