@@ -28,10 +28,12 @@ import typing
 MAX_DEPTH = 100  # containers within containers
 MAX_BYTES = 16 << 20
 # A set's or dict's keys are distinct, and distinct keys that share a hash make building it
-# quadratic (the integers k * (2**61 - 1) all hash to 0): beyond this many on one hash, the
-# value is refused rather than built (checked for containers of more than _HASH_CHECK_ABOVE).
-MAX_SHARED_HASH = 64
-_HASH_CHECK_ABOVE = 1024
+# quadratic (the integers k * (2**61 - 1) all hash to 0). Building costs about the sum, over
+# hash values, of the square of how many keys share each (a few ns a unit): past this budget,
+# summed over every set and dict of one value (about 0.1 s), the value is refused unbuilt.
+# Honest values stay far below it ({2**i for i in range(4000)}, whose hashes repeat every 61
+# powers: about 270,000).
+HASH_WORK_BUDGET = 20_000_000
 
 PLAIN = "None, bool, int, float, complex, str, bytes, and lists, tuples, dicts, sets and frozensets of them"
 _SPECIAL_FLOATS = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
@@ -198,31 +200,32 @@ def decode(data: bytes) -> object:
         _Context.memo.clear()
     if end != len(text):
         raise Malformed("trailing bytes after the value")
-    return _build(raw, 0)
+    return _build(raw, 0, [HASH_WORK_BUDGET])
 
 
 def from_json(raw: object) -> object:
     """The plain value an encoding stands for, from the encoding already parsed as JSON (a
     message that carries it parsed whole); `Malformed` for anything else."""
-    return _build(raw, 0)
+    return _build(raw, 0, [HASH_WORK_BUDGET])
 
 
 _SCALARS = (type(None), bool, int, float, str)
 
 
-def _distinct_hashes(keys: list) -> list:
-    """`keys`, once no more than MAX_SHARED_HASH of them share a hash (see there)."""
-    if len(keys) > _HASH_CHECK_ABOVE:
-        counts: dict[int, int] = {}
-        for key in keys:
-            shared = counts.get(hash(key), 0) + 1  # (a hash value is an int that hashes to itself)
-            if shared > MAX_SHARED_HASH:
-                raise Malformed(f"a set or dict of which more than {MAX_SHARED_HASH} keys share one hash")
-            counts[hash(key)] = shared
+def _distinct_hashes(keys: list, budget: list[int]) -> list:
+    """`keys`, once the work of building them into a set is paid from `budget` (see
+    HASH_WORK_BUDGET); TypeError for an unhashable key."""
+    if len(keys) > 1:
+        counts = collections.Counter(map(hash, keys))  # (a hash value is an int that hashes to itself)
+        work = len(keys) if len(counts) == len(keys) else sum(n * n for n in counts.values())
+        budget[0] -= work
+        if budget[0] < 0:
+            raise Malformed("sets or dicts whose keys share hashes so much that building them would "
+                            f"take more than {HASH_WORK_BUDGET:,} steps")
     return keys
 
 
-def _build(raw: object, depth: int) -> object:
+def _build(raw: object, depth: int, budget: list[int]) -> object:
     if type(raw) is not list:
         if type(raw) in _SCALARS:
             return raw  # what JSON makes of its scalars
@@ -232,7 +235,7 @@ def _build(raw: object, depth: int) -> object:
     tag, items = raw[0], raw[1:]
     for i, item in enumerate(items):
         if type(item) is list:
-            items[i] = _build(item, depth + 1)
+            items[i] = _build(item, depth + 1, budget)
     n = len(items)
     try:
         if tag == "l":
@@ -240,11 +243,11 @@ def _build(raw: object, depth: int) -> object:
         if tag == "t":
             return tuple(items)
         if tag == "s":
-            return set(_distinct_hashes(items))
+            return set(_distinct_hashes(items, budget))
         if tag == "f":
-            return frozenset(_distinct_hashes(items))
+            return frozenset(_distinct_hashes(items, budget))
         if tag == "d" and n % 2 == 0:
-            return dict(zip(_distinct_hashes(items[::2]), items[1::2]))
+            return dict(zip(_distinct_hashes(items[::2], budget), items[1::2]))
         if tag == "b" and n == 1 and type(items[0]) is str:
             return bytes.fromhex(items[0])
         if tag == "c" and n == 2 and type(items[0]) is float and type(items[1]) is float:

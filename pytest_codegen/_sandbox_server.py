@@ -273,7 +273,15 @@ class Requests:
         self.server._write_requests(self.run)
 
     def receive(self) -> dict:
-        if not self.server._watch(self.run, want_message=True):
+        try:
+            more = self.server._watch(self.run, want_message=True)
+        except Broken:  # the server's link is gone: the server restarts
+            raise
+        except Exception as e:  # failing on what the candidate sent: its run is corrupt, not the test's
+            self.run.state.corrupt = self.run.state.corrupt or f"the result channel could not be read " \
+                                                               f"({type(e).__name__})"
+            raise Stopped from None
+        if not more:
             raise Stopped
         return self.run.state.inbox.popleft()
 

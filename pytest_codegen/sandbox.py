@@ -356,7 +356,7 @@ class Sandbox:
                 raise SandboxError("the sandbox is closed")
             if os.getpid() != self._owner_pid:  # forked caller: the pipes belong to the parent
                 self._proc = None
-            problems, unanswered = [], 0
+            problems, unanswered, started = [], 0, time.monotonic()
             for _attempt in range(2):
                 try:
                     if self._proc is None:
@@ -381,7 +381,8 @@ class Sandbox:
                 # collide grows quadratically): the program's timeout, as in its own process.
                 return ExecutionResult(TIMEOUT, TIMEOUT_WALL, message=(
                     "checking this program's results outlasted the wall-clock limit (twice, on a "
-                    "fresh sandbox server): values that are very slow to hash or compare?")), []
+                    "fresh sandbox server): values that are very slow to hash or compare?"),
+                    seconds=round(time.monotonic() - started, 3), detail={"timeout": "wall"}), []
             raise SandboxError("the sandbox server failed twice: " + " / ".join(problems))
 
 

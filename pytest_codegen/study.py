@@ -136,10 +136,11 @@ def cells_for(
 # the feedback rows of both benchmarks come before the costlier variants, and of those the
 # cheapest first, so that an interrupted study has finished as many rows as it could:
 # no-early-stop and the analyzer (a greedy refiner mostly re-emits its program, so repeated
-# rounds are cache hits: about one round per problem), the sampled-refiner pair on HumanEval
+# rounds are cache hits: about one round per problem), the sampled-refiner pairs on HumanEval
 # (only the failing programs, three sampled rounds each at most), then the text critic (which never
 # stops early, two generations a round: about 6 per problem on HumanEval), the split (1.5B
-# rounds), 1.5B's MBPP single, and last the MBPP text critic (427 problems at 6 generations).
+# rounds), 1.5B's MBPP single, the MBPP text critic (427 problems at 6 generations), 1.5B's
+# MBPP refine (the split's comparison there) and the MBPP sampled pair.
 _ZERO_FIVE = "qwen-coder-0.5b"
 _ONE_FIVE = "qwen-coder-1.5b"
 STUDY_PLAN: tuple[Cell, ...] = (
@@ -273,27 +274,39 @@ CACHE_EXPORT = "generations.jsonl.gz"
 def cache_dir(pytest_args: Sequence[str]) -> Path | None:
     """The generation cache that `pytest *pytest_args` uses, resolved by pytest itself: the
     command line (addopts included), else the ini file's `codegen_cache`, else .codegen-cache
-    in the rootdir; None when it is off. Raises ValueError when pytest rejects the options."""
+    in the rootdir; None when it is off. Raises ValueError when pytest or the plugin's checks
+    reject the options (so that no cell starts with a bad one)."""
     import pytest
 
     from .ini import pin_from_ini
     from .plugin import settings_from_options
+    from .settings import check_options
 
     class Probe:
-        """Reads the settings once pytest has parsed its configuration, then stops the run."""
+        """Reads and checks the settings once pytest has parsed its configuration, then stops
+        the run (before any plugin is configured)."""
 
         cache: str | None = None
+        error = ""
 
         @pytest.hookimpl(tryfirst=True)
         def pytest_cmdline_main(self, config: pytest.Config) -> int:
-            pin_from_ini(config)
-            self.cache = settings_from_options(config).cache_dir
-            return 0
+            try:
+                from_ini = pin_from_ini(config)  # first: it fills in what the command line left out
+                settings = settings_from_options(config)
+                check_options(settings, samples=config.getoption("samples"),
+                              min_pass=config.getoption("codegen_min_pass"), names=from_ini)
+            except (ValueError, pytest.UsageError) as error:
+                self.error = f": {error}"
+                return pytest.ExitCode.USAGE_ERROR
+            self.cache = settings.cache_dir
+            return pytest.ExitCode.OK
 
     probe = Probe()
     status = pytest.main(list(pytest_args), plugins=[probe])
     if status != 0:
-        raise ValueError(f"pytest refused the cells' options (exit status {status}): {shlex.join(pytest_args)}")
+        raise ValueError(f"pytest refused the cells' options (exit status {status}){probe.error}: "
+                         f"{shlex.join(pytest_args)}")
     return None if probe.cache is None else Path(probe.cache)
 
 

@@ -259,6 +259,8 @@ def test_the_study_finds_the_cache_its_cells_use_as_pytest_resolves_it(tmp_path:
     assert cache_dir([str(project / "suite")]) is None
     with pytest.raises(ValueError, match="pytest refused"):
         cache_dir([str(project / "suite"), "--no-such-option"])
+    with pytest.raises(ValueError, match="pytest refused.*exec.timeout"):  # the plugin's checks too
+        cache_dir([str(project / "suite"), "--exec-timeout=-5"])
 
 
 def test_breakdown_says_when_it_cannot_tell_misnamed_functions(tmp_path: Path, monkeypatch) -> None:
