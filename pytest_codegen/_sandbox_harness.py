@@ -118,7 +118,7 @@ def make_describer(sources: dict, captured: dict | None = None) -> Describer:
     def name_and_text(et: typing.Any, ev: typing.Any) -> tuple[str, str]:
         try:
             name = cut(_tname(et), 200)
-            if b.get(name, et) is not et:  # its own class named as a builtin's: not a real MemoryError
+            if b.get(name, et) is not et:  # its own class under a builtin's name (a fake MemoryError)
                 name = cut("%s (not the builtin)" % name, 200)
         except _BaseException:
             name = "BaseException"

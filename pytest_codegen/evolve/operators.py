@@ -274,6 +274,9 @@ def step_iterations(genome: Genome, rng: random.Random, fewer_share: float = 0.6
     return set_stage(genome, index, replace(stage, max_iterations=value))
 
 
+_SWITCHED = {EXECUTION: RESAMPLE, RESAMPLE: EXECUTION}
+
+
 def switch_kind(genome: Genome, rng: random.Random) -> Genome:
     """A random stage switches between refining from feedback and sampling the task again.
 
@@ -282,7 +285,7 @@ def switch_kind(genome: Genome, rng: random.Random) -> Genome:
     new role, since the other role's prompts ask for something else."""
     index = rng.randrange(len(genome.stages))
     stage = genome.stages[index]
-    kind = RESAMPLE if stage.kind == EXECUTION else EXECUTION if stage.kind == RESAMPLE else None
+    kind = _SWITCHED.get(stage.kind)
     if kind is None:  # a review stage: not in the searched schema
         return genome
     node = replace(stage.refiner, system_prompt=None)
