@@ -172,7 +172,7 @@ def run_cells(cells: Sequence[Cell], out: Path, *, extra: Sequence[str] = (), dr
     statuses = []
     for index, cell in enumerate(cells, 1):
         command = cell.command(out, extra)
-        print(f"[{index}/{len(cells)}] {shlex.join(command)}", flush=True)
+        print(f"[{index}/{len(cells)}] ({verdicts_so_far(cell, out)}) {shlex.join(command)}", flush=True)
         if dry_run:
             continue
         results = cell.results_path(out)
@@ -189,6 +189,24 @@ def run_cells(cells: Sequence[Cell], out: Path, *, extra: Sequence[str] = (), dr
         if after_each is not None:
             after_each()
     return statuses
+
+
+def verdicts_so_far(cell: Cell, out: Path) -> str:
+    """How far the cell is: its results file's lines (or its committed copy's), one per item."""
+    results = cell.results_path(out)
+    if results.is_file():
+        done = _line_count(results)
+    elif compressed(results).is_file():
+        with gzip.open(compressed(results), "rb") as lines:
+            done = sum(1 for _ in lines)
+    else:
+        done = 0
+    size = BENCHMARK_SIZES.get(cell.benchmark)
+    if done == 0:
+        return "not started"
+    if size is None:
+        return f"{done} verdicts"
+    return "finished" if done >= size else f"{done} of {size} verdicts"
 
 
 def machine_facts() -> dict[str, Any]:

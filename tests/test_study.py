@@ -181,12 +181,30 @@ def test_cli_dry_run_and_report_only(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["study", "--out", str(tmp_path), "--models", "m", "--benchmarks", "mbpp",
                  "--rows", "single,refine", "--dry-run"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert len(out) == 2 and out[0].startswith("[1/2] pytest benchmarks/mbpp --pipeline=single --model=m")
+    assert len(out) == 2 and out[0].startswith("[1/2] (not started) pytest benchmarks/mbpp --pipeline=single --model=m")
     assert not (tmp_path / "README.md").exists()
     assert main(["study", "--out", str(tmp_path), "--rows", "nope"]) == 2
     assert "unknown row(s) nope" in capsys.readouterr().err
     assert main(["study", "--out", str(tmp_path), "--models", "m", "--rows", "single", "--report-only"]) == 0
     assert "# Study results" in (tmp_path / "README.md").read_text()
+
+
+def test_each_cell_line_says_how_far_the_cell_is(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """From its results file, or from the committed gzipped copy a fresh checkout has."""
+    from pytest_codegen.study import compress_results
+
+    partial, finished = Cell("m", "mbpp", "single"), Cell("m", "humaneval", "single")
+    write(partial.results_path(tmp_path), [record(f"Mbpp/{i}", ["passed"]) for i in range(3)])
+    write(finished.results_path(tmp_path), [record(f"HumanEval/{i}", ["passed"]) for i in range(164)])
+    compress_results([partial], tmp_path)
+    partial.results_path(tmp_path).unlink()
+    assert main(["study", "--out", str(tmp_path), "--models", "m", "--benchmarks", "humaneval,mbpp",
+                 "--rows", "single,refine", "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    progress = {line.split(" pytest ")[1].split()[0]: line.split(") ")[0].split("(")[1]
+                for line in lines if "--pipeline=single" in line}
+    assert progress == {"benchmarks/humaneval": "finished", "benchmarks/mbpp": "3 of 427 verdicts"}
+    assert sum("(not started)" in line for line in lines) == 2  # the refine rows
 
 
 def test_report_names_the_machine_and_links_figures(tmp_path: Path) -> None:
