@@ -503,9 +503,11 @@ def render_report(out: Path, cells: Sequence[Cell], commands_prefix: str = "") -
     loaded = {cell: _records(cell.results_path(out)) for cell in cells}
     loaded = {cell: records for cell, records in loaded.items() if records}
     parts = ["# Study results", "",
-             "Greedy decoding (temperature 0), one sample per problem, feedback as stated per row. "
-             "Δ and McNemar compare each row with the `single` row of the same model (paired: the "
-             "same first program). A row whose first programs are not `single`'s (MBPP with `--feedback=hidden`: "
+             "Greedy decoding (temperature 0) unless a row says otherwise (the sampled rows' later rounds "
+             "sample at T = 0.2), one sample per problem, feedback as stated per row. "
+             "Δ and McNemar compare each row with its baseline, paired on the same problems: the `single` "
+             "row of the same model (the same first program), and for `split` the larger model's `refine` "
+             "(that model doing both roles). A row whose first programs are not `single`'s (MBPP with `--feedback=hidden`: "
              "its generation prompt shows every scoring test, not only the first) is compared with its own "
              "first programs instead. z = (c − b)/√(b + c) is the paired normal statistic; the study's "
              "σ = Δ/√(SD₁² + SD₂²) needs several samples per run (use `--samples`).", ""]
