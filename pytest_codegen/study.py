@@ -52,11 +52,10 @@ class Row:
     name: str
     description: str
     options: tuple[str, ...]
-    baseline: str | None = "single"  # the row this one is compared with (same model)
 
 
 ROWS: dict[str, Row] = {row.name: row for row in (
-    Row("single", "one generation, no execution feedback", ("--pipeline=single", "--model={model}"), None),
+    Row("single", "one generation, no execution feedback", ("--pipeline=single", "--model={model}")),
     Row("refine", "generate → execute → refine, 3 rounds, early stop, visible tests only",
         ("--pipeline=refine", "--model={model}", "--rounds=3", "--feedback=visible")),
     Row("refine-hidden", "as refine, but the model sees the scoring tests (the study's oracle feedback; on MBPP its "
@@ -81,8 +80,7 @@ ROWS: dict[str, Row] = {row.name: row for row in (
         "first program that passes the visible tests",
         ("--pipeline=resample", "--model={model}", "--rounds=3", "--feedback=visible", "--refiner-temperature=0.2")),
     Row("split", "{model} generates, {big} refines (the role split), visible tests",
-        ("--pipeline=refine", "--generator={model}", "--refiner={big}", "--rounds=3", "--feedback=visible"),
-        "refine@big"),
+        ("--pipeline=refine", "--generator={model}", "--refiner={big}", "--rounds=3", "--feedback=visible")),
 )}
 
 # Rows compared with each other, beyond `single`: a sampled refiner (shown its program and the
@@ -505,9 +503,10 @@ def render_report(out: Path, cells: Sequence[Cell], commands_prefix: str = "") -
     parts = ["# Study results", "",
              "Greedy decoding (temperature 0) unless a row says otherwise (the sampled rows' later rounds "
              "sample at T = 0.2), one sample per problem, feedback as stated per row. "
-             "Δ and McNemar compare each row with its baseline, paired on the same problems: the `single` "
-             "row of the same model (the same first program), and for `split` the larger model's `refine` "
-             "(that model doing both roles). A row whose first programs are not `single`'s (MBPP with `--feedback=hidden`: "
+             "Δ and McNemar compare each row with the `single` row of the same model (for `split`, of its "
+             "generator), paired: the same first program; the role split against the larger model doing "
+             "both roles has a table of its own below. A row whose first programs are not `single`'s "
+             "(MBPP with `--feedback=hidden`: "
              "its generation prompt shows every scoring test, not only the first) is compared with its own "
              "first programs instead. z = (c − b)/√(b + c) is the paired normal statistic; the study's "
              "σ = Δ/√(SD₁² + SD₂²) needs several samples per run (use `--samples`).", ""]
@@ -520,7 +519,7 @@ def render_report(out: Path, cells: Sequence[Cell], commands_prefix: str = "") -
             delta = p = z = "–"
             if base_cell is not None:
                 try:
-                    baseline, against = _paired_baseline(base_cell, loaded[base_cell], records)
+                    baseline, against = _paired_baseline(loaded[base_cell], records)
                     comparison = compare(baseline, records, restrict_to_common=True).benchmarks[0]
                     delta = f"{comparison.delta:+.0f} ({comparison.delta_pass1:+.3f}){against}"
                     p = f"{comparison.p_value:.2g}"
@@ -544,6 +543,7 @@ def render_report(out: Path, cells: Sequence[Cell], commands_prefix: str = "") -
             "fixed/failing first attempts, by class", "failing first programs", "tokens/solved",
             "s/solved"]), ""]
     parts += _repair_vs_resample_section(cells, loaded)
+    parts += _role_split_section(cells, loaded)
     parts += _breakdown_section(cells, loaded)
     parts += _machines_section(cells, loaded, out)
     parts += _figures_section(cells, loaded, out)
@@ -559,36 +559,55 @@ def render_report(out: Path, cells: Sequence[Cell], commands_prefix: str = "") -
     return "\n".join(parts) + "\n"
 
 
-def _repair_vs_resample_section(cells: Sequence[Cell], loaded: Mapping[Cell, list[Record]]) -> list[str]:
-    """Each sampled refiner row against its resampling control, paired by problem."""
+def _paired_section(title: str, text: str, pairs_header: str,
+                    pairs: Iterable[tuple[Cell, Cell, str]], loaded: Mapping[Cell, list[Record]]) -> list[str]:
+    """A table of row A against row B, paired by problem, for each (A, B, label) both of whose
+    cells have results; Δ = B − A."""
     from tabulate import tabulate
 
     from .stats import ComparisonError, compare
 
     rows = []
-    for cell in cells:
-        for repair, resample in REPAIR_VS_RESAMPLE:
-            control = dataclasses.replace(cell, row=resample)
-            if cell.row != repair or cell not in loaded or control not in loaded:
-                continue
-            try:
-                comparison = compare(loaded[cell], loaded[control], restrict_to_common=True).benchmarks[0]
-            except ComparisonError as error:
-                rows.append([cell.model, cell.benchmark, f"{repair} / {resample}", f"not comparable: {error}",
-                             "", "", "", ""])
-                continue
-            rows.append([cell.model, cell.benchmark, f"{repair} / {resample}", str(comparison.problems),
-                         f"{comparison.run_a.solved:.0f} / {comparison.run_b.solved:.0f}", f"{comparison.delta:+.0f}",
-                         f"{comparison.b} / {comparison.c}", f"{comparison.p_value:.2g}"])
+    for first, second, label in pairs:
+        if first not in loaded or second not in loaded:
+            continue
+        try:
+            comparison = compare(loaded[first], loaded[second], restrict_to_common=True).benchmarks[0]
+        except ComparisonError as error:
+            rows.append([first.model, first.benchmark, label, f"not comparable: {error}", "", "", "", ""])
+            continue
+        rows.append([first.model, first.benchmark, label, str(comparison.problems),
+                     f"{comparison.run_a.solved:.0f} / {comparison.run_b.solved:.0f}", f"{comparison.delta:+.0f}",
+                     f"{comparison.b} / {comparison.c}", f"{comparison.p_value:.2g}"])
     if not rows:
         return []
-    return ["## Repairing against sampling again", "",
-            "A sampled refiner (shown its failing program and the feedback) against its control, which "
-            "samples the task again at the same temperature with the same rounds and stopping rule: "
-            "what the feedback adds over drawing another program. Δ = control − refiner; b: only the "
-            "refiner solved the problem, c: only the control did.", "",
-            tabulate(rows, tablefmt="github", disable_numparse=True, headers=[
-                "model", "benchmark", "refiner / control", "problems", "solved", "Δ", "b / c", "McNemar p"]), ""]
+    return [f"## {title}", "", text, "", tabulate(rows, tablefmt="github", disable_numparse=True, headers=[
+        "model", "benchmark", pairs_header, "problems", "solved", "Δ", "b / c", "McNemar p"]), ""]
+
+
+def _repair_vs_resample_section(cells: Sequence[Cell], loaded: Mapping[Cell, list[Record]]) -> list[str]:
+    """Each sampled refiner row against its resampling control."""
+    pairs = [(cell, dataclasses.replace(cell, row=resample), f"{repair} / {resample}")
+             for cell in cells for repair, resample in REPAIR_VS_RESAMPLE if cell.row == repair]
+    return _paired_section(
+        "Repairing against sampling again",
+        "A sampled refiner (shown its failing program and the feedback) against its control, which "
+        "samples the task again at the same temperature with the same rounds and stopping rule: "
+        "what the feedback adds over drawing another program. Δ = control − refiner; b: only the "
+        "refiner solved the problem, c: only the control did.",
+        "refiner / control", pairs, loaded)
+
+
+def _role_split_section(cells: Sequence[Cell], loaded: Mapping[Cell, list[Record]]) -> list[str]:
+    """Each `split` row (small generator, big refiner) against the big model doing both."""
+    pairs = [(cell, Cell(cell.big or "", cell.benchmark, "refine"), f"split / {cell.big} refine")
+             for cell in cells if cell.row == "split"]
+    return _paired_section(
+        "The role split",
+        "The small model generating and the larger one refining, against the larger model doing both "
+        "(its `refine` row: its own first program, the same rounds and feedback). Δ = both roles − split; "
+        "b: only the split solved the problem, c: only the larger model alone did.",
+        "split / larger model alone", pairs, loaded)
 
 
 def _machines_section(cells: Sequence[Cell], loaded: Mapping[Cell, Any], out: Path) -> list[str]:
@@ -628,10 +647,9 @@ def _figures_section(cells: Sequence[Cell], loaded: Mapping[Cell, list[Record]],
     return ["## Figures", "", *lines, ""] if lines else []
 
 
-def _paired_baseline(base_cell: Cell, baseline: list[Record], records: Sequence[Record]) -> tuple[list[Record], str]:
-    """What a row is compared with, and how the Δ cell says so when that is not `base_cell`."""
-    if base_cell.row != "single":
-        return baseline, ""
+def _paired_baseline(baseline: list[Record], records: Sequence[Record]) -> tuple[list[Record], str]:
+    """What a row is compared with (`single`'s records, or its own first programs when they are
+    not single's), and how the Δ cell says so when that is not `single`."""
     if not _same_first_programs(baseline, records):
         firsts = [_as_first_attempt(r) for r in records]
         return firsts, f" vs its own first programs ({sum(r.passed for r in firsts)} solved)"
@@ -653,11 +671,6 @@ def _as_first_attempt(record: Record) -> Record:
 
 
 def _baseline(cell: Cell, loaded: Mapping[Cell, Any]) -> Cell | None:
-    base = ROWS[cell.row].baseline
-    if base is None:
-        return None
-    if base == "refine@big":
-        candidate = Cell(cell.big or "", cell.benchmark, "refine")
-    else:
-        candidate = Cell(cell.model, cell.benchmark, base)
-    return candidate if candidate in loaded else None
+    """The `single` cell a row is compared with (its generator's), once it has results."""
+    candidate = Cell(cell.model, cell.benchmark, "single")
+    return candidate if cell.row != "single" and candidate in loaded else None

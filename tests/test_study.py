@@ -340,3 +340,28 @@ def test_the_report_pairs_each_sampled_refiner_with_its_resampling_control(tmp_p
     line = next(line for line in text.splitlines() if "refine-sampled / resample" in line)
     assert [cell.strip() for cell in line.strip("|").split("|")] == [
         "m", "humaneval", "refine-sampled / resample", "3", "2 / 2", "+0", "1 / 1", "1"]
+
+
+def test_the_split_row_is_compared_with_single_and_with_the_larger_model_alone(tmp_path: Path) -> None:
+    """Δ against the generator's `single` in the main table, as every row; the role split
+    against the larger model's `refine` in a table of its own, once that row has results."""
+    single = Cell("small", "humaneval", "single")
+    split = Cell("small", "humaneval", "split", "big")
+    alone = Cell("big", "humaneval", "refine")
+    write(single.results_path(tmp_path), [record("HumanEval/0", ["AssertionError"]),
+                                          record("HumanEval/1", ["AssertionError"]),
+                                          record("HumanEval/2", ["passed"])])
+    write(split.results_path(tmp_path), [record("HumanEval/0", ["AssertionError", "passed"]),
+                                         record("HumanEval/1", ["AssertionError"] * 4),
+                                         record("HumanEval/2", ["passed"])])
+    text = render_report(tmp_path, [single, split])
+    line = next(line for line in text.splitlines() if "| split→big" in line)
+    assert "+1 (+0.333)" in line
+    assert "The role split" not in text  # the larger model's own row has no results yet
+    write(alone.results_path(tmp_path), [record("HumanEval/0", ["passed"]),
+                                         record("HumanEval/1", ["TypeError", "passed"]),
+                                         record("HumanEval/2", ["passed"])])
+    text = render_report(tmp_path, [single, split, alone])
+    row = next(line for line in text.splitlines() if "split / big refine" in line)
+    assert [cell.strip() for cell in row.strip("|").split("|")] == [
+        "small", "humaneval", "split / big refine", "3", "2 / 3", "+1", "0 / 1", "1"]
