@@ -137,8 +137,9 @@ def cells_for(
 # rounds are cache hits: about one round per problem), the sampled-refiner pairs on HumanEval
 # (only the failing programs, three sampled rounds each at most), then the text critic (which never
 # stops early, two generations a round: about 6 per problem on HumanEval), the split (1.5B
-# rounds), 1.5B's MBPP single, the MBPP text critic (427 problems at 6 generations), 1.5B's
-# MBPP refine (the split's comparison there) and the MBPP sampled pair.
+# rounds), 1.5B's MBPP single, 1.5B's MBPP refine (the split's comparison there; about one 1.5B
+# round per failing problem), the MBPP text critic (427 problems at 6 generations) and the MBPP
+# sampled pair.
 _ZERO_FIVE = "qwen-coder-0.5b"
 _ONE_FIVE = "qwen-coder-1.5b"
 STUDY_PLAN: tuple[Cell, ...] = (
@@ -157,8 +158,8 @@ STUDY_PLAN: tuple[Cell, ...] = (
     *cells_for([_ZERO_FIVE], ["humaneval"], ["text-critic"]),
     *cells_for([_ZERO_FIVE], ["mbpp"], ["split"], big=_ONE_FIVE),
     *cells_for([_ONE_FIVE], ["mbpp"], ["single"]),
-    *cells_for([_ZERO_FIVE], ["mbpp"], ["text-critic"]),
     *cells_for([_ONE_FIVE], ["mbpp"], ["refine"]),
+    *cells_for([_ZERO_FIVE], ["mbpp"], ["text-critic"]),
     *cells_for([_ZERO_FIVE], ["mbpp"], ["refine-sampled", "resample"]),
 )
 
