@@ -193,13 +193,7 @@ def run_cells(cells: Sequence[Cell], out: Path, *, extra: Sequence[str] = (), dr
 def verdicts_so_far(cell: Cell, out: Path) -> str:
     """How far the cell is: its results file's lines (or its committed copy's), one per item."""
     results = cell.results_path(out)
-    if results.is_file():
-        done = _line_count(results)
-    elif compressed(results).is_file():
-        with gzip.open(compressed(results), "rb") as lines:
-            done = sum(1 for _ in lines)
-    else:
-        done = 0
+    done = _line_count(results if results.is_file() else compressed(results))
     size = BENCHMARK_SIZES.get(cell.benchmark)
     if done == 0:
         return "not started"
@@ -245,9 +239,10 @@ def _machines_path(results: Path) -> Path:
 
 
 def _line_count(path: Path) -> int:
+    """Lines of a file, gzipped or not (0 when it does not exist)."""
     if not path.is_file():
         return 0
-    with path.open("rb") as lines:
+    with (gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")) as lines:
         return sum(1 for _ in lines)
 
 
