@@ -392,9 +392,9 @@ def cmd_study(args: argparse.Namespace) -> int:
         export_cache,
         import_cache,
         option_value,
-        render_report,
         run_cells,
     )
+    from pytest_codegen.study_report import render_report
 
     if args.models or args.rows:
         rows = args.rows or tuple(ROWS)

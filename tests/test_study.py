@@ -18,10 +18,9 @@ from pytest_codegen.study import (
     cache_dir,
     cells_for,
     compress_results,
-    failure_breakdown,
-    render_report,
     restore_results,
 )
+from pytest_codegen.study_report import failure_breakdown, render_report
 
 
 def record(problem: str, rounds: list[str], *, tokens: int = 100, first_tokens: int = 80, message: str = "",
