@@ -389,6 +389,43 @@ def test_server_files_under_tmp(monkeypatch, tmp_path):
     assert "CWD /tmp/work [" in r.output and "'_sandbox_forker.py'" in r.output and "secret" not in r.output
 
 
+def test_failed_warm_up_is_a_clear_error_and_leaves_no_process(monkeypatch, tmp_path):
+    # A server whose first child cannot be started (here: its warm-up raises, in a copy of the
+    # sandbox's files) answers the client's start with the reason and is gone with its forker.
+    import shutil
+
+    import pytest_codegen.sandbox as sandbox_module
+
+    here = Path(sandbox_module._SERVER).parent
+    for path in here.glob("_sandbox_*.py"):
+        shutil.copy(path, tmp_path / path.name)
+    server = tmp_path / "_sandbox_server.py"
+    source = server.read_text()
+    marker = '        """First-use costs paid at start-up'
+    assert marker in source
+    server.write_text(source.replace(marker, '        raise RuntimeError("injected")\n' + marker, 1))
+    monkeypatch.setattr(sandbox_module, "_SERVER", str(server))
+
+    with pytest.raises(SandboxError, match=r"failed to start: no child could be started: RuntimeError: injected"):
+        Sandbox(LIMITS)
+
+    def ours() -> list[int]:
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if str(tmp_path).encode() in f.read():
+                        found.append(int(pid))
+            except OSError:
+                pass
+        return found
+
+    deadline = time.monotonic() + 5
+    while ours() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ours() == []
+
+
 def test_persistent_failure_raises_sandbox_error(monkeypatch):
     import pytest_codegen.sandbox as sandbox_module
 
