@@ -44,16 +44,17 @@ from __future__ import annotations
 import builtins
 import collections
 import marshal
+import random
 import sys
 import typing
 
 if typing.TYPE_CHECKING:
     from pytest_codegen import _sandbox_codec as codec
-    from pytest_codegen._sandbox_harness import make_describer
+    from pytest_codegen._sandbox_harness import TEST_SEED, make_describer
     from pytest_codegen._sandbox_runstate import RunState
 else:
     import _sandbox_codec as codec
-    from _sandbox_harness import make_describer
+    from _sandbox_harness import TEST_SEED, make_describer
     from _sandbox_runstate import RunState
 
 
@@ -397,6 +398,7 @@ class Checking:
 
     def _check(self, code: typing.Any, filename: str, tns: dict) -> dict:
         self.raised = None
+        random.seed(TEST_SEED)  # the tests' `random` is this server's module
         try:
             with self._printing():
                 exec(code, tns)  # noqa: S102  # trusted: the suite's test, compiled by the server

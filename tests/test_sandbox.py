@@ -906,3 +906,20 @@ def test_degraded_userns_blocks_network_and_writes(degraded, tmp_path):
     r = run(degraded, program)
     assert "BLOCKED" in r.output and "NOWRITE" in r.output
     assert not (REPO / "evil.txt").exists()
+
+
+def test_tests_draw_the_same_random_inputs_in_every_run():
+    # HumanEval/38, /50 and /53 draw their inputs from `random` without a seed: seeded for
+    # every test, both on the server's side and in the candidate's process, their failure
+    # messages (a refiner's feedback) are the same in every run and every server.
+    checked = TestCase("checked", "import random\nx = random.randint(0, 10**9)\nassert f(x) == x + 1, x\n")
+    in_process = TestCase("in_process", "import random\nassert f.__name__ == str(random.random())\n")
+    draws = []
+    for _ in range(2):
+        with Sandbox(LIMITS) as box:
+            for _ in range(2):
+                r = box.run("def f(x):\n    return x\n", [checked, in_process], entry_point="f", limits=LIMITS)
+                assert [t.passed for t in r.tests] == [False, False], r
+                draws.append([t.message for t in r.tests])
+    assert all(d == draws[0] for d in draws), draws
+    assert draws[0][0].startswith("AssertionError: ") and draws[0][0] != draws[0][1]
