@@ -33,9 +33,11 @@ from pytest_codegen.settings import CACHE_DIR
 
 if TYPE_CHECKING:
     from pytest_codegen.record import Record
+    from pytest_codegen.study import Cell
 
 PROG = "pytest-codegen"
 EXIT_OK = 0
+EXIT_FAILED = 1  # a check found what it looks for (a row not reproduced)
 EXIT_USAGE = 2
 
 
@@ -378,6 +380,9 @@ def _csv(text: str) -> tuple[str, ...]:
         argument("--big", default="qwen-coder-1.5b", help="the refiner of the `split` row (qwen-coder-1.5b)"),
         argument("--dry-run", action="store_true", help="print the commands only"),
         argument("--report-only", action="store_true", help="write the report from the results present"),
+        argument("--verify", action="store_true",
+                 help="re-run each finished row's command into a scratch directory and compare it with its "
+                      "results, round by round (exit 1 if a row is not reproduced)"),
         argument("pytest_args", nargs="*", metavar="-- PYTEST_ARGS", help="extra pytest options for every cell"),
     ],
 )
@@ -396,6 +401,8 @@ def cmd_study(args: argparse.Namespace) -> int:
     )
     from pytest_codegen.study_report import render_report
 
+    if args.verify and (args.report_only or args.dry_run):
+        raise CLIError("--verify re-runs the finished rows: it does not go with --report-only or --dry-run")
     if args.models or args.rows:
         rows = args.rows or tuple(ROWS)
         unknown = [r for r in rows if r not in ROWS]
@@ -426,12 +433,28 @@ def cmd_study(args: argparse.Namespace) -> int:
             raise CLIError(str(error)) from None
         if added:
             print(f"{added} generations from {out / CACHE_EXPORT} added to the cache in {cache}")
+    if args.verify:
+        return _verify_study(cells, out, args.pytest_args)
     if not args.report_only:
         run_cells(cells, out, extra=args.pytest_args, dry_run=args.dry_run, after_each=write_report)
     if not args.dry_run:
         write_report()
         print(f"wrote {out / 'README.md'}")
     return EXIT_OK
+
+
+def _verify_study(cells: list[Cell], out: Path, pytest_args: list[str]) -> int:
+    import tempfile
+
+    from pytest_codegen.study_verify import verify_cells
+
+    with tempfile.TemporaryDirectory(prefix="pytest-codegen-verify-") as scratch:
+        checks = verify_cells(cells, out, Path(scratch), extra=pytest_args)
+    failed = [cell for cell, check in checks if not check.reproduced]
+    regenerated = sum(bool(check.generated) for _, check in checks)
+    print(f"{len(checks) - len(failed)} of {len(checks)} finished rows reproduced; "
+          f"{regenerated} made a generation the cache did not answer")
+    return EXIT_OK if not failed else EXIT_FAILED
 
 
 # ---------------------------------------------------------------------- evolve
