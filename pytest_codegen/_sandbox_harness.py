@@ -214,7 +214,7 @@ def _make_harness() -> typing.Callable[[dict, int, int, bool, list], None]:
     _write, _read, _exit, _getpid, _kill = os.write, os.read, os._exit, os.getpid, os.kill
     _setrlimit_raw, _NPROC = resource.setrlimit, resource.RLIMIT_NPROC
     _settrace, _setprofile = sys.settrace, sys.setprofile
-    _loads, _import = marshal.loads, __import__
+    _loads, _import, _seed = marshal.loads, __import__, TEST_SEED
     own_codec = own_copy(codec, captured)
     _encode, _decode, _NotPlain = own_codec["encode"], own_codec["decode"], codec.NotPlain
     _unpack, _header = FRAME.unpack, FRAME.size
@@ -381,11 +381,11 @@ def _make_harness() -> typing.Callable[[dict, int, int, bool, list], None]:
                 sources[filename] = source
                 if tns is None:
                     tns = test_namespace(ns, before, pristine, entry, function)
-                _settrace(None)
-                _setprofile(None)
                 try:
                     if "random" in source:  # (imported only then: the import costs every run)
-                        _import("random").seed(TEST_SEED)
+                        _import("random").seed(_seed)
+                    _settrace(None)
+                    _setprofile(None)
                     _exec(tcode, tns)
                 except _BaseException as e:
                     if _isinstance(e, _MemoryError):

@@ -434,7 +434,7 @@ def cmd_study(args: argparse.Namespace) -> int:
         if added:
             print(f"{added} generations from {out / CACHE_EXPORT} added to the cache in {cache}")
     if args.verify:
-        return _verify_study(cells, out, args.pytest_args)
+        return _verify_study(cells, out, cache, args.pytest_args)
     if not args.report_only:
         run_cells(cells, out, extra=args.pytest_args, dry_run=args.dry_run, after_each=write_report)
     if not args.dry_run:
@@ -443,13 +443,27 @@ def cmd_study(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _verify_study(cells: list[Cell], out: Path, pytest_args: list[str]) -> int:
+def _verify_study(cells: list[Cell], out: Path, cache: Path | None, pytest_args: list[str]) -> int:
     import tempfile
 
+    from pytest_codegen.models.cache import GenerationCache
     from pytest_codegen.study_verify import verify_cells
 
-    with tempfile.TemporaryDirectory(prefix="pytest-codegen-verify-") as scratch:
-        checks = verify_cells(cells, out, Path(scratch), extra=pytest_args)
+    with tempfile.TemporaryDirectory(prefix="pytest-codegen-verify-") as directory:
+        scratch = Path(directory)
+        extra = list(pytest_args)
+        if cache is not None:  # the re-runs get a copy: what they generate stays out of the study's cache
+            source, copy = GenerationCache(cache), GenerationCache(scratch / "cache")
+            try:
+                source.export_to(scratch / "cache.jsonl.gz")
+                copy.import_from(scratch / "cache.jsonl.gz")
+            finally:
+                source.close()
+                copy.close()
+            extra.append(f"--codegen-cache={scratch / 'cache'}")
+        checks = verify_cells(cells, out, scratch, extra=extra)
+    if not checks:
+        print("no finished row to verify")
     failed = [cell for cell, check in checks if not check.reproduced]
     regenerated = sum(bool(check.generated) for _, check in checks)
     print(f"{len(checks) - len(failed)} of {len(checks)} finished rows reproduced; "

@@ -4,8 +4,9 @@
 file of its own, and compares it item by item with the recorded one: the outcome of every round,
 the final program, and whether any generation had to be made anew (a round not answered from
 the generation cache records the seconds its generation took in `timing.gen_seconds`). A row is
-reproduced when every item has the same outcomes in every round; a regenerated prompt is
-reported by name, since it means the harness now asks the model something it did not ask then.
+reproduced when every item has the same outcomes in every round (another final program alone is
+reported, not counted against it); a regenerated prompt is reported by name, since it means the
+harness now asks the model something it did not ask then.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class RerunCheck:
 
     @property
     def reproduced(self) -> bool:
-        return not self.missing and not self.outcomes_differ
+        return not (self.missing or self.passes_differ or self.outcomes_differ)
 
     def describe(self) -> str:
         def names(items: tuple[str, ...]) -> str:
@@ -98,7 +99,9 @@ def verify_cells(cells: Sequence[Cell], out: Path, scratch: Path, *, extra: Sequ
         rerun_path.parent.mkdir(parents=True, exist_ok=True)
         rerun_path.unlink(missing_ok=True)
         print(f"{cell.model} {cell.benchmark} {cell.label}: {shlex.join(command)}", flush=True)
-        subprocess.run([python, "-m", *command], check=False)
+        status = subprocess.run([python, "-m", *command], check=False).returncode
+        if status not in (0, 1):  # 1: some items failed, as in every row
+            print(f"    the re-run exited with status {status}", flush=True)
         check = compare_rerun(recorded, read_run([rerun_path]) if rerun_path.is_file() else [])
         print(f"    {check.describe()}", flush=True)
         checks.append((cell, check))

@@ -89,8 +89,11 @@ def test_verify_reruns_each_finished_row_by_its_printed_command(
     assert "NOT reproduced; passed in one run only 1 (T/2); other round outcomes 1 (T/2)" in capsys.readouterr().out
 
 
-def test_verify_is_a_run_not_a_report() -> None:
-    assert main(["study", "--verify", "--report-only"]) == 2
+@pytest.mark.parametrize("other", ["--report-only", "--dry-run"])
+def test_verify_is_a_run_not_a_report(other: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["study", "--verify", other]) == 2
+    error = capsys.readouterr().err
+    assert "--verify re-runs the finished rows: it does not go with --report-only or --dry-run" in error
 
 
 def test_a_failure_of_another_class_is_not_a_reproduction() -> None:
