@@ -446,22 +446,10 @@ def cmd_study(args: argparse.Namespace) -> int:
 def _verify_study(cells: list[Cell], out: Path, cache: Path | None, pytest_args: list[str]) -> int:
     import tempfile
 
-    from pytest_codegen.models.cache import GenerationCache
     from pytest_codegen.study_verify import verify_cells
 
-    with tempfile.TemporaryDirectory(prefix="pytest-codegen-verify-") as directory:
-        scratch = Path(directory)
-        extra = list(pytest_args)
-        if cache is not None:  # the re-runs get a copy: what they generate stays out of the study's cache
-            source, copy = GenerationCache(cache), GenerationCache(scratch / "cache")
-            try:
-                source.export_to(scratch / "cache.jsonl.gz")
-                copy.import_from(scratch / "cache.jsonl.gz")
-            finally:
-                source.close()
-                copy.close()
-            extra.append(f"--codegen-cache={scratch / 'cache'}")
-        checks = verify_cells(cells, out, scratch, extra=extra)
+    with tempfile.TemporaryDirectory(prefix="pytest-codegen-verify-") as scratch:
+        checks = verify_cells(cells, out, Path(scratch), cache=cache, extra=pytest_args)
     if not checks:
         print("no finished row to verify")
     failed = [cell for cell, check in checks if not check.reproduced]

@@ -27,13 +27,17 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
+if TYPE_CHECKING:
+    from .record import Record
+
 __all__ = [
     "CACHE_EXPORT", "Cell", "ROWS", "Row", "STUDY_PLAN", "cache_dir", "cells_for", "compress_results",
-    "export_cache", "import_cache", "machines_path", "option_value", "restore_results", "run_cells",
+    "export_cache", "import_cache", "machines_path", "option_value", "read_results", "restore_results",
+    "run_cells",
 ]
 
 
@@ -258,6 +262,14 @@ def restore_results(path: Path) -> None:
     if not path.exists() and compressed(path).is_file():
         with gzip.open(compressed(path), "rb") as source, path.open("wb") as target:
             shutil.copyfileobj(source, target)
+
+
+def read_results(path: Path) -> list[Record]:
+    """A cell's records, from its results file or its committed gzipped copy (none if neither)."""
+    from .results import read_run
+
+    restore_results(path)
+    return read_run([path]) if path.is_file() else []
 
 
 def compress_results(cells: Iterable[Cell], out: Path) -> None:

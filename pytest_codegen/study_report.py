@@ -16,18 +16,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .outcome import PASSED
-from .study import BENCHMARK_SIZES, REPAIR_VS_RESAMPLE, ROWS, Cell, machines_path, restore_results
+from .study import BENCHMARK_SIZES, REPAIR_VS_RESAMPLE, ROWS, Cell, machines_path, read_results
 
 if TYPE_CHECKING:
     from .record import Record
 
 __all__ = ["BREAKDOWN", "REPORTED_PASS1", "failure_breakdown", "render_report"]
-
-def _records(path: Path) -> list[Record]:
-    from .results import read_run
-
-    restore_results(path)
-    return read_run([path]) if path.is_file() else []
 
 
 def _cost(records: Sequence[Record]) -> tuple[str, str]:
@@ -153,7 +147,7 @@ def render_report(out: Path, cells: Sequence[Cell], commands_prefix: str = "") -
 
     from .stats import ComparisonError, compare, pass1_summary
 
-    loaded = {cell: _records(cell.results_path(out)) for cell in cells}
+    loaded = {cell: read_results(cell.results_path(out)) for cell in cells}
     loaded = {cell: records for cell, records in loaded.items() if records}
     parts = ["# Study results", "",
              "Greedy decoding (temperature 0) unless a row says otherwise (the sampled rows' later rounds "

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .study import BENCHMARK_SIZES, Cell, restore_results
+import pytest
+
+from .study import BENCHMARK_SIZES, Cell, read_results
 
 if TYPE_CHECKING:
     from .record import Record
@@ -80,18 +82,18 @@ def compare_rerun(recorded: Sequence[Record], rerun: Sequence[Record]) -> RerunC
                       tuple(generated))
 
 
-def verify_cells(cells: Sequence[Cell], out: Path, scratch: Path, *, extra: Sequence[str] = (),
-                 python: str = sys.executable) -> list[tuple[Cell, RerunCheck]]:
-    """Re-run every finished cell of `cells` (results under `out`) into `scratch` and compare."""
+def verify_cells(cells: Sequence[Cell], out: Path, scratch: Path, *, cache: Path | None = None,
+                 extra: Sequence[str] = (), python: str = sys.executable) -> list[tuple[Cell, RerunCheck]]:
+    """Re-run every finished cell of `cells` (results under `out`) into `scratch` and compare.
+    With `cache`, the re-runs use a copy of it in `scratch`: what they generate stays out of it."""
     from .results import read_run
 
+    if cache is not None:
+        extra = [*extra, f"--codegen-cache={_copy_cache(cache, scratch)}"]
     checks = []
     for cell in cells:
-        recorded_path = cell.results_path(out)
-        restore_results(recorded_path)
-        recorded = read_run([recorded_path]) if recorded_path.is_file() else []
-        size = BENCHMARK_SIZES.get(cell.benchmark, 0)
-        if not recorded or len(recorded) < size:
+        recorded = read_results(cell.results_path(out))
+        if not recorded or len(recorded) < BENCHMARK_SIZES.get(cell.benchmark, 0):
             print(f"{cell.model} {cell.benchmark} {cell.label}: not finished, not checked", flush=True)
             continue
         command = cell.command(scratch, extra)  # the printed command, writing its own results file
@@ -100,9 +102,23 @@ def verify_cells(cells: Sequence[Cell], out: Path, scratch: Path, *, extra: Sequ
         rerun_path.unlink(missing_ok=True)
         print(f"{cell.model} {cell.benchmark} {cell.label}: {shlex.join(command)}", flush=True)
         status = subprocess.run([python, "-m", *command], check=False).returncode
-        if status not in (0, 1):  # 1: some items failed, as in every row
+        if status not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):  # failed items: every row has some
             print(f"    the re-run exited with status {status}", flush=True)
         check = compare_rerun(recorded, read_run([rerun_path]) if rerun_path.is_file() else [])
         print(f"    {check.describe()}", flush=True)
         checks.append((cell, check))
     return checks
+
+
+def _copy_cache(cache: Path, scratch: Path) -> Path:
+    from .models.cache import GenerationCache
+
+    copy_dir, export = scratch / "cache", scratch / "cache.jsonl.gz"
+    source, copy = GenerationCache(cache), GenerationCache(copy_dir)
+    try:
+        source.export_to(export)
+        copy.import_from(export)
+    finally:
+        source.close()
+        copy.close()
+    return copy_dir

@@ -101,3 +101,24 @@ def test_a_failure_of_another_class_is_not_a_reproduction() -> None:
     # failing test's class) since the sandbox classes a failure by its first failing test.
     check = compare_rerun(records(record("T/1", ["timeout"])), records(record("T/1", ["AssertionError"])))
     assert not check.reproduced and check.outcomes_differ == ("T/1",) and not check.passes_differ
+
+
+def test_verify_reruns_on_a_copy_of_the_cache(
+        tmp_path: Path, fake_python: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_codegen.models.backend import GenerationRequest, GenerationResponse
+    from pytest_codegen.models.cache import GenerationCache
+
+    out, scratch, cache = tmp_path / "results", tmp_path / "scratch", tmp_path / "cache"
+    cell = Cell("m", "toy", "refine")
+    write(cell.results_path(out), [record("T/1", ["passed"])])
+    monkeypatch.setenv("RERUN", str(cell.results_path(out)))
+    request = GenerationRequest(prompt="def f():", temperature=0.0, max_tokens=8)
+    made = GenerationCache(cache)
+    made.put("model-a", request, GenerationResponse("    return 1", 3, 2, 0.5, "stop"))
+    made.close()
+    [(_, check)] = verify_cells([cell], out, scratch, cache=cache, python=str(fake_python))
+    assert check.reproduced
+    assert f"--codegen-cache={scratch / 'cache'}" in (tmp_path / "commands.log").read_text().split()
+    copy = GenerationCache(scratch / "cache")
+    assert copy.get("model-a", request).text == "    return 1"
+    copy.close()

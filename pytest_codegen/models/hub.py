@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .mirror import Pin
 
-__all__ = ["DEFAULT_PROBE_TIMEOUT", "Hub", "HubUnavailable", "describe_error", "hub_offline"]
+__all__ = ["DEFAULT_PROBE_TIMEOUT", "Hub", "HubUnavailable", "describe_error", "env_true", "hub_offline"]
 
 # How long the one metadata request made before a download may take. Without it, an unreachable
 # Hub costs ~25 s: huggingface_hub retries five times with backoff before giving up.
@@ -33,6 +33,7 @@ class HubUnavailable(Exception):
 
 
 def env_true(name: str) -> bool:
+    """An environment flag set the way huggingface_hub reads HF_HUB_OFFLINE (1, ON, YES, TRUE)."""
     return os.environ.get(name, "").upper() in _TRUE_VALUES
 
 
