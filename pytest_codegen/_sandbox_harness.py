@@ -46,9 +46,11 @@ _ESC = _json.encode_basestring_ascii
 
 PRISTINE_BUILTINS: dict = {}  # filled by the forker's main() before anything can change builtins
 
-# Every test starts with `random` seeded to this, in the server and in the candidate's process:
-# tests that draw their inputs (HumanEval/38, /50, /53) then check the same ones in every run,
-# and their failure messages, which a refiner is shown, do not change between runs.
+# Every test starts with `random` seeded to this, in the server and in the candidate's process,
+# and so does a program that names `random`: tests that draw their inputs (HumanEval/38, /50,
+# /53) then check the same ones in every run, a program that draws gets the same verdict, and
+# failure messages, which a refiner is shown, do not change between runs. (String hashing,
+# and so the order of a set of strings, is fixed too: `_sandbox_bootstrap.HASH_SEED`.)
 TEST_SEED = 0
 
 
@@ -348,6 +350,8 @@ def _make_harness() -> typing.Callable[[dict, int, int, bool, list], None]:
         # message is the program's doing, not a confinement failure.
         send('"k":"start"')
         try:
+            if "random" in program:  # its draws, too, are the same in every run
+                _import("random").seed(_seed)
             code = _compile(program, "<candidate>", "exec", dont_inherit=True)
             _exec(code, ns)
             before = _dict(ns)

@@ -130,7 +130,7 @@ class ForkerLink:
             pid = os.posix_spawn(
                 sys.executable,
                 bootstrap.command(forker.__file__, marshal.dumps(config).hex()),
-                dict(os.environ),
+                bootstrap.environment(dict(os.environ)),
             )
         finally:
             theirs.close()

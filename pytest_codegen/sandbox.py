@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pytest_codegen._sandbox_bootstrap import command
+from pytest_codegen._sandbox_bootstrap import command, environment
 from pytest_codegen.outcome import FAILED, TEST, TIMEOUT, ExecutionResult
 from pytest_codegen.problems import TestCase
 
@@ -167,7 +167,7 @@ class Sandbox:
             "site_packages": _site_packages(),
             "cpu": _cpu_id(self._cpu),
         }
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": os.environ.get("LANG", "C.UTF-8")}
+        env = environment({"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": os.environ.get("LANG", "C.UTF-8")})
         try:
             proc = subprocess.Popen(
                 # -S: no .pth files run in the server (they import threading and friends,

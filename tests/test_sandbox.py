@@ -296,21 +296,21 @@ def test_imports_work_inside(box):
 
 
 def test_children_start_from_a_lean_image(box):
-    # threading and random register at-fork handlers that would run in every child; random,
-    # imported fresh, is seeded afresh in each run. Explaining a failed assert needs pytest's
-    # rewriter, which imports both: that happens in the server (or a second server), never in
-    # the forker the children come from.
+    # threading and random register at-fork handlers that would run in every child. Explaining
+    # a failed assert needs pytest's rewriter, which imports both: that happens in the server
+    # (or a second server), never in the forker the children come from. The harness imports
+    # random (and seeds it) only for a program that names it: the one below looks for the
+    # module through `bisect`, which random imports, so as not to name it.
     explained = run(box, "def f(x):\n    return x * 3\n")
     assert explained.error_type == "AssertionError" and "assert 3 == 2" in explained.tests[0].line
     program = (
-        "import sys\nprint('PRELOADED', [m for m in ('threading', 'random') if m in sys.modules])\n"
-        "import random\nprint('DRAW', random.random())\n"
+        "import sys\nprint('PRELOADED', [m for m in ('threading', 'bisect') if m in sys.modules])\n"
         "print('BUILTINS', callable(exit), callable(quit), callable(help))\n" + FAIL_LAST
     )
-    first, second = run(box, program), run(box, program)
-    assert "PRELOADED []" in first.output and "BUILTINS True True True" in first.output
-    draw = lambda r: r.output.split("DRAW ")[1].split()[0]  # noqa: E731
-    assert draw(first) != draw(second)
+    lean = run(box, program)
+    assert "PRELOADED []" in lean.output and "BUILTINS True True True" in lean.output
+    drawing = "import random\nprint('DRAW', random.random())\n" + FAIL_LAST
+    assert [run(box, drawing).output for _ in range(2)] == ["DRAW 0.8444218515250481\n"] * 2
 
 
 def test_a_server_keeps_to_its_cpu():
@@ -923,3 +923,25 @@ def test_tests_draw_the_same_random_inputs_in_every_run():
                 draws.append([t.message for t in r.tests])
     assert all(d == draws[0] for d in draws), draws
     assert draws[0][0].startswith("AssertionError: ") and draws[0][0] != draws[0][1]
+
+
+def test_a_program_gets_the_same_draws_and_string_order_in_every_run():
+    # A program that draws from `random`, or returns (or prints) a set of strings, in the order
+    # of their hashes: the same verdict and the same failure message in every run and server.
+    program = (
+        "import random\n"
+        "def f():\n"
+        "    words = {'alpha', 'beta', 'gamma', 'delta', 'epsilon', 'zeta', 'eta', 'theta'}\n"
+        "    print(list(words))\n"
+        "    return [random.random(), list(words), {w: 1 for w in words}]\n"
+    )
+    test = TestCase("t", "assert f() == [], 'never'\n")
+    seen = []
+    for _ in range(2):
+        with Sandbox(LIMITS) as box:
+            for _ in range(2):
+                r = box.run(program, [test], entry_point="f", limits=LIMITS)
+                assert not r.passed
+                seen.append((r.tests[0].message, r.output))
+    assert all(s == seen[0] for s in seen), seen
+    assert "0.844421851525" in seen[0][0], seen[0]  # random.seed(0), then random.random()
