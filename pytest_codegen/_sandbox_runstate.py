@@ -242,9 +242,11 @@ class RunState:
             how = f" ({signal_name(signo)})" if signo is not None and not self.cpu_timed_out else ""
             return "timeout", TIMEOUT_CPU, f"CPU limit of {lim['cpu_seconds']}s exceeded{how}"
         if self.timed_out:
+            # No measured figure in the message (the CPU time used is in the detail): a program
+            # that waits gets the same message, and a refiner the same feedback, in every run.
             return "timeout", TIMEOUT_WALL, (
-                f"wall-clock limit of {lim['wall_seconds']}s exceeded (CPU used {cpu:.2f}s of {lim['cpu_seconds']}s: "
-                "waiting, sleeping or starved)"
+                f"wall-clock limit of {lim['wall_seconds']}s exceeded before the CPU limit of {lim['cpu_seconds']}s "
+                "(waiting, sleeping or starved)"
             )
         if signo is not None:
             if mem_limit > 0 and maxrss_mb >= 0.9 * mem_limit:

@@ -337,7 +337,10 @@ def test_a_wall_timeout_is_told_from_a_cpu_timeout():
     r = st.result("root")
     assert (r["status"], r["error_type"]) == ("timeout", runstate.TIMEOUT_WALL)
     assert r["detail"]["timeout"] == "wall"
-    assert "wall-clock limit of 20.0s exceeded (CPU used 0.02s" in r["message"]
+    assert r["detail"]["cpu_seconds"] == 0.02
+    assert r["message"] == (
+        "wall-clock limit of 20.0s exceeded before the CPU limit of 5.0s (waiting, sleeping or starved)"
+    )
 
 
 def test_a_timeout_while_defining_is_in_the_define_phase():
