@@ -50,11 +50,11 @@ import typing
 
 if typing.TYPE_CHECKING:
     from pytest_codegen import _sandbox_codec as codec
-    from pytest_codegen._sandbox_harness import TEST_SEED, make_describer
+    from pytest_codegen._sandbox_harness import make_describer
     from pytest_codegen._sandbox_runstate import RunState
 else:
     import _sandbox_codec as codec
-    from _sandbox_harness import TEST_SEED, make_describer
+    from _sandbox_harness import make_describer
     from _sandbox_runstate import RunState
 
 
@@ -151,8 +151,9 @@ class Checking:
 
     def __init__(self, tests: list, setup: tuple[typing.Any, str, dict | None], entry: str | None,
                  channel: Channel, state: RunState, output_cap: int,
-                 rewrite: typing.Callable[[str, str], typing.Any] | None = None) -> None:
+                 rewrite: typing.Callable[[str, str], typing.Any] | None = None, test_seed: int = 0) -> None:
         self.tests, self.entry, self.channel, self.state = tests, entry, channel, state
+        self.test_seed = test_seed  # `random`'s seed before every test (see `sandbox.TEST_SEED`)
         self.rewrite = rewrite  # a test's code through pytest's assertion rewriting: explain here
         self.answered: list[tuple[bytes, dict]] = []  # the running test's calls and their answers
         # (test, its calls and their answers, the namespace as the test found it)
@@ -226,14 +227,15 @@ class Checking:
                 return Exception(text)
 
     def _ahead(self, payload: bytes) -> _Request | None:
-        """The running test's next literal call with these arguments, the ones before it
-        dropped (calls the test did not make: an assert's message, a branch not taken)."""
+        """The running test's first literal call with these arguments not yet taken. Calls
+        were sent in the order of the source, which is not always the order Python makes them
+        (`a if f(1) else b`, `d[f(1)] = f(2)`); those the test does not make (an assert's
+        message, a branch not taken) are left over."""
         ahead = self.ahead
         for index, request in enumerate(ahead):
             if request.payload == payload:
-                for _ in range(index):
-                    ahead.popleft()
-                return ahead.popleft()
+                del ahead[index]
+                return request
         return None
 
     def _send(self, kind: bytes, payload: bytes) -> _Request:
@@ -398,7 +400,7 @@ class Checking:
 
     def _check(self, code: typing.Any, filename: str, tns: dict) -> dict:
         self.raised = None
-        random.seed(TEST_SEED)  # the tests' `random` is this server's module
+        random.seed(self.test_seed)  # the tests' `random` is this server's module
         try:
             with self._printing():
                 exec(code, tns)  # noqa: S102  # trusted: the suite's test, compiled by the server
@@ -408,7 +410,7 @@ class Checking:
 
     def _in_process(self, filename: str, source: str, code: typing.Any) -> dict:
         try:
-            msg = self._answer(self._send(b"T", marshal.dumps((filename, source, code))))
+            msg = self._answer(self._send(b"T", marshal.dumps((filename, source, code, self.test_seed))))
         except Stopped:
             return {}
         if msg.get("k") != "result" or msg.get("ok") not in (True, False):

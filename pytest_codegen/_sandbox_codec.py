@@ -14,9 +14,11 @@ receiver, whatever bytes it sends: malformed input raises `Malformed`.
 The bytes are JSON text (decoded by the `_json` C scanner, made for untrusted input), every
 container an array whose first element names its type: `["l", ...]` a list, `"t"` a tuple,
 `"s"` a set, `"f"` a frozenset, `"d"` a dict (keys and values alternating), `"b"` bytes (hex),
-`"c"` a complex (real, imaginary). Floats are written with `repr` (exact), NaN and the
-infinities as JSON's usual extensions. Imports nothing but `_json`: the sandbox's forker loads
-it by name (see `_sandbox_bootstrap`), before any candidate code runs.
+`"c"` a complex (real, imaginary), `"u"` a string with lone surrogates (its UTF-32 code units
+in hex: JSON's escapes would join a high and a low one into another character). Floats are
+written with `repr` (exact), NaN and the infinities as JSON's usual extensions. Imports nothing
+but `_json`: the sandbox's forker loads it by name (see `_sandbox_bootstrap`), before any
+candidate code runs.
 """
 
 from __future__ import annotations
@@ -28,11 +30,13 @@ import typing
 MAX_DEPTH = 100  # containers within containers
 MAX_BYTES = 16 << 20
 # A set's or dict's keys are distinct, and distinct keys that share a hash make building it
-# quadratic (the integers k * (2**61 - 1) all hash to 0). Building costs about the sum, over
-# hash values, of the square of how many keys share each (a few ns a unit): past this budget,
-# summed over every set and dict of one value (about 0.1 s), the value is refused unbuilt.
-# Honest values stay far below it ({2**i for i in range(4000)}, whose hashes repeat every 61
-# powers: about 270,000).
+# quadratic (the integers k * (2**61 - 1) all hash to 0), each step comparing two keys, which
+# costs about their size (tuples with one hash that differ in their last element). Building
+# costs about the sum, over hash values, of the square of how many keys share each times the
+# size of the largest of them (`_size`; a few ns a unit): past this budget, summed over every
+# set and dict of one value (about 0.1 s), the value is refused unbuilt. Honest values stay
+# far below it ({2**i for i in range(4000)}, whose hashes repeat every 61 powers: about 4
+# million).
 HASH_WORK_BUDGET = 20_000_000
 
 PLAIN = "None, bool, int, float, complex, str, bytes, and lists, tuples, dicts, sets and frozensets of them"
@@ -80,7 +84,10 @@ class _Refused(Exception):
 def _encode(value: typing.Any, parts: list[str], depth: int) -> None:
     kind = type(value)
     if kind is str:
-        parts.append(_json.encode_basestring_ascii(value))
+        text = _json.encode_basestring_ascii(value)
+        if "\\ud" in text and not _is_utf8(value):  # lone surrogates: as code units
+            text = '["u","%s"]' % value.encode("utf-32-be", "surrogatepass").hex()
+        parts.append(text)
     elif kind is int:
         try:
             parts.append(int.__repr__(value))
@@ -140,6 +147,15 @@ def _encode(value: typing.Any, parts: list[str], depth: int) -> None:
         raise _Refused(_describe(kind), f"is not plain data (only {PLAIN} cross)")
 
 
+def _is_utf8(text: str) -> bool:
+    """Whether `text` is valid Unicode: no lone surrogates."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _key_text(key: object) -> str:
     text = repr(key) if type(key) in (str, int, bool, float) or key is None else "..."
     return text if len(text) <= 40 else text[:37] + "..."
@@ -181,7 +197,7 @@ class _Context:
 
     @staticmethod
     def parse_constant(name: str) -> float:
-        return _CONSTANTS[name]
+        return float(_CONSTANTS[name])  # a NaN of its own: a set may hold several
 
 
 _scan = _json.make_scanner(_Context())  # type: ignore[arg-type]  # typeshed: a JSONDecoder
@@ -217,12 +233,30 @@ def _distinct_hashes(keys: list, budget: list[int]) -> list:
     HASH_WORK_BUDGET); TypeError for an unhashable key."""
     if len(keys) > 1:
         counts = collections.Counter(map(hash, keys))  # (a hash value is an int that hashes to itself)
-        work = len(keys) if len(counts) == len(keys) else sum(n * n for n in counts.values())
+        if len(counts) == len(keys):
+            work = len(keys)
+        else:
+            largest: dict[int, int] = {}  # hash -> the size of its largest key, for shared hashes
+            for key in keys:
+                h = hash(key)
+                if counts[h] > 1:
+                    largest[h] = max(largest.get(h, 0), _size(key))
+            work = sum(n * n * largest.get(h, 1) for h, n in counts.items())
         budget[0] -= work
         if budget[0] < 0:
             raise Malformed("sets or dicts whose keys share hashes so much that building them would "
                             f"take more than {HASH_WORK_BUDGET:,} steps")
     return keys
+
+
+def _size(key: object) -> int:
+    """About what comparing `key` with another key of its hash costs, in steps."""
+    kind = type(key)
+    if kind is tuple or kind is frozenset:
+        return 1 + sum(map(_size, key))  # type: ignore[call-overload]
+    if kind is int:
+        return 1 + (key.bit_length() >> 8)  # type: ignore[attr-defined]
+    return 1
 
 
 def _build(raw: object, depth: int, budget: list[int]) -> object:
@@ -234,8 +268,14 @@ def _build(raw: object, depth: int, budget: list[int]) -> object:
         raise Malformed("an array that is not a tagged container (or nested too deep)")
     tag, items = raw[0], raw[1:]
     for i, item in enumerate(items):
-        if type(item) is list:
+        kind = type(item)
+        if kind is list:
             items[i] = _build(item, depth + 1, budget)
+        elif kind is float:
+            if item != item:  # a NaN of its own: a parser may hand out one for all
+                items[i] = float("nan")
+        elif kind not in _SCALARS:
+            raise Malformed("a JSON object, which no encoding holds")
     n = len(items)
     try:
         if tag == "l":
@@ -252,10 +292,12 @@ def _build(raw: object, depth: int, budget: list[int]) -> object:
             return bytes.fromhex(items[0])
         if tag == "c" and n == 2 and type(items[0]) is float and type(items[1]) is float:
             return complex(items[0], items[1])
+        if tag == "u" and n == 1 and type(items[0]) is str:
+            return bytes.fromhex(items[0]).decode("utf-32-be", "surrogatepass")
     except TypeError:  # a list as a set member or dict key
         raise Malformed(f"an unhashable value in a {tag!r} container") from None
     except Malformed:
         raise
-    except ValueError:
-        raise Malformed("bytes that are not hex") from None
+    except ValueError:  # (and UnicodeDecodeError)
+        raise Malformed(f"a {tag!r} container whose text is not hex of what it holds") from None
     raise Malformed(f"an array tagged {tag[:20]!r} of {n} elements")

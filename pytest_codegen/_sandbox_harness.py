@@ -46,12 +46,12 @@ _ESC = _json.encode_basestring_ascii
 
 PRISTINE_BUILTINS: dict = {}  # filled by the forker's main() before anything can change builtins
 
-# Every test starts with `random` seeded to this, in the server and in the candidate's process,
-# and so does a program that names `random`: tests that draw their inputs (HumanEval/38, /50,
-# /53) then check the same ones in every run, a program that draws gets the same verdict, and
-# failure messages, which a refiner is shown, do not change between runs. (String hashing,
-# and so the order of a set of strings, is fixed too: `_sandbox_bootstrap.HASH_SEED`.)
-TEST_SEED = 0
+# A program that names `random` gets it seeded to this before it is defined: a program that
+# draws gets the same verdict in every run. Tests are seeded too, before each one, but with
+# the client's `sandbox.TEST_SEED`, which no file the candidate can read holds (an in-process
+# test brings it along): a program seeded as the tests are could replay their draws and
+# return what a test expects. (String hashing is fixed as well: `_sandbox_bootstrap.HASH_SEED`.)
+PROGRAM_SEED = 0
 
 
 def prepare_harness() -> list[tuple[dict, bytes]]:
@@ -216,7 +216,7 @@ def _make_harness() -> typing.Callable[[dict, int, int, bool, list], None]:
     _write, _read, _exit, _getpid, _kill = os.write, os.read, os._exit, os.getpid, os.kill
     _setrlimit_raw, _NPROC = resource.setrlimit, resource.RLIMIT_NPROC
     _settrace, _setprofile = sys.settrace, sys.setprofile
-    _loads, _import, _seed = marshal.loads, __import__, TEST_SEED
+    _loads, _import, _program_seed = marshal.loads, __import__, PROGRAM_SEED
     own_codec = own_copy(codec, captured)
     _encode, _decode, _NotPlain = own_codec["encode"], own_codec["decode"], codec.NotPlain
     _unpack, _header = FRAME.unpack, FRAME.size
@@ -351,7 +351,7 @@ def _make_harness() -> typing.Callable[[dict, int, int, bool, list], None]:
         send('"k":"start"')
         try:
             if "random" in program:  # its draws, too, are the same in every run
-                _import("random").seed(_seed)
+                _import("random").seed(_program_seed)
             code = _compile(program, "<candidate>", "exec", dont_inherit=True)
             _exec(code, ns)
             before = _dict(ns)
@@ -381,13 +381,13 @@ def _make_harness() -> typing.Callable[[dict, int, int, bool, list], None]:
             if kind == b"C":
                 answer_call(function, payload, ballast)
             elif kind == b"T":
-                filename, source, tcode = _loads(payload)
+                filename, source, tcode, test_seed = _loads(payload)
                 sources[filename] = source
                 if tns is None:
                     tns = test_namespace(ns, before, pristine, entry, function)
                 try:
                     if "random" in source:  # (imported only then: the import costs every run)
-                        _import("random").seed(_seed)
+                        _import("random").seed(test_seed)
                     _settrace(None)
                     _setprofile(None)
                     _exec(tcode, tns)

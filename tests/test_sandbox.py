@@ -19,7 +19,7 @@ import pytest
 
 from pytest_codegen import outcome
 from pytest_codegen.problems import TestCase
-from pytest_codegen.sandbox import Limits, Sandbox, SandboxError
+from pytest_codegen.sandbox import TEST_SEED, Limits, Sandbox, SandboxError
 
 LIMITS = Limits(wall_seconds=2.0, cpu_seconds=2.0, memory_mb=256)
 IS_ROOT = os.geteuid() == 0
@@ -910,7 +910,7 @@ def test_degraded_userns_blocks_network_and_writes(degraded, tmp_path):
 
 def test_tests_draw_the_same_random_inputs_in_every_run():
     # HumanEval/38, /50 and /53 draw their inputs from `random` without a seed: seeded for
-    # every test, both on the server's side and in the candidate's process, their failure
+    # every test (`sandbox.TEST_SEED`), on the server's side and in the candidate's process, their failure
     # messages (a refiner's feedback) are the same in every run and every server.
     checked = TestCase("checked", "import random\nx = random.randint(0, 10**9)\nassert f(x) == x + 1, x\n")
     in_process = TestCase("in_process", "import random\nassert f.__name__ == str(random.random())\n")
@@ -923,6 +923,51 @@ def test_tests_draw_the_same_random_inputs_in_every_run():
                 draws.append([t.message for t in r.tests])
     assert all(d == draws[0] for d in draws), draws
     assert draws[0][0].startswith("AssertionError: ") and draws[0][0] != draws[0][1]
+
+
+def test_calls_made_in_another_order_than_the_source_shows_are_answered(box):
+    # Literal calls are asked ahead in the order of the source; Python makes these in another.
+    tests = [
+        tc("assert (f(2) if f(1) == 2 else 0) == 3\n"),
+        tc("d = {}\nd[f(10)] = f(20)\nassert d == {11: 21}\n"),
+        tc("assert f(5) == 6 or f(6) == 0\n"),  # a call never made: left over, no harm
+    ]
+    r = run(box, "def f(x):\n    return x + 1\n", tests)
+    assert r.passed, r
+
+
+def test_two_lone_surrogates_do_not_pass_for_the_character_they_would_pair_into(box):
+    r = run(box, "def f(x):\n    return '\\ud83d\\ude00'\n", [tc("assert f(2) == '\\U0001F600'\n")])
+    assert r.error_type == "AssertionError", r
+
+
+def test_a_program_cannot_replay_the_tests_draws():
+    # Tests and programs are seeded, but not alike: a program that draws (its `random` seeded
+    # for it, or seeded by itself as the tests once were) does not return what a test that
+    # draws its expected value expects; and the tests' seed is in no file or process the
+    # program can read.
+    test = TestCase("t", "import random\nassert f() == [random.random() for _ in range(3)]\n")
+    for seeding in ("", "random.seed(0)\n"):
+        program = f"import random\n{seeding}def f():\n    return [random.random() for _ in range(3)]\n"
+        with Sandbox(LIMITS) as box:
+            r = box.run(program, [test], entry_point="f", limits=LIMITS)
+        assert r.error_type == "AssertionError", r
+    seed = str(TEST_SEED)
+    search = (
+        "import glob, os\n"
+        "found = []\n"
+        f"for path in glob.glob({str(REPO / 'pytest_codegen')!r} + '/**', recursive=True) + "
+        "glob.glob('/proc/*/cmdline') + glob.glob('/proc/*/environ'):\n"
+        "    try:\n"
+        "        with open(path, 'rb') as f:\n"
+        f"            found += [path] if {seed!r}.encode() in f.read() else []\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "print('FOUND', found)\n"
+    )
+    with Sandbox(LIMITS) as box:
+        r = run(box, search + FAIL_LAST)
+    assert "FOUND []" in r.output, r.output
 
 
 def test_a_program_gets_the_same_draws_and_string_order_in_every_run():

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pytest_codegen._sandbox_codec import MAX_DEPTH, Malformed, NotPlain, decode, encode
+from pytest_codegen._sandbox_codec import MAX_DEPTH, Malformed, NotPlain, decode, encode, from_json
 
 hashable = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.complex_numbers()
@@ -130,3 +131,38 @@ def test_not_plain_names_what_it_refused():
 def test_decoded_values_are_fresh_objects_of_the_builtin_types():
     assert type(decode(encode(True))) is bool and decode(encode(None)) is None
     assert decode(b'["d",["t",1,2],["s","a"]]') == {(1, 2): {"a"}}
+
+
+@given(st.text(st.characters(min_codepoint=0xD7F0, max_codepoint=0xE010) | st.sampled_from("a\U0001F600"), max_size=8))
+def test_strings_with_lone_surrogates_cross_unchanged(text):
+    assert decode(encode(text)) == text
+
+
+def test_a_high_and_a_low_surrogate_do_not_become_another_character():
+    # JSON's escapes of the two would decode as one character (U+1F600): a forged equality
+    two = "\ud83d\ude00"
+    assert decode(encode(two)) == two and len(decode(encode([two]))[0]) == 2
+    assert decode(encode("\U0001F600")) == "\U0001F600"
+
+
+def test_nans_in_a_set_stay_apart():
+    nans = {float("nan"), float("nan")}
+    assert len(decode(encode(nans))) == 2
+    assert len(from_json(json.loads(encode(nans)))) == 2  # as a message parsed whole carries it
+
+
+def test_a_json_object_inside_a_parsed_message_is_malformed():
+    with pytest.raises(Malformed):
+        from_json(json.loads('["l",{"a":1}]'))
+
+
+def test_keys_that_share_a_hash_are_charged_for_their_size():
+    # (0,) * 400 + (k * (2**61 - 1),) all hash alike and differ only in their last element: each
+    # comparison while building the set walks the whole tuple. Counted by keys alone this set
+    # (1,500 keys) is within budget; it would take seconds to build.
+    keys = {(0,) * 400 + (k * (2**61 - 1),) for k in range(1, 1501)}
+    assert len({hash(k) for k in keys}) == 1
+    with pytest.raises(Malformed, match="share hashes"):
+        decode(encode(keys))
+    powers = {2**i for i in range(4000)}  # honest: hashes repeat every 61 powers
+    assert decode(encode(powers)) == powers
