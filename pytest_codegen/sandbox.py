@@ -107,8 +107,8 @@ class _NoAnswer(_Broken):
     """The server did not answer within the run's wall-clock limit and its margin."""
 
 
-# `random`'s seed before every test: the same inputs for tests that draw them (HumanEval/38, /50,
-# /53) in every run, so the same failure messages, which a refiner is shown. Sent to the
+# `random`'s seed before every test: the same inputs for tests that draw them (HumanEval/32, /38,
+# /50, /53) in every run, so the same failure messages, which a refiner is shown. Sent to the
 # server only, not held by any file the candidate can read, and not a seed a program would
 # pick: a program that could seed itself as the tests are could replay their draws and return
 # what a test expects. (Sent with each request: the server's command line is readable as the
