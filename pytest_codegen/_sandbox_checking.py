@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import builtins
 import collections
+import hashlib
 import marshal
 import random
 import sys
@@ -151,9 +152,12 @@ class Checking:
 
     def __init__(self, tests: list, setup: tuple[typing.Any, str, dict | None], entry: str | None,
                  channel: Channel, state: RunState, output_cap: int,
-                 rewrite: typing.Callable[[str, str], typing.Any] | None = None, test_seed: int = 0) -> None:
+                 rewrite: typing.Callable[[str, str], typing.Any] | None, test_seed: int) -> None:
         self.tests, self.entry, self.channel, self.state = tests, entry, channel, state
-        self.test_seed = test_seed  # `random`'s seed before every test (see `sandbox.TEST_SEED`)
+        self.test_seed = test_seed  # `random`'s seed before every checked test (see `sandbox.TEST_SEED`)
+        # ... and before every in-process test: one that the candidate's process, where those
+        # run, can read without learning the checked tests' seed
+        self.in_process_seed = int.from_bytes(hashlib.sha256(b"in-process:%d" % test_seed).digest()[:8], "big")
         self.rewrite = rewrite  # a test's code through pytest's assertion rewriting: explain here
         self.answered: list[tuple[bytes, dict]] = []  # the running test's calls and their answers
         # (test, its calls and their answers, the namespace as the test found it)
@@ -410,7 +414,7 @@ class Checking:
 
     def _in_process(self, filename: str, source: str, code: typing.Any) -> dict:
         try:
-            msg = self._answer(self._send(b"T", marshal.dumps((filename, source, code, self.test_seed))))
+            msg = self._answer(self._send(b"T", marshal.dumps((filename, source, code, self.in_process_seed))))
         except Stopped:
             return {}
         if msg.get("k") != "result" or msg.get("ok") not in (True, False):

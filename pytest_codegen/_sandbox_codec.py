@@ -34,14 +34,14 @@ MAX_BYTES = 16 << 20
 # costs about their size (tuples with one hash that differ in their last element). Building
 # costs about the sum, over hash values, of the square of how many keys share each times the
 # size of the largest of them (`_size`; a few ns a unit): past this budget, summed over every
-# set and dict of one value (about 0.1 s), the value is refused unbuilt. Honest values stay
-# far below it ({2**i for i in range(4000)}, whose hashes repeat every 61 powers: about 4
-# million).
+# set and dict of one value (about 0.1 s), the value is refused unbuilt. Measuring a key's
+# size is paid from the same budget (`SIZE_STEP` a part it walks). Honest values stay far below
+# it ({2**i for i in range(4000)}, whose hashes repeat every 61 powers: about 4 million).
 HASH_WORK_BUDGET = 20_000_000
+SIZE_STEP = 30
 
 PLAIN = "None, bool, int, float, complex, str, bytes, and lists, tuples, dicts, sets and frozensets of them"
 _SPECIAL_FLOATS = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
-_CONSTANTS = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
 _SEQUENCE_TAGS: dict[type, str] = {list: '["l"', tuple: '["t"', set: '["s"', frozenset: '["f"'}
 _AS_DICT = (collections.Counter, collections.OrderedDict, collections.defaultdict)
 
@@ -86,7 +86,8 @@ def _encode(value: typing.Any, parts: list[str], depth: int) -> None:
     if kind is str:
         text = _json.encode_basestring_ascii(value)
         if "\\ud" in text and not _is_utf8(value):  # lone surrogates: as code units
-            text = '["u","%s"]' % value.encode("utf-32-be", "surrogatepass").hex()
+            # (by `ord`, not a codec: the codec and error handler registries are the candidate's)
+            text = '["u","%s"]' % (("%08x" * len(value)) % tuple(map(ord, value)))
         parts.append(text)
     elif kind is int:
         try:
@@ -197,7 +198,7 @@ class _Context:
 
     @staticmethod
     def parse_constant(name: str) -> float:
-        return float(_CONSTANTS[name])  # a NaN of its own: a set may hold several
+        return float(name)  # "NaN", "Infinity" or "-Infinity"; a NaN of its own: a set may hold several
 
 
 _scan = _json.make_scanner(_Context())  # type: ignore[arg-type]  # typeshed: a JSONDecoder
@@ -240,7 +241,7 @@ def _distinct_hashes(keys: list, budget: list[int]) -> list:
             for key in keys:
                 h = hash(key)
                 if counts[h] > 1:
-                    largest[h] = max(largest.get(h, 0), _size(key))
+                    largest[h] = max(largest.get(h, 0), _size(key, budget))
             work = sum(n * n * largest.get(h, 1) for h, n in counts.items())
         budget[0] -= work
         if budget[0] < 0:
@@ -249,13 +250,20 @@ def _distinct_hashes(keys: list, budget: list[int]) -> list:
     return keys
 
 
-def _size(key: object) -> int:
-    """About what comparing `key` with another key of its hash costs, in steps."""
+def _size(key: object, budget: list[int]) -> int:
+    """About what comparing `key` with another key of its hash costs, in steps; walking it is
+    paid from `budget` (a key nested in several sets is walked once for each)."""
+    budget[0] -= SIZE_STEP
+    if budget[0] < 0:
+        raise Malformed(f"sets or dicts whose keys share hashes so much that building them would "
+                        f"take more than {HASH_WORK_BUDGET:,} steps")
     kind = type(key)
     if kind is tuple or kind is frozenset:
-        return 1 + sum(map(_size, key))  # type: ignore[call-overload]
+        return 1 + sum([_size(part, budget) for part in key])  # type: ignore[attr-defined, misc]
     if kind is int:
         return 1 + (key.bit_length() >> 8)  # type: ignore[attr-defined]
+    if kind is str or kind is bytes:
+        return 1 + (len(key) >> 6)  # type: ignore[arg-type]
     return 1
 
 

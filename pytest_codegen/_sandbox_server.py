@@ -401,7 +401,7 @@ class Server:
             setup = (setup_code, setup_src, setup_err)
             rewrite = _rewritten if req.get("explain_here") and not req.get("explain", True) else None
             checking = Checking(tests, setup, entry_point, Requests(self, run), st, run.output_cap, rewrite,
-                                int(req.get("test_seed", 0)))
+                                int(req["test_seed"]))
             if not checking.run():
                 if z.req_w is not None:
                     os.close(z.req_w)  # the child's cue to finish: its end message may come

@@ -9,6 +9,7 @@ server act as nobody (`Sandbox(degrade=...)`).
 from __future__ import annotations
 
 import os
+import re
 import socket
 import threading
 import time
@@ -952,6 +953,18 @@ def test_a_program_cannot_replay_the_tests_draws():
         with Sandbox(LIMITS) as box:
             r = box.run(program, [test], entry_point="f", limits=LIMITS)
         assert r.error_type == "AssertionError", r
+    # An in-process test runs in the candidate's process, which can read its seed: not the
+    # checked tests' one.
+    draws = [
+        TestCase("checked", "import random\nx = random.random()\nassert f(x) == -1, repr(x)\n"),
+        TestCase("in_process", "import random\nassert f.__name__ == repr(random.random())\n"),
+    ]
+    with Sandbox(LIMITS) as box:
+        r = box.run("def f(x):\n    return x\n", draws, entry_point="f", limits=LIMITS)
+    checked_draw = re.match(r"AssertionError: ([0-9.]+)", r.tests[0].message)
+    in_process_draw = re.search(r"== '([0-9.]+)'", r.tests[1].message)
+    assert checked_draw and in_process_draw, r.tests
+    assert float(checked_draw[1]) != float(in_process_draw[1])
     seed = str(TEST_SEED)
     search = (
         "import glob, os\n"

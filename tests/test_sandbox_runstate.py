@@ -87,7 +87,7 @@ def check(*messages: bytes, sources=TESTS, setup: str = "", checked: bool = True
     script = Script(st, list(messages))
     setup_code = compile(setup, "<setup>", "exec") if setup else None
     tests = compiled(*sources, checked=checked, literal=literal)
-    script.busy = checking.Checking(tests, (setup_code, setup, None), "f", script, st, 100).run()
+    script.busy = checking.Checking(tests, (setup_code, setup, None), "f", script, st, 100, None, 1).run()
     st.closed = True
     if end and not st.corrupt and not script.busy:
         st.feed(END)
