@@ -243,20 +243,21 @@ def _distinct_hashes(keys: list, budget: list[int]) -> list:
                 if counts[h] > 1:
                     largest[h] = max(largest.get(h, 0), _size(key, budget))
             work = sum(n * n * largest.get(h, 1) for h, n in counts.items())
-        budget[0] -= work
-        if budget[0] < 0:
-            raise Malformed("sets or dicts whose keys share hashes so much that building them would "
-                            f"take more than {HASH_WORK_BUDGET:,} steps")
+        _spend(budget, work)
     return keys
+
+
+def _spend(budget: list[int], work: int) -> None:
+    budget[0] -= work
+    if budget[0] < 0:
+        raise Malformed("sets or dicts whose keys share hashes so much that building them would "
+                        f"take more than {HASH_WORK_BUDGET:,} steps")
 
 
 def _size(key: object, budget: list[int]) -> int:
     """About what comparing `key` with another key of its hash costs, in steps; walking it is
     paid from `budget` (a key nested in several sets is walked once for each)."""
-    budget[0] -= SIZE_STEP
-    if budget[0] < 0:
-        raise Malformed(f"sets or dicts whose keys share hashes so much that building them would "
-                        f"take more than {HASH_WORK_BUDGET:,} steps")
+    _spend(budget, SIZE_STEP)
     kind = type(key)
     if kind is tuple or kind is frozenset:
         return 1 + sum([_size(part, budget) for part in key])  # type: ignore[attr-defined, misc]
