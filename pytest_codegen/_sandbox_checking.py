@@ -155,9 +155,6 @@ class Checking:
                  rewrite: typing.Callable[[str, str], typing.Any] | None, test_seed: int) -> None:
         self.tests, self.entry, self.channel, self.state = tests, entry, channel, state
         self.test_seed = test_seed  # `random`'s seed before every checked test (see `sandbox.TEST_SEED`)
-        # ... and before every in-process test: one that the candidate's process, where those
-        # run, can read without learning the checked tests' seed
-        self.in_process_seed = int.from_bytes(hashlib.sha256(b"in-process:%d" % test_seed).digest()[:8], "big")
         self.rewrite = rewrite  # a test's code through pytest's assertion rewriting: explain here
         self.answered: list[tuple[bytes, dict]] = []  # the running test's calls and their answers
         # (test, its calls and their answers, the namespace as the test found it)
@@ -413,8 +410,11 @@ class Checking:
         return {"ok": True}
 
     def _in_process(self, filename: str, source: str, code: typing.Any) -> dict:
+        # The candidate's process, where this test runs, can read its seed: one derived from the
+        # checked tests' one way, so that it learns nothing of theirs.
+        seed = int.from_bytes(hashlib.sha256(b"in-process:%d" % self.test_seed).digest()[:8], "big")
         try:
-            msg = self._answer(self._send(b"T", marshal.dumps((filename, source, code, self.in_process_seed))))
+            msg = self._answer(self._send(b"T", marshal.dumps((filename, source, code, seed))))
         except Stopped:
             return {}
         if msg.get("k") != "result" or msg.get("ok") not in (True, False):

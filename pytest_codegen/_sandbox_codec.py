@@ -42,6 +42,7 @@ SIZE_STEP = 30
 
 PLAIN = "None, bool, int, float, complex, str, bytes, and lists, tuples, dicts, sets and frozensets of them"
 _SPECIAL_FLOATS = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+_CONSTANTS = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
 _SEQUENCE_TAGS: dict[type, str] = {list: '["l"', tuple: '["t"', set: '["s"', frozenset: '["f"'}
 _AS_DICT = (collections.Counter, collections.OrderedDict, collections.defaultdict)
 
@@ -198,7 +199,7 @@ class _Context:
 
     @staticmethod
     def parse_constant(name: str) -> float:
-        return float(name)  # "NaN", "Infinity" or "-Infinity"; a NaN of its own: a set may hold several
+        return _CONSTANTS[name]  # (one NaN for all: `_build` gives each NaN in a container its own)
 
 
 _scan = _json.make_scanner(_Context())  # type: ignore[arg-type]  # typeshed: a JSONDecoder
@@ -281,7 +282,7 @@ def _build(raw: object, depth: int, budget: list[int]) -> object:
         if kind is list:
             items[i] = _build(item, depth + 1, budget)
         elif kind is float:
-            if item != item:  # a NaN of its own: a parser may hand out one for all
+            if item != item:  # a NaN of its own (parsers hand out one for all): a set may hold several
                 items[i] = float("nan")
         elif kind not in _SCALARS:
             raise Malformed("a JSON object, which no encoding holds")

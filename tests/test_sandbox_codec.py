@@ -170,8 +170,8 @@ def test_keys_that_share_a_hash_are_charged_for_their_size():
 
 def test_measuring_keys_is_paid_from_the_budget():
     # A long tuple inside frozensets nested 97 deep, each beside an int of its hash: every level
-    # shares a hash, and measuring its keys walks the tuple again (a 100 KB message that took
-    # 1.35 s to decode before this was charged).
+    # shares a hash, and measuring its keys walks the tuple again (a 100 KB message: 2.2 s of
+    # CPU to decode with the walk uncharged, refused in 0.27 s charged, measured here).
     value: object = (0,) * 50_000
     for _ in range(97):
         value = frozenset({value, hash(value)})
