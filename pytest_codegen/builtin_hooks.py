@@ -38,7 +38,7 @@ def pytest_codegen_make_backend(
                                           timeout=settings.model_timeout)
     if settings.model_server == IN_PROCESS:
         return factories.in_process_backend(name, spec, pool)
-    from .plugin import STATE_KEY
+    from .plugin_state import STATE_KEY
 
     state = config.stash.get(STATE_KEY, None)
     service = state.service if state is not None else None

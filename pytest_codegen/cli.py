@@ -398,6 +398,7 @@ def cmd_study(args: argparse.Namespace) -> int:
         import_cache,
         option_value,
         run_cells,
+        unexported_generations,
     )
     from pytest_codegen.study_report import render_report
 
@@ -425,6 +426,10 @@ def cmd_study(args: argparse.Namespace) -> int:
         (out / "README.md").write_text(render_report(out, cells))
         compress_results(cells, out)
         export_cache(cache, out)
+        for cell, problems in unexported_generations(cells, out).items():
+            print(f"warning: {cell.model} {cell.benchmark} {cell.label}: {len(problems)} problems have generations "
+                  f"that {out / CACHE_EXPORT} lacks ({', '.join(problems[:5])}{' …' if len(problems) > 5 else ''}); "
+                  "a re-run of the row will generate them again")
 
     if not args.dry_run:
         try:

@@ -9,7 +9,8 @@ A benchmark is an ordinary test that takes a `problem` parameter and the `soluti
 The fixture runs the pipeline during setup, so generation never counts against pytest-timeout
 (applied with `func_only`); `verify()` runs the final program in the sandbox against every
 scoring test in the test body. Workers attach each item's record to its report as its
-results-file line; the controller (or the only process, without xdist) aggregates and writes them.
+results-file line; the controller (`plugin_controller.py`; the only process, without xdist)
+aggregates and writes them. Each process's sandbox, models and pipeline live in `plugin_state.py`.
 """
 
 from __future__ import annotations
@@ -17,28 +18,20 @@ from __future__ import annotations
 import functools
 import json
 import os
-import re
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
+from .plugin_controller import CodegenController
+from .plugin_state import STATE_KEY, CodegenState
 from .settings import CACHE_DIR, RunSettings
 
 if TYPE_CHECKING:
-    from .models import ModelPool
     from .outcome import ExecutionResult
-    from .pipelines import Pipeline
     from .pipelines.genome import Genome
     from .record import Record
-    from .results import ResultsWriter
-    from .sandbox import Sandbox
-    from .serving import ModelService
 
 VERDICT_KEY = pytest.StashKey["Candidate"]()  # the item's verified candidate: its record is built from it
-STATE_KEY = pytest.StashKey["CodegenState"]()
 
 # Status letters while a run progresses; the category stays "failed" so -rf still lists them.
 _LETTERS = {
@@ -170,89 +163,6 @@ def settings_from_options(config: pytest.Config) -> RunSettings:
         exec_timeout=option("exec_timeout"),
         exec_memory_mb=option("exec_memory"),
     )
-
-
-@dataclass
-class CodegenState:
-    """Per-process run state: the sandbox, models and pipeline, built on first use."""
-
-    settings: RunSettings
-    rootdir: Path | None = None
-    writer: ResultsWriter | None = None
-    records: list[Record] = field(default_factory=list)
-    sandbox: Sandbox | None = None
-    models: ModelPool | None = None
-    pipeline: Pipeline | None = None
-    error: str | None = None  # a pipeline that could not be built: every item reports it
-    genome: Genome | None = None  # what a model-backed pipeline runs, parsed once
-    run_key: str = ""
-    # A resumed results file's records by nodeid (a worker knows the nodeids only), and those of
-    # them this session selected (collected, then deselected because they are done): only those
-    # count in its tables.
-    done: dict[str, Record | None] = field(default_factory=dict)
-    resumed: set[str] = field(default_factory=set)
-    sandbox_cpu: int | None = None  # see `_sandbox_cpu`
-    service: ModelService | None = None  # where models run (serving.py)
-    config: pytest.Config | None = None  # for the backend and pipeline hooks
-
-    def get_sandbox(self) -> Sandbox:
-        if self.sandbox is None:
-            from .sandbox import Limits, Sandbox
-
-            self.sandbox = Sandbox(Limits.from_settings(self.settings), cpu=self.sandbox_cpu)
-        return self.sandbox
-
-    def get_models(self) -> ModelPool:
-        if self.models is None:
-            from .models import ModelPool
-
-            self.models = ModelPool.from_settings(
-                self.settings, self.rootdir, make_backend=self._make_backend,
-                threads=self.service.in_process_threads(self.settings) if self.service else None)
-        return self.models
-
-    def _make_backend(self, name, spec, pool):
-        """`ModelPool`'s factory: the `pytest_codegen_make_backend` hook."""
-        assert self.config is not None
-        return self.config.hook.pytest_codegen_make_backend(
-            name=name, spec=spec, settings=self.settings, pool=pool, config=self.config)
-
-    def get_pipeline(self) -> Pipeline:
-        if self.error is not None:
-            raise pytest.UsageError(self.error)
-        if self.pipeline is None:
-            try:
-                # The sandbox server starts before any model loads: a process must never fork
-                # after llama.cpp ran (its OpenMP threads hang the child).
-                sandbox = self.get_sandbox()
-                assert self.config is not None
-                from .hookspecs import plugin_implements
-
-                wants_models = self.genome is not None or plugin_implements(
-                    self.config, "pytest_codegen_make_pipeline")
-                self.pipeline = self.config.hook.pytest_codegen_make_pipeline(
-                    name=self.settings.pipeline, settings=self.settings, sandbox=sandbox,
-                    models=self.get_models() if wants_models else None, genome=self.genome,
-                    config=self.config)
-            except (ValueError, RuntimeError, OSError) as error:
-                self.error = f"pytest-codegen: {error}"
-                raise pytest.UsageError(self.error) from error
-        return self.pipeline
-
-    def close(self) -> None:
-        """Close every resource, each even if closing an earlier one raised (the first
-        error is raised at the end)."""
-        self._close_from([self.models, self.sandbox, self.writer, self.service])
-
-    def _close_from(self, resources: list[Any]) -> None:
-        if not resources:
-            return
-        close = getattr(resources[0], "close", None)
-        try:
-            if close is not None:
-                close()
-        finally:
-            self._close_from(resources[1:])
 
 
 def _is_xdist_worker(config: pytest.Config) -> bool:
@@ -517,22 +427,6 @@ def _describe_failures_directly(item: pytest.Item) -> None:
     item.repr_failure = repr_failure  # type: ignore[method-assign]
 
 
-def isolation_lines(lines: Iterable[str]) -> list[str]:
-    """The sandboxes' isolation lines, once each: lines that differ only in the uid each
-    worker's sandbox runs as are one line naming every uid."""
-    uids: dict[tuple[str, str], set[int]] = {}
-    for line in lines:
-        found = _UID.search(line)
-        if found is None:
-            uids.setdefault((line, ""), set())
-        else:
-            uids.setdefault((line[:found.start(1)], line[found.end(1):]), set()).add(int(found.group(1)))
-    return sorted(head + "/".join(map(str, sorted(numbers))) + tail for (head, tail), numbers in uids.items())
-
-
-_UID = re.compile(r"\buid (\d+)")
-
-
 def _is_codegen(item: pytest.Item) -> bool:
     return "solution" in getattr(item, "fixturenames", ())
 
@@ -656,123 +550,3 @@ def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config):
         return "passed", ".", ("PASSED" + suffix, {"green": True})
     letter = _LETTERS.get(outcome_class, "F")
     return "failed", letter, (f"FAILED ({outcome_class}){suffix}", {"red": True})
-
-
-class CodegenController:
-    """Registered on the controller only (or the single process without xdist): aggregates the
-    records that reports carry, writes the results file, the tables and JUnit suite properties."""
-
-    def __init__(self, state: CodegenState) -> None:
-        self.state = state
-        self.gate: dict[str, tuple[float, bool]] = {}
-        self.other_failures = 0  # failed tests that are not benchmark items
-        self.crashed: set[str] = set()  # items rescheduled after their worker died
-
-    @pytest.hookimpl(optionalhook=True)
-    def pytest_configure_node(self, node) -> None:
-        """xdist: every worker, a replacement for a crashed one too, is handed the items
-        resumed from the results file as decided once, here, at the start."""
-        node.workerinput["codegen_done"] = sorted(self.state.done)
-        if self.state.service is not None:  # the model server's URL (started now, once)
-            self.state.service.hand_to_worker(node.workerinput)
-
-    @pytest.hookimpl(optionalhook=True)
-    def pytest_handlecrashitem(self, crashitem: str, report, sched) -> None:
-        """xdist: the item a worker died running runs again, once, on another worker, so
-        the tables and the results file still count it."""
-        if crashitem in self.crashed:
-            return
-        try:
-            sched.mark_test_pending(crashitem)
-        except (NotImplementedError, AttributeError, ValueError):
-            return
-        self.crashed.add(crashitem)
-        report.outcome = "rerun"
-
-    @pytest.hookimpl(optionalhook=True)
-    def pytest_testnodedown(self, node, error) -> None:
-        """xdist: the resumed items a worker's collection selected."""
-        self.state.resumed.update(getattr(node, "workeroutput", {}).get("codegen_resumed", ()))
-
-    def all_records(self) -> list[Record]:
-        """This session's records (an item run again counts once, as it ended) and the resumed
-        ones it selected: what the tables count."""
-        resumed = [r for n in sorted(self.state.resumed) if (r := self.state.done.get(n)) is not None]
-        return resumed + list({r.nodeid: r for r in self.state.records}.values())
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        from .record import Record
-
-        line = getattr(report, "codegen", None)
-        if line is not None and report.when == "call":
-            self.state.records.append(Record.from_dict(json.loads(line)))
-            if self.state.writer is not None:
-                self.state.writer.write(line)
-            return
-        error = getattr(report, "codegen_error", None)
-        if error is not None:
-            # Counted in the tables and the gate, but not written: a resumed run retries it.
-            self.state.records.append(Record.from_dict(error))
-        elif report.failed:
-            self.other_failures += 1
-
-    @pytest.hookimpl(tryfirst=True)  # before junitxml writes its file
-    def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        self._apply_gate(session)
-        self._junit_suite_properties(session)
-        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None and self.all_records():  # a benchmark run: many failures to print next
-            from ._terminal_index import index_teardown_reports
-
-            index_teardown_reports(reporter)
-
-    def _apply_gate(self, session: pytest.Session) -> None:
-        bar = session.config.getoption("codegen_min_pass")
-        if bar is None or session.exitstatus not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
-            return
-        from .stats import pass_at_1
-
-        scores = pass_at_1(self.all_records())
-        self.gate = {name: (value, value >= bar) for name, value in scores.items()}
-        held = bool(scores) and all(ok for _, ok in self.gate.values())
-        if self.other_failures:
-            held = False  # the gate speaks for benchmark items only
-        session.exitstatus = pytest.ExitCode.OK if held else pytest.ExitCode.TESTS_FAILED
-
-    def _junit_suite_properties(self, session: pytest.Session) -> None:
-        from _pytest.junitxml import xml_key
-
-        xml = session.config.stash.get(xml_key, None)
-        records = self.all_records()
-        if xml is None or not records:
-            return
-        from .stats import pass_at_1
-
-        s = self.state.settings
-        xml.add_global_property("pipeline", s.pipeline)
-        if any(r.feedback is not None for r in records):  # pipelines that show tests
-            xml.add_global_property("feedback", s.feedback)
-        for benchmark, value in pass_at_1(records).items():
-            xml.add_global_property(f"pass@1[{benchmark}]", f"{value:.4f}")
-
-    def pytest_terminal_summary(self, terminalreporter) -> None:
-        records = self.all_records()
-        if not records:
-            return
-        from .report import render_tables
-
-        terminalreporter.write_sep("=", "codegen outcomes")
-        terminalreporter.write_line(render_tables(records))
-        if self.state.resumed:
-            terminalreporter.write_line(f"({len(self.state.resumed)} items resumed from the results file)")
-        for line in isolation_lines(r.sandbox["isolation"] for r in self.state.records if r.sandbox):
-            terminalreporter.write_line(f"sandbox isolation: {line}")
-        if self.state.writer is not None:
-            terminalreporter.write_line(f"results: {os.fspath(self.state.writer.path)}")
-        bar = terminalreporter.config.getoption("codegen_min_pass")
-        for name, (value, ok) in self.gate.items():
-            verdict = "holds" if ok else "FAILS"
-            terminalreporter.write_line(
-                f"gate: {name} pass@1 {value:.3f} {'>=' if ok else '<'} {bar:g}: {verdict}",
-                green=ok, red=not ok,
-            )

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CACHE_EXPORT", "Cell", "ROWS", "Row", "STUDY_PLAN", "cache_dir", "cells_for", "compress_results",
     "export_cache", "import_cache", "machines_path", "option_value", "read_results", "restore_results",
+    "unexported_generations",
     "run_cells",
 ]
 
@@ -351,15 +352,40 @@ def import_cache(out: Path, cache: Path | None) -> int:
         generations.close()
 
 
+def unexported_generations(cells: Iterable[Cell], out: Path) -> dict[Cell, list[str]]:
+    """Per cell, the problems with a generated round (not answered from the cache when it ran)
+    whose request the committed export lacks: what `--verify` would have to generate again."""
+    from .models.backend import GenerationRequest
+
+    exported: set[str] = set()
+    if (out / CACHE_EXPORT).is_file():
+        with gzip.open(out / CACHE_EXPORT, "rt", encoding="utf-8") as lines:
+            for line in lines:
+                request = GenerationRequest(**json.loads(json.loads(line)["request"]))
+                exported.add(request.digest()[:16])  # what a round records as its request_hash
+    missing = {}
+    for cell in cells:
+        problems = sorted({record.problem_id for record in read_results(cell.results_path(out))
+                           for step in record.rounds if not step.cached and step.request_hash not in exported})
+        if problems:
+            missing[cell] = problems
+    return missing
+
+
 def export_cache(cache: Path | None, out: Path) -> None:
-    """Refresh the committed export from the cache (every generation it holds)."""
+    """Refresh the committed export from the cache: every generation it holds, and every one the
+    export held before (a cache that lacks some, such as a new machine's that never imported the
+    export, must not drop generations that finished rows were answered from)."""
     from .models.cache import GenerationCache
     from .settings import CACHE_FILE
 
     if cache is None or not (cache / CACHE_FILE).is_file():
         return
+    export = out / CACHE_EXPORT
     generations = GenerationCache(cache)
     try:
-        generations.export_to(out / CACHE_EXPORT)
+        if export.is_file():
+            generations.import_from(export)
+        generations.export_to(export)
     finally:
         generations.close()

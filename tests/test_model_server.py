@@ -541,7 +541,7 @@ def test_batched_decoding_has_a_cache_identity_of_its_own(gemma_path):
 
 
 def test_state_close_closes_every_resource_even_if_one_fails():
-    from pytest_codegen.plugin import CodegenState
+    from pytest_codegen.plugin_state import CodegenState
     from pytest_codegen.settings import RunSettings
 
     closed = []

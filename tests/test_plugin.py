@@ -378,7 +378,7 @@ def test_xdist_workers_keep_their_sandbox_to_a_cpu_when_they_fill_the_machine():
 
 
 def test_isolation_lines_that_differ_only_in_the_uid_are_one_line():
-    from pytest_codegen.plugin import isolation_lines
+    from pytest_codegen.plugin_controller import isolation_lines
 
     worker_lines = ["namespaces + uid 221644 + rlimits", "namespaces + uid 221643 + rlimits",
                     "namespaces + uid 221644 + rlimits", "rlimits only (degraded)"]

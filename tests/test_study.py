@@ -264,6 +264,54 @@ def test_the_study_loads_its_committed_generations_into_the_cache(tmp_path: Path
     assert GenerationCache(ours).get("model-a", request).text == "    return 1"
 
 
+def test_refreshing_the_export_keeps_the_generations_the_cache_lacks(tmp_path: Path) -> None:
+    from pytest_codegen.models.backend import GenerationRequest, GenerationResponse
+    from pytest_codegen.models.cache import GenerationCache
+    from pytest_codegen.study import export_cache
+
+    out, old, new = tmp_path / "results", tmp_path / "old-cache", tmp_path / "new-cache"
+    out.mkdir()
+    first = GenerationRequest(prompt="def f():", temperature=0.0, max_tokens=8)
+    second = GenerationRequest(prompt="def g():", temperature=0.0, max_tokens=8)
+    made = GenerationCache(old)
+    made.put("model-a", first, GenerationResponse("    return 1", 3, 2, 0.5, "stop"))
+    made.export_to(out / CACHE_EXPORT)
+    made.close()
+    fresh = GenerationCache(new)  # a cache that never saw the first generation
+    fresh.put("model-a", second, GenerationResponse("    return 2", 3, 2, 0.5, "stop"))
+    fresh.close()
+    export_cache(new, out)
+    reader = GenerationCache(tmp_path / "reader")
+    assert reader.import_from(out / CACHE_EXPORT) == 2
+    assert reader.get("model-a", first).text == "    return 1"
+    assert reader.get("model-a", second).text == "    return 2"
+
+
+def test_generated_rounds_missing_from_the_export_are_named(tmp_path: Path) -> None:
+    from pytest_codegen.models.backend import GenerationRequest, GenerationResponse
+    from pytest_codegen.models.cache import GenerationCache
+    from pytest_codegen.study import unexported_generations
+
+    kept = GenerationRequest(prompt="def f():", temperature=0.0, max_tokens=8, seed=7)
+    lost = GenerationRequest(prompt="def g():", temperature=0.0, max_tokens=8, seed=7)
+    cache = GenerationCache(tmp_path / "cache")
+    cache.put("model-a", kept, GenerationResponse("    return 1", 3, 2, 0.5, "stop"))
+    cache.export_to(tmp_path / CACHE_EXPORT)
+    cache.close()
+    cell = Cell("m", "humaneval", "refine")
+
+    def rounds(*steps: tuple[GenerationRequest, bool]) -> list[dict]:
+        return [{"index": i, "request_hash": request.digest()[:16], "cached": cached}
+                for i, (request, cached) in enumerate(steps)]
+
+    write(cell.results_path(tmp_path), [
+        {**record("HumanEval/0", ["passed"]), "rounds": rounds((kept, False))},
+        {**record("HumanEval/1", ["passed"]), "rounds": rounds((kept, True), (lost, True))},  # answered by the cache
+        {**record("HumanEval/2", ["AssertionError", "passed"]), "rounds": rounds((kept, True), (lost, False))},
+    ])
+    assert unexported_generations([cell], tmp_path) == {cell: ["HumanEval/2"]}
+
+
 def test_the_study_finds_the_cache_its_cells_use_as_pytest_resolves_it(tmp_path: Path) -> None:
     project = tmp_path / "project"
     (project / "suite").mkdir(parents=True)
