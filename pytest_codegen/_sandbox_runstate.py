@@ -186,8 +186,10 @@ class RunState:
             status, error_type, message = stop
         else:
             status = "passed"
-        # the cap killed one of the run's processes: whatever then failed, memory is the cause
-        if status in ("crashed", "failed") and self.memory_cap_mb is not None and not self.corrupt:
+        # the cap killed one of the run's processes: whatever then failed, memory is the cause.
+        # A limit reached after it too: near the cap the kernel reclaims memory on the run's own
+        # CPU time, for seconds under load, before it kills (a verdict that load must not decide)
+        if status in ("crashed", "failed", "timeout") and self.memory_cap_mb is not None and not self.corrupt:
             status, error_type = "memory", "MemoryError"
             message = f"{message}: the run's processes together reached the memory cap of {self.memory_cap_mb} MB"
 

@@ -407,6 +407,23 @@ def test_a_run_the_memory_cap_cut_short_is_memory():
     assert "memory cap of 1024 MB" in r["message"] and r["detail"]["memory_cap_mb"] == 1024
 
 
+@pytest.mark.parametrize("limit", ["cpu", "wall"])
+def test_a_limit_reached_after_the_memory_cap_killed_a_process_is_memory(limit):
+    """Under load the kernel's reclaim near a v1 cap took the run past its CPU limit (seen:
+    `timeout (cpu)` for four 600 MB processes against a 1024 MB cap): the cap is the cause."""
+    st, _ = check(line("start"), end=False)
+    if limit == "cpu":
+        st.cpu_timed_out, st.cpu_seen = True, 5.01
+    else:
+        st.timed_out = True
+    st.set_exit(killed(signal.SIGKILL), usage(cpu=5.0 if limit == "cpu" else 0.5))
+    st.memory_cap_mb = 1024
+    r = st.result("root")
+    assert (r["status"], r["error_type"], r["phase"]) == ("memory", "MemoryError", "define")
+    assert "exceeded" in r["message"] and "memory cap of 1024 MB" in r["message"]
+    assert r["detail"]["timeout"] == limit and r["detail"]["memory_cap_mb"] == 1024
+
+
 def test_output_past_the_cap_is_counted_not_kept():
     st, _ = check(DEFINED, *RIGHT)
     st.add_output(b"x" * 60, 100)
