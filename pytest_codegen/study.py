@@ -37,8 +37,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CACHE_EXPORT", "Cell", "ROWS", "Row", "STUDY_PLAN", "cache_dir", "cells_for", "compress_results",
     "export_cache", "import_cache", "machines_path", "option_value", "read_results", "restore_results",
-    "unexported_generations",
-    "run_cells",
+    "run_cells", "unexported_generations",
 ]
 
 
@@ -356,13 +355,10 @@ def unexported_generations(cells: Iterable[Cell], out: Path) -> dict[Cell, list[
     """Per cell, the problems with a generated round (not answered from the cache when it ran)
     whose request the committed export lacks: what `--verify` would have to generate again."""
     from .models.backend import GenerationRequest
+    from .models.cache import read_export
 
-    exported: set[str] = set()
-    if (out / CACHE_EXPORT).is_file():
-        with gzip.open(out / CACHE_EXPORT, "rt", encoding="utf-8") as lines:
-            for line in lines:
-                request = GenerationRequest(**json.loads(json.loads(line)["request"]))
-                exported.add(request.digest()[:16])  # what a round records as its request_hash
+    exported = {GenerationRequest(**json.loads(row["request"])).digest()[:16]  # a round's request_hash
+                for row in (read_export(out / CACHE_EXPORT) if (out / CACHE_EXPORT).is_file() else ())}
     missing = {}
     for cell in cells:
         problems = sorted({record.problem_id for record in read_results(cell.results_path(out))

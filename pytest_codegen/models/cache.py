@@ -119,14 +119,7 @@ class GenerationCache:
     def import_from(self, path: Path) -> int:
         """Add the generations of an `export_to` file that this cache lacks (what it has stays);
         returns how many were added. A malformed file is a ValueError naming it."""
-        import gzip
-
-        try:
-            with gzip.open(path, "rt", encoding="utf-8") as lines:
-                rows = [json.loads(line) for line in lines if line.strip()]
-            values = [tuple(row[column] for column in _COLUMNS) for row in rows]
-        except (OSError, EOFError, ValueError, KeyError, TypeError) as error:
-            raise ValueError(f"{path}: not a generation cache export ({error})") from None
+        values = [tuple(row[column] for column in _COLUMNS) for row in read_export(path)]
         before = self._db.total_changes
         self._db.executemany(
             f"INSERT OR IGNORE INTO generations ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
@@ -136,6 +129,23 @@ class GenerationCache:
 
     def close(self) -> None:
         self._db.close()
+
+
+def read_export(path: Path) -> list[dict]:
+    """The rows of an `export_to` file, each with every column (the request as its JSON text).
+    A malformed file is a ValueError naming it."""
+    import gzip
+
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as lines:
+            rows = [json.loads(line) for line in lines if line.strip()]
+        for row in rows:
+            missing = [column for column in _COLUMNS if column not in row]
+            if missing:
+                raise KeyError(", ".join(missing))
+    except (OSError, EOFError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{path}: not a generation cache export ({error})") from None
+    return rows
 
 
 class CachedBackend:
