@@ -75,6 +75,7 @@ class RunState:
         self.sandbox_error: str | None = None
         self.started = False  # the harness's "start": the candidate's code runs from then on
         self.memory_cap_mb: int | None = None  # set when the run's memory cgroup killed one of its processes
+        self.not_in_cgroups: str | None = None  # why its child could not join the run's cgroups
         self.timed_out = False  # the wall-clock backstop
         self.cpu_timed_out = False  # the CPU limit, as the server measured it
         self.cpu_seen: float | None = None  # the child's CPU time, read before it was reaped
@@ -220,6 +221,9 @@ class RunState:
             detail["leftover_processes"] = True
         if self.memory_cap_mb is not None:
             detail["memory_cap_mb"] = self.memory_cap_mb
+        if self.not_in_cgroups is not None:  # rare: the isolation line promised them
+            detail["cgroups"] = (f"not joined ({clean_text(self.not_in_cgroups, 200)}): no cap on the run's "
+                                 "total memory, its CPU time counted per process")
         return {
             "status": status,
             "error_type": error_type,

@@ -329,18 +329,20 @@ class Server:
         if self.running:
             self._join(z, 1 - self.slot)
 
-    def _join(self, z: Zygote, slot: int) -> None:
-        """Move a zygote into the slot's cgroups (one that died fails: its run says so)."""
+    def _join(self, z: Zygote, slot: int) -> str | None:
+        """Move a zygote into the slot's cgroups; why that failed, if it did (a zygote gone
+        already fails too, and its run says so)."""
         if z.host_pid is None:
-            return
+            return None
         try:
             if self.iso.memory is not None:
                 self.iso.memory.join(z.host_pid, slot)
             if self.iso.cpu is not None:
                 self.iso.cpu.join(z.host_pid, slot)
-        except OSError:
-            return
+        except OSError as e:
+            return e.strerror or type(e).__name__
         z.slot = slot
+        return None
 
     # --- one run --------------------------------------------------------------------
 
@@ -379,14 +381,14 @@ class Server:
                 self.iso.memory.limit(int(lim["memory_mb"]))
             except OSError:
                 pass
-        if z.slot is None:  # not joined ahead
-            self._join(z, 1 - self.slot)
+        not_joined = self._join(z, 1 - self.slot) if z.slot is None else None  # (unless joined ahead)
         meter = None  # the CPU cgroup, once the zygote is in it
         if z.slot is not None:
             self.slot, meter = z.slot, self.iso.cpu
         self.running = True
         cpu = procs.RunCpu(meter, self.slot, z.host_pid)
         run = Run(req, z, RunState(lim, [t[0] for t in tests]), time.monotonic(), cpu)
+        run.state.not_in_cgroups = not_joined
         try:
             forker.write_frame(z.req_w, payload)
             os.set_blocking(z.req_w, False)  # requests follow, written as the child takes them

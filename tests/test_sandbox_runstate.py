@@ -424,6 +424,18 @@ def test_a_limit_reached_after_the_memory_cap_killed_a_process_is_memory(limit):
     assert r["detail"]["timeout"] == limit and r["detail"]["memory_cap_mb"] == 1024
 
 
+def test_a_run_whose_child_could_not_join_its_cgroups_says_so():
+    """The isolation line promises a memory cap and a CPU meter for each run: a child that
+    could not be moved into them runs without, and its result says so; others say nothing."""
+    st, _ = check(DEFINED, *RIGHT)
+    st.not_in_cgroups = "No such process"
+    r = st.result("root")
+    assert r["status"] == "passed"
+    assert r["detail"]["cgroups"] == ("not joined (No such process): no cap on the run's total memory, "
+                                      "its CPU time counted per process")
+    assert "cgroups" not in check(DEFINED, *RIGHT)[0].result("root")["detail"]
+
+
 def test_output_past_the_cap_is_counted_not_kept():
     st, _ = check(DEFINED, *RIGHT)
     st.add_output(b"x" * 60, 100)
