@@ -81,6 +81,20 @@ def _descendants(root: int) -> list[int]:
     return out
 
 
+def _live_servers() -> list[int]:
+    """Every sandbox server process on the machine (see `_sandbox_bootstrap.command`)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"_sandbox_server" in argv:
+                found.append(int(entry))
+    return found
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_bytes()
@@ -875,11 +889,11 @@ def test_degraded_killing_the_forker_leaves_nothing(degraded):
         run(degraded, sleeper)
     deadline = time.monotonic() + 5
     while True:
-        # the live servers' own processes (the explaining one's too) do not count
+        # Live servers' own processes do not count: this one's, its explaining one's, and
+        # those of degraded servers another xdist worker started meanwhile (nobody's too).
         servers = set()
-        for box in (degraded, degraded._explainer):
-            if box is not None and box.server_pid is not None:
-                servers |= {box.server_pid, *_descendants(box.server_pid)}
+        for server in _live_servers():
+            servers |= {server, *_descendants(server)}
         left = {p for p, state in _proc_uid_states(NOBODY) if state[0] != "Z"} - before - servers
         if not left or time.monotonic() > deadline:
             break
