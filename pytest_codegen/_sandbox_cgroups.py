@@ -286,6 +286,14 @@ class CpuMeter:
             return int(found.group(1)) / 1e6 if found else 0.0
         return int(self.groups[slot].read("cpuacct.usage")) / 1e9
 
+    def waited(self, slot: int) -> float | None:
+        """How long the slot's members were ready to run but had no CPU, so far (v2's pressure
+        stall information, "some"); None where the kernel keeps none (v1, or PSI off)."""
+        if self.version != "2":
+            return None
+        found = re.search(r"^some .*\btotal=(\d+)", self.groups[slot].read("cpu.pressure"), re.M)
+        return int(found.group(1)) / 1e6 if found else None
+
     def remove(self) -> None:
         if not self.shared:
             for g in self.groups:

@@ -71,7 +71,8 @@ How one execution runs
   deadline; output past the cap is drained and counted, never stored): the CPU-time limit
   decides (RLIMIT_CPU in each process, and the server's own reading of the run's CPU time, its
   cgroup's: `timeout (cpu)`), the wall clock is a backstop for
-  programs that wait (`timeout (wall)`). When the harness
+  programs that wait (`timeout (wall)`), not counting the time the run waited for a CPU
+  (its cgroup's pressure stall information, where there is one; up to the limits' credit). When the harness
   reported everything it has already, as the sandbox uid, set RLIMIT_NPROC to 0 (no process
   of the uid can fork any more) and sent SIGKILL to every other process of the uid with
   `kill(-1)`; otherwise (timeout, crash, early exit, garbage on the channel) the server kills
@@ -250,7 +251,9 @@ class Run:
         lim = req["limits"]
         self.output_cap = int(lim["output_bytes"])
         self.cpu_limit = float(lim["cpu_seconds"])
-        self.deadline = t0 + float(lim["wall_seconds"])
+        self.wall_limit = float(lim["wall_seconds"])
+        self.wait_credit = float(lim["cpu_wait_credit_seconds"])
+        self.deadline = t0 + self.wall_limit  # pushed back by the run's wait for a CPU (`RunCpu`)
         self.cpu_check = t0 + self.cpu_limit / cpu.rate  # the soonest it can reach the limit
         self.open_fds = [z.res_r, z.out_r]
         self.outgoing = b""  # requests for the child, not yet written
@@ -453,7 +456,11 @@ class Server:
                 self._write_requests(run)
             now = time.monotonic()
             if now >= run.deadline:
-                st.timed_out = run.over = True
+                later = run.cpu.wall_deadline(run.t0, run.wall_limit, run.wait_credit)
+                if later > now:  # it was kept waiting for a CPU: the backstop moves with that
+                    run.deadline = later
+                else:
+                    st.timed_out = run.over = True
                 continue
             if now >= run.cpu_check:
                 used = run.cpu.used(alive=not z.reaped)

@@ -53,10 +53,13 @@ def wall_backstop(cpu_seconds: float) -> float:
 class Limits:
     """The limits of one execution. `cpu_seconds` decides a timeout (`timeout (cpu)`): CPU
     time does not depend on the machine's load; `wall_seconds` is the backstop for programs
-    that wait instead (`timeout (wall)`)."""
+    that wait instead (`timeout (wall)`), pushed back by the time the run's processes were
+    ready to run but had no CPU (a loaded machine), up to `cpu_wait_credit_seconds`, where
+    the kernel measures that (a cgroup v2 CPU meter with pressure stall information)."""
 
     wall_seconds: float = wall_backstop(10.0)
     cpu_seconds: float = 10.0
+    cpu_wait_credit_seconds: float = 20.0
     memory_mb: int = 1024  # RLIMIT_AS
     output_bytes: int = 64 * 1024  # stdout+stderr kept; the rest is drained and counted, not stored
     file_size_mb: int = 16  # RLIMIT_FSIZE and the size of the work dir
@@ -344,9 +347,9 @@ class Sandbox:
         if not explain or result.status != FAILED or result.phase != TEST or not failed_asserts:
             return result
         # Bounded: a program that failed fast must not buy a second full wall-clock allowance.
-        quick = dataclasses.replace(
-            lim, wall_seconds=min(lim.wall_seconds, 1.0 + 2 * result.seconds)
-        )
+        wall = min(lim.wall_seconds, 1.0 + 2 * result.seconds)
+        quick = dataclasses.replace(lim, wall_seconds=wall,
+                                    cpu_wait_credit_seconds=min(lim.cpu_wait_credit_seconds, wall))
         with self._lock:
             if self._explainer is None or os.getpid() != self._explainer._owner_pid:
                 self._explainer = Sandbox(self.limits, degrade=self._degrade, explaining=True, cpu=self._cpu)
@@ -371,7 +374,8 @@ class Sandbox:
                     if self._proc is None:
                         self._start()
                     self._write(request)
-                    reply = self._read(time.monotonic() + float(lim.wall_seconds) + _REPLY_MARGIN)
+                    wall = float(lim.wall_seconds) + float(lim.cpu_wait_credit_seconds)
+                    reply = self._read(time.monotonic() + wall + _REPLY_MARGIN)
                     if not reply.get("ok"):
                         raise _Broken(f"the server failed: {reply.get('error')}")
                     explained = [i for i in reply.get("explained", ()) if type(i) is int]
