@@ -70,9 +70,9 @@ How one execution runs
 * The server enforces the limits (select over the result and output pipes and a pidfd, with a
   deadline; output past the cap is drained and counted, never stored): the CPU-time limit
   decides (RLIMIT_CPU in each process, and the server's own reading of the run's CPU time, its
-  cgroup's: `timeout (cpu)`), the wall clock is a backstop for
-  programs that wait (`timeout (wall)`), not counting the time the run waited for a CPU
-  (its cgroup's pressure stall information, where there is one; up to the limits' credit). When the harness
+  cgroup's: `timeout (cpu)`), the wall clock is a backstop for programs that wait (`timeout
+  (wall)`), not counting the time the run waited for a CPU (its cgroup's pressure stall
+  information, where there is one; up to the limits' credit). When the harness
   reported everything it has already, as the sandbox uid, set RLIMIT_NPROC to 0 (no process
   of the uid can fork any more) and sent SIGKILL to every other process of the uid with
   `kill(-1)`; otherwise (timeout, crash, early exit, garbage on the channel) the server kills
