@@ -374,7 +374,7 @@ class Sandbox:
                     if self._proc is None:
                         self._start()
                     self._write(request)
-                    wall = float(lim.wall_seconds) + float(lim.cpu_wait_credit_seconds)
+                    wall = float(lim.wall_seconds) + max(float(lim.cpu_wait_credit_seconds), 0.0)
                     reply = self._read(time.monotonic() + wall + _REPLY_MARGIN)
                     if not reply.get("ok"):
                         raise _Broken(f"the server failed: {reply.get('error')}")
