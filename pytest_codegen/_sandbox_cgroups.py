@@ -266,6 +266,7 @@ class CpuMeter:
 
     def __init__(self, groups: list[Cgroup], shared: bool = False) -> None:
         self.groups, self.version, self.shared = groups, groups[0].version, shared
+        self.pressure = self.version == "2"  # whether `cpu.pressure` may be read (see `waited`)
 
     @classmethod
     def create(cls, memory: MemoryCap | None) -> tuple[CpuMeter | None, str]:
@@ -288,10 +289,16 @@ class CpuMeter:
 
     def waited(self, slot: int) -> float | None:
         """How long the slot's members were ready to run but had no CPU, so far (v2's pressure
-        stall information, "some"); None where the kernel keeps none (v1, or PSI off)."""
-        if self.version != "2":
+        stall information, "some"); None where the kernel keeps none (v1, or PSI off: once
+        the file cannot be read, it is not tried again, as every run would)."""
+        if not self.pressure:
             return None
-        found = re.search(r"^some .*\btotal=(\d+)", self.groups[slot].read("cpu.pressure"), re.M)
+        try:
+            text = self.groups[slot].read("cpu.pressure")
+        except OSError:
+            self.pressure = False
+            return None
+        found = re.search(r"^some .*\btotal=(\d+)", text, re.M)
         return int(found.group(1)) / 1e6 if found else None
 
     def remove(self) -> None:

@@ -403,9 +403,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             # (plus a bounded explanation run) and each earlier round's program. Generation
             # runs in fixture setup and is excluded by func_only.
             rounds = state.genome.rounds if state.genome is not None else 0
-            from .sandbox import Limits, wall_backstop
+            from .sandbox import Limits
 
-            backstop = (wall_backstop(s.exec_timeout) + Limits.cpu_wait_credit_seconds) * (rounds + 3) + 60
+            backstop = Limits.from_settings(s).longest_wall_seconds * (rounds + 3) + 60
             item.add_marker(pytest.mark.timeout(backstop, func_only=True))
         _describe_failures_directly(item)
 

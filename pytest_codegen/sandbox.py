@@ -65,6 +65,11 @@ class Limits:
     file_size_mb: int = 16  # RLIMIT_FSIZE and the size of the work dir
     max_processes: int = 64
 
+    @property
+    def longest_wall_seconds(self) -> float:
+        """The most wall-clock time one execution may take: the backstop and its whole credit."""
+        return float(self.wall_seconds) + max(float(self.cpu_wait_credit_seconds), 0.0)
+
     @classmethod
     def from_settings(cls, settings: Any) -> Limits:
         """From a run's `exec_timeout` (the CPU-time limit; the wall clock gets its backstop)
@@ -374,8 +379,7 @@ class Sandbox:
                     if self._proc is None:
                         self._start()
                     self._write(request)
-                    wall = float(lim.wall_seconds) + max(float(lim.cpu_wait_credit_seconds), 0.0)
-                    reply = self._read(time.monotonic() + wall + _REPLY_MARGIN)
+                    reply = self._read(time.monotonic() + lim.longest_wall_seconds + _REPLY_MARGIN)
                     if not reply.get("ok"):
                         raise _Broken(f"the server failed: {reply.get('error')}")
                     explained = [i for i in reply.get("explained", ()) if type(i) is int]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_codegen import outcome
+from pytest_codegen import outcome, sandbox
 
 # Imported by name from its directory, as the sandbox server imports them (see _sandbox_bootstrap)
 sys.path.insert(0, str(Path(outcome.__file__).parent))
@@ -45,8 +45,10 @@ def meter(version: str = "2", usage: tuple[int, ...] = (0,), waited_us: tuple[in
 def test_the_cpu_wait_is_read_from_the_pressure_stall_information():
     assert meter(waited_us=(2_500_000,)).waited(0) == 2.5
     assert meter(version="1").waited(0) is None  # cpuacct keeps none
-    with pytest.raises(FileNotFoundError):  # PSI off: no such file (RunCpu takes that as no wait)
-        meter(waited_us=None).waited(0)
+    psi_off = meter(waited_us=None)  # no such file
+    assert psi_off.waited(0) is None and not psi_off.pressure  # not tried again
+    psi_off.groups[0].files["cpu.pressure"] = [PSI.format(1_000_000)]
+    assert psi_off.waited(0) is None
 
 
 @pytest.mark.parametrize(("waited_us", "pushed_back"), [
@@ -65,6 +67,11 @@ def test_without_the_wait_the_wall_backstop_is_the_limit():
     for cpu in (procs.RunCpu(None, 0, pid=None), procs.RunCpu(meter(version="1"), 0, pid=None),
                 procs.RunCpu(meter(waited_us=None), 0, pid=None)):
         assert cpu.wall_deadline(100.0, 35.0, credit=20.0) == 135.0
+
+
+def test_the_longest_wall_time_is_the_backstop_and_its_whole_credit():
+    assert sandbox.Limits(wall_seconds=35.0, cpu_wait_credit_seconds=20.0).longest_wall_seconds == 55.0
+    assert sandbox.Limits(wall_seconds=35.0, cpu_wait_credit_seconds=-5.0).longest_wall_seconds == 35.0
 
 
 def test_no_credit_keeps_the_wall_limit_as_it_is():
