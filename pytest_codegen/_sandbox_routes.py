@@ -194,10 +194,7 @@ def literal_calls(source: str, entry_point: str) -> list[tuple[tuple, dict]]:
     tree = _parse(source)
     if tree is None:
         return []
-    return [
-        (tuple(ast.literal_eval(a) for a in call.args), {k.arg: ast.literal_eval(k.value) for k in call.keywords})
-        for call in _literal_call_nodes(tree, frozenset({"candidate", entry_point}))
-    ]
+    return [(args, kwargs) for _, args, kwargs in _literal_calls(tree, frozenset({"candidate", entry_point}))]
 
 
 _REPEATING = (ast.For, ast.AsyncFor, ast.While, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp, ast.Lambda,
@@ -216,7 +213,7 @@ def only_literal_calls(source: str, entry_point: str) -> bool:
     stubs = {"candidate", entry_point}
     parents = _index(tree).parents
     once = _called_once(tree)
-    literal = {id(call) for call in _literal_call_nodes(tree, frozenset(stubs))}
+    literal = {id(call) for call, _, _ in _literal_calls(tree, frozenset(stubs))}
     for node in _of(tree, ast.Name):
         if not (node.id in stubs and isinstance(node.ctx, ast.Load)):
             continue
@@ -256,18 +253,21 @@ def _repeats(node: ast.AST, parents: dict, once: set[str]) -> bool:
 
 
 @functools.lru_cache(maxsize=_TREES_KEPT)
-def _literal_call_nodes(tree: ast.Module, stubs: frozenset[str]) -> tuple[ast.Call, ...]:
+def _literal_calls(tree: ast.Module, stubs: frozenset[str]) -> tuple[tuple[ast.Call, tuple, dict], ...]:
+    """Each call of the candidate whose arguments are all literals, with their values (each
+    argument evaluated once: both `literal_calls` and `only_literal_calls` read these; the
+    values are only read)."""
     calls = [n for n in _of(tree, ast.Call) if _calls_stub(n, stubs)]
     found = []
     for call in sorted(calls, key=lambda n: (n.lineno, n.col_offset)):
         if any(isinstance(a, ast.Starred) for a in call.args) or any(k.arg is None for k in call.keywords):
             continue
         try:
-            for value in [*call.args, *(k.value for k in call.keywords)]:
-                ast.literal_eval(value)
+            args = tuple(ast.literal_eval(a) for a in call.args)
+            kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
         except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
             continue
-        found.append(call)
+        found.append((call, args, kwargs))
     return tuple(found)
 
 
