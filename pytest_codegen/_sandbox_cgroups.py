@@ -295,7 +295,7 @@ class CpuMeter:
             return None
         try:
             text = self.groups[slot].read("cpu.pressure")
-        except OSError:
+        except (OSError, ValueError):  # (ValueError: not text)
             self.pressure = False
             return None
         found = re.search(r"^some .*\btotal=(\d+)", text, re.M)

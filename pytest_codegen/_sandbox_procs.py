@@ -137,7 +137,7 @@ class RunCpu:
     def __init__(self, meter: CpuMeter | None, slot: int, pid: int | None) -> None:
         self.meter, self.slot, self.pid = meter, slot, pid
         self.start = self._meter_seconds() if meter is not None else None
-        self.wait_start = self._meter_waited() if meter is not None else None
+        self.wait_start = meter.waited(slot) if meter is not None else None
         self.whole = self.start is not None  # every process's, not only the first's
         # how fast it can grow (seconds a second): the candidate may widen its CPU affinity
         self.rate = float(_CPUS) if self.whole else 1.0
@@ -148,19 +148,13 @@ class RunCpu:
         except (OSError, ValueError):
             return None
 
-    def _meter_waited(self) -> float | None:
-        try:
-            return self.meter.waited(self.slot) if self.meter is not None else None
-        except (OSError, ValueError):
-            return None
-
     def wall_deadline(self, t0: float, wall_seconds: float, credit: float) -> float:
         """When the run started at `t0` reaches its wall-clock limit: `wall_seconds` later,
         plus the time its processes were ready to run but had no CPU (a machine's load), at
         most `credit`. A program that sleeps or blocks waits for no CPU."""
         waited = 0.0
-        if self.wait_start is not None:
-            now = self._meter_waited()
+        if self.wait_start is not None and self.meter is not None:
+            now = self.meter.waited(self.slot)
             waited = 0.0 if now is None else min(max(0.0, now - self.wait_start), max(credit, 0.0))
         return t0 + wall_seconds + waited
 
